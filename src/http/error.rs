@@ -1,0 +1,240 @@
+//! API errors: every refusal the HTTP API can give, as a status and a stable JSON body.
+//!
+//! The body is `{"error": {"code", "message", "hint", "details"?}}`. `code` is stable and
+//! machine-readable; `message` says what was wrong, `hint` how to fix it. Internal details (I/O
+//! errors, paths) go to the log, not to the client.
+
+use hyper::StatusCode;
+use serde::Serialize;
+
+/// One bad message of a batch, or one bad field.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Detail {
+    /// Position of the message in the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The field at fault (a JSON path such as `headers.kind`).
+    pub field: String,
+    pub message: String,
+}
+
+/// A refusal, ready to be sent.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub hint: String,
+    pub details: Vec<Detail>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_s: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    hint: &'a str,
+    #[serde(skip_serializing_if = "<[Detail]>::is_empty")]
+    details: &'a [Detail],
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String, hint: &str) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message,
+            hint: hint.to_string(),
+            details: Vec::new(),
+            retry_after_s: None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                hint: &self.hint,
+                details: &self.details,
+            },
+        };
+        serde_json::to_vec(&body).expect("error bodies serialize")
+    }
+
+    pub fn invalid_json(message: String) -> ApiError {
+        let hint = "Send a UTF-8 JSON object as the request body; see docs/api.md for its fields.";
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message, hint)
+    }
+
+    pub fn invalid_request(message: String) -> ApiError {
+        let hint = "Fix the named field; docs/api.md lists every field with its type and range.";
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message, hint)
+    }
+
+    pub fn invalid_batch(details: Vec<Detail>, too_large: bool) -> ApiError {
+        let count = details.len();
+        let (status, code) = if too_large {
+            (StatusCode::PAYLOAD_TOO_LARGE, "message_too_large")
+        } else {
+            (StatusCode::BAD_REQUEST, "invalid_batch")
+        };
+        let message = format!("{count} message(s) of the batch are invalid; nothing was stored");
+        let hint = "Fix every message listed in details (by index and field) and send the whole \
+                    batch again.";
+        ApiError {
+            details,
+            ..ApiError::new(status, code, message, hint)
+        }
+    }
+
+    pub fn batch_too_large(count: usize, count_max: u32) -> ApiError {
+        let message = format!("the batch holds {count} messages; at most {count_max} are allowed");
+        let hint = "Split the batch into several requests (the limit is --batch-count-max).";
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            message,
+            hint,
+        )
+    }
+
+    pub fn payload_too_large(bytes_max: u64) -> ApiError {
+        let message = format!("the request body is larger than {bytes_max} bytes");
+        let hint = "Send fewer or smaller messages per request (the limit is --request-bytes-max).";
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            message,
+            hint,
+        )
+    }
+
+    pub fn invalid_queue_name(name: &str) -> ApiError {
+        let shown: String = name.chars().take(64).collect();
+        let message = format!("queue name {shown:?} is not 1-128 characters of [A-Za-z0-9._-]");
+        let hint = "Use letters, digits, '.', '_' and '-' only, at most 128 of them.";
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_queue_name", message, hint)
+    }
+
+    pub fn invalid_idempotency_key() -> ApiError {
+        let message = "the Idempotency-Key header must be 1-255 visible ASCII characters".into();
+        let hint = "Use a UUID or another printable key of at most 255 characters.";
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            message,
+            hint,
+        )
+    }
+
+    pub fn invalid_id(text: &str) -> ApiError {
+        let shown: String = text.chars().take(64).collect();
+        let message = format!("{shown:?} is not a message id");
+        let hint = "Message ids are the 16 hex digits returned by enqueue.";
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", message, hint)
+    }
+
+    pub fn not_found(path: &str) -> ApiError {
+        let shown: String = path.chars().take(128).collect();
+        let message = format!("no endpoint at {shown:?}");
+        let hint = "See docs/api.md for the endpoints; they start with /v1/.";
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message, hint)
+    }
+
+    pub fn method_not_allowed(method: &str, allowed: &str) -> ApiError {
+        let message = format!("{method} is not allowed here");
+        let hint = format!("Use {allowed}.");
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+            &hint,
+        )
+    }
+
+    pub fn message_not_found(id: &str) -> ApiError {
+        let message = format!("no message with id {id}");
+        let hint = "Check the id; delivered messages are removed after their retention period.";
+        ApiError::new(StatusCode::NOT_FOUND, "message_not_found", message, hint)
+    }
+
+    pub fn queue_not_found(name: &str) -> ApiError {
+        let message = format!("no queue named {name:?}");
+        let hint = "A queue comes into being with its first enqueued message.";
+        ApiError::new(StatusCode::NOT_FOUND, "queue_not_found", message, hint)
+    }
+
+    pub fn idempotency_conflict(key: &str) -> ApiError {
+        let message = format!(
+            "Idempotency-Key {key:?} was already used with a different request body in this queue"
+        );
+        let hint =
+            "Use a new key for a new batch; reuse a key only to retry the identical request.";
+        ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message, hint)
+    }
+
+    pub fn overloaded() -> ApiError {
+        let message = "the server's write queue is full".into();
+        let hint = "Retry after the Retry-After delay, with the same Idempotency-Key.";
+        let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message, hint);
+        ApiError {
+            retry_after_s: Some(1),
+            ..error
+        }
+    }
+
+    /// The cause (with paths) is logged by the storage thread; the client learns only what to do.
+    pub fn storage_failed() -> ApiError {
+        let message = "the server stopped accepting writes after a storage failure; this \
+                       request's outcome is unknown"
+            .to_string();
+        let hint = "Check the disk (space, errors in the server log), restart outboxd, then retry \
+                    with the same Idempotency-Key.";
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_failed",
+            message,
+            hint,
+        )
+    }
+
+    pub fn shutting_down() -> ApiError {
+        let message = "the server is shutting down".into();
+        let hint = "Retry against the restarted server with the same Idempotency-Key.";
+        let error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            message,
+            hint,
+        );
+        ApiError {
+            retry_after_s: Some(1),
+            ..error
+        }
+    }
+
+    pub fn internal(context: &str) -> ApiError {
+        let message = format!("internal error while {context}");
+        let hint = "See the server log for the cause; retry later.";
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, hint)
+    }
+}
+
+impl From<crate::store::writer::CommitError> for ApiError {
+    fn from(error: crate::store::writer::CommitError) -> Self {
+        use crate::store::writer::CommitError;
+        match error {
+            CommitError::StorageFailed(_) => ApiError::storage_failed(),
+            CommitError::Overloaded => ApiError::overloaded(),
+            CommitError::ShuttingDown => ApiError::shutting_down(),
+        }
+    }
+}

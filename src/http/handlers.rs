@@ -1,0 +1,363 @@
+//! Request handlers: decode the request, ask the storage thread, encode the reply. Nothing else.
+
+use super::error::ApiError;
+use super::json;
+use super::types::{self, RequestLimits};
+use super::{json_response, HttpResponse};
+use crate::queue::{EnqueueError, FailOutcome, IdempotencyKey, MessageId, ALL_STATES};
+use crate::store::writer::{Command, Reply, TokenResult, Waiters, WriterHandle};
+use crate::store::Store;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// What every handler may use.
+pub struct AppState {
+    pub writer: WriterHandle,
+    pub store: Arc<Store>,
+    pub waiters: Arc<Waiters>,
+    pub limits: RequestLimits,
+    pub clock: fn() -> u64,
+}
+
+/// Sends a command to the storage thread and waits for its answer.
+async fn call<T>(
+    writer: &WriterHandle,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    writer.send(command(reply))?;
+    let result = answer.await.map_err(|_| ApiError::shutting_down())?;
+    Ok(result?)
+}
+
+/// Reads the whole body, refusing (413) from `Content-Length` alone when it is over the limit, and
+/// stopping as soon as a body without one grows past it.
+pub async fn read_body(request: Request<Incoming>, bytes_max: u64) -> Result<Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > bytes_max) {
+        return Err(ApiError::payload_too_large(bytes_max));
+    }
+    let limit = usize::try_from(bytes_max).unwrap_or(usize::MAX);
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(bytes_max))
+        }
+        Err(error) => Err(ApiError::invalid_json(format!(
+            "the request body could not be read: {error}"
+        ))),
+    }
+}
+
+#[derive(Serialize)]
+struct EnqueueReply {
+    ids: Vec<String>,
+    duplicate: bool,
+}
+
+pub async fn enqueue(
+    state: &AppState,
+    queue: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let key = match request.headers().get("idempotency-key") {
+        Some(value) if types::valid_idempotency_key(value.as_bytes()) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        Some(_) => return Err(ApiError::invalid_idempotency_key()),
+        None => None,
+    };
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let messages = types::parse_enqueue(&bytes, &state.limits, (state.clock)())?;
+    let idempotency = key.clone().map(|key| IdempotencyKey {
+        key,
+        request_hash: types::request_hash(&bytes),
+    });
+    let queue_name = queue.to_string();
+    let outcome = call(&state.writer, |reply| Command::Enqueue {
+        queue: queue_name,
+        messages,
+        idempotency,
+        reply,
+    })
+    .await?;
+    match outcome {
+        Ok(outcome) => {
+            let ids = outcome.ids().map(|id| id.to_string()).collect();
+            let status = if outcome.duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok(json_response(
+                status,
+                &EnqueueReply {
+                    ids,
+                    duplicate: outcome.duplicate,
+                },
+            ))
+        }
+        Err(EnqueueError::IdempotencyConflict) => Err(ApiError::idempotency_conflict(
+            key.as_deref().unwrap_or_default(),
+        )),
+    }
+}
+
+pub async fn lease(
+    state: &AppState,
+    queue: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let params = types::parse_lease(&bytes, &state.limits)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(params.wait_ms);
+    let notify = state.waiters.notifier(queue);
+    let grants = loop {
+        // Registered before asking, so that a message made ready in between still wakes us.
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let queue_name = queue.to_string();
+        let grants = call(&state.writer, |reply| Command::Lease {
+            queue: queue_name,
+            count_max: params.count_max,
+            lease_ms: params.lease_ms,
+            reply,
+        })
+        .await?;
+        if !grants.is_empty() || tokio::time::Instant::now() >= deadline {
+            break grants;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    };
+    let mut out = Vec::with_capacity(64 + grants.len() * 256);
+    out.extend_from_slice(b"{\"messages\":[");
+    let mut first = true;
+    for grant in &grants {
+        let content = match state.store.content(grant.id) {
+            Ok(Some(content)) => content,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::error!(%error, id = %grant.id, "reading a leased message failed");
+                return Err(ApiError::internal("reading a leased message"));
+            }
+        };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json::write_grant(
+            &mut out,
+            grant.id,
+            &grant.token.to_string(),
+            &grant.meta,
+            &content,
+        );
+    }
+    out.extend_from_slice(b"]}");
+    Ok(super::raw_json_response(StatusCode::OK, out))
+}
+
+#[derive(Serialize)]
+struct TokenReply {
+    results: Vec<TokenItem>,
+}
+
+#[derive(Serialize)]
+struct TokenItem {
+    lease: String,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires_at: Option<u64>,
+}
+
+fn token_item<T>(
+    lease: String,
+    result: TokenResult<T>,
+    done: impl Fn(T) -> TokenItem,
+) -> TokenItem {
+    let refused = |result| TokenItem {
+        lease: String::new(),
+        result,
+        next_attempt_at: None,
+        lease_expires_at: None,
+    };
+    let item = match result {
+        TokenResult::Done(value) => done(value),
+        TokenResult::LeaseExpired => refused("lease_expired"),
+        TokenResult::Unknown => refused("unknown"),
+    };
+    TokenItem { lease, ..item }
+}
+
+fn plain(result: &'static str) -> TokenItem {
+    TokenItem {
+        lease: String::new(),
+        result,
+        next_attempt_at: None,
+        lease_expires_at: None,
+    }
+}
+
+pub async fn ack(
+    state: &AppState,
+    queue: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let (leases, tokens) = types::parse_ack(&bytes)?;
+    let queue = queue.to_string();
+    let results = call(&state.writer, |reply| Command::Ack {
+        queue,
+        tokens,
+        reply,
+    })
+    .await?;
+    let results = leases
+        .into_iter()
+        .zip(results)
+        .map(|(lease, result)| token_item(lease, result, |()| plain("acked")))
+        .collect();
+    Ok(json_response(StatusCode::OK, &TokenReply { results }))
+}
+
+pub async fn nack(
+    state: &AppState,
+    queue: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let (leases, items) = types::parse_nack(&bytes)?;
+    let queue = queue.to_string();
+    let results = call(&state.writer, |reply| Command::Nack {
+        queue,
+        items,
+        reply,
+    })
+    .await?;
+    let results = leases
+        .into_iter()
+        .zip(results)
+        .map(|(lease, result)| {
+            token_item(lease, result, |outcome| match outcome {
+                FailOutcome::Retrying { next_attempt_at_ms } => TokenItem {
+                    next_attempt_at: Some(next_attempt_at_ms),
+                    ..plain("retrying")
+                },
+                FailOutcome::Dead => plain("dead"),
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &TokenReply { results }))
+}
+
+pub async fn extend(
+    state: &AppState,
+    queue: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let (leases, items) = types::parse_extend(&bytes, &state.limits)?;
+    let queue = queue.to_string();
+    let results = call(&state.writer, |reply| Command::Extend {
+        queue,
+        items,
+        reply,
+    })
+    .await?;
+    let results = leases
+        .into_iter()
+        .zip(results)
+        .map(|(lease, result)| {
+            token_item(lease, result, |expires_at_ms| TokenItem {
+                lease_expires_at: Some(expires_at_ms),
+                ..plain("extended")
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &TokenReply { results }))
+}
+
+pub async fn get_message(state: &AppState, id_text: &str) -> Result<HttpResponse, ApiError> {
+    let id = MessageId::parse(id_text).ok_or_else(|| ApiError::invalid_id(id_text))?;
+    let store = &state.store;
+    let read = || -> Result<Option<HttpResponse>, crate::store::StoreError> {
+        let Some(meta) = store.meta(id)? else {
+            return Ok(None);
+        };
+        let Some(content) = store.content(id)? else {
+            return Ok(None);
+        };
+        let last_error = store.last_error(id)?;
+        let queue = store.queue_name(meta.queue_id)?.unwrap_or_default();
+        let body = json::message_view(id, &queue, &meta, last_error.as_ref(), &content);
+        Ok(Some(super::raw_json_response(StatusCode::OK, body)))
+    };
+    match read() {
+        Ok(Some(response)) => Ok(response),
+        Ok(None) => Err(ApiError::message_not_found(id_text)),
+        Err(error) => {
+            tracing::error!(%error, %id, "reading a message failed");
+            Err(ApiError::internal("reading the message"))
+        }
+    }
+}
+
+pub async fn queue_stats(state: &AppState, queue: &str) -> Result<HttpResponse, ApiError> {
+    let queue_name = queue.to_string();
+    let stats = call(&state.writer, |reply| Command::QueueStats {
+        queue: queue_name,
+        reply,
+    })
+    .await?
+    .ok_or_else(|| ApiError::queue_not_found(queue))?;
+    let counts: serde_json::Map<String, serde_json::Value> = ALL_STATES
+        .iter()
+        .map(|state| (state.name().to_string(), stats.counts[state.index()].into()))
+        .collect();
+    let body = serde_json::json!({"name": stats.name, "paused": stats.paused, "counts": counts});
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub fn health(state: &AppState) -> HttpResponse {
+    match state.writer.failure() {
+        None => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Some(_) => {
+            let error = ApiError::storage_failed();
+            let body = serde_json::json!({
+                "status": "storage_failed",
+                "error": {"code": error.code, "message": error.message, "hint": error.hint},
+            });
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
+        }
+    }
+}
+
+/// Arms a fault-injection point (test builds only): the body is a `fail` crate action.
+#[cfg(feature = "testing")]
+pub async fn set_failpoint(
+    state: &AppState,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let action = String::from_utf8_lossy(&bytes).trim().to_string();
+    fail::cfg(name, &action).map_err(ApiError::invalid_request)?;
+    let body = serde_json::json!({"name": name, "action": action});
+    Ok(json_response(StatusCode::OK, &body))
+}

@@ -1,0 +1,190 @@
+//! Response bodies that embed stored bytes: written by hand so that a message body goes from its
+//! store record into the response without being parsed or re-encoded.
+
+use crate::queue::{BodyKind, LastError, MessageContent, MessageId, MessageMeta};
+use base64::Engine;
+use std::io::Write;
+
+/// Appends `text` as a JSON string (quoted and escaped).
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("writing a string into a Vec cannot fail");
+}
+
+/// Appends `"key":` to an object being written.
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn write_u64(out: &mut Vec<u8>, key: &str, value: u64) {
+    write_key(out, key);
+    let _ = write!(out, "{value}");
+    out.push(b',');
+}
+
+/// Appends the headers object and the body field (`body` or `body_base64`) of a message.
+pub fn write_content(out: &mut Vec<u8>, content: &MessageContent) {
+    write_key(out, "headers");
+    out.push(b'{');
+    for (index, (name, value)) in content.headers.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_str(out, value);
+    }
+    out.extend_from_slice(b"},");
+    match content.body_kind {
+        BodyKind::Json => {
+            write_key(out, "body");
+            out.extend_from_slice(&content.body);
+        }
+        BodyKind::Bytes => {
+            write_key(out, "body_base64");
+            out.push(b'"');
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&content.body);
+            out.extend_from_slice(encoded.as_bytes());
+            out.push(b'"');
+        }
+    }
+}
+
+/// Appends one leased message of a lease response.
+pub fn write_grant(
+    out: &mut Vec<u8>,
+    id: MessageId,
+    lease: &str,
+    meta: &MessageMeta,
+    content: &MessageContent,
+) {
+    out.push(b'{');
+    write_key(out, "id");
+    write_str(out, &id.to_string());
+    out.push(b',');
+    write_key(out, "lease");
+    write_str(out, lease);
+    out.push(b',');
+    write_u64(out, "attempt", u64::from(meta.attempt_count));
+    write_u64(out, "lease_expires_at", meta.due_at_ms);
+    write_u64(out, "enqueued_at", meta.enqueued_at_ms);
+    write_key(out, "priority");
+    let _ = write!(out, "{},", meta.priority);
+    write_content(out, content);
+    out.push(b'}');
+}
+
+/// Writes the full view of one message for `GET /v1/messages/{id}`.
+pub fn message_view(
+    id: MessageId,
+    queue: &str,
+    meta: &MessageMeta,
+    last_error: Option<&LastError>,
+    content: &MessageContent,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + content.body.len());
+    out.push(b'{');
+    write_key(&mut out, "id");
+    write_str(&mut out, &id.to_string());
+    out.push(b',');
+    write_key(&mut out, "queue");
+    write_str(&mut out, queue);
+    out.push(b',');
+    write_key(&mut out, "state");
+    write_str(&mut out, meta.state.name());
+    out.push(b',');
+    write_key(&mut out, "priority");
+    let _ = write!(out, "{},", meta.priority);
+    write_u64(&mut out, "attempts", u64::from(meta.attempt_count));
+    write_u64(&mut out, "max_attempts", u64::from(meta.attempt_count_max));
+    write_u64(&mut out, "enqueued_at", meta.enqueued_at_ms);
+    write_u64(&mut out, "updated_at", meta.updated_at_ms);
+    let waiting = matches!(
+        meta.state,
+        crate::queue::MessageState::Scheduled | crate::queue::MessageState::Retrying
+    );
+    write_optional(&mut out, "deliver_at", waiting.then_some(meta.due_at_ms));
+    let leased = meta.state == crate::queue::MessageState::Leased;
+    write_optional(
+        &mut out,
+        "lease_expires_at",
+        leased.then_some(meta.due_at_ms),
+    );
+    write_key(&mut out, "last_error");
+    match last_error {
+        Some(error) => {
+            let value = serde_json::json!({
+                "message": error.message, "at": error.at_ms, "attempt": error.attempt
+            });
+            serde_json::to_writer(&mut out, &value).expect("writing into a Vec cannot fail");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b',');
+    write_content(&mut out, content);
+    out.push(b'}');
+    out
+}
+
+fn write_optional(out: &mut Vec<u8>, key: &str, value: Option<u64>) {
+    match value {
+        Some(value) => write_u64(out, key, value),
+        None => {
+            write_key(out, key);
+            out.extend_from_slice(b"null,");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{MessageState, QueueId};
+
+    #[test]
+    fn views_are_valid_json_with_the_body_verbatim() {
+        let meta = MessageMeta {
+            queue_id: QueueId(0),
+            state: MessageState::Leased,
+            priority: -2,
+            attempt_count: 1,
+            attempt_count_max: 10,
+            enqueued_at_ms: 5,
+            updated_at_ms: 6,
+            due_at_ms: 7,
+            lease_nonce: 9,
+        };
+        let content = MessageContent {
+            headers: vec![("k\"".into(), "v\n".into())],
+            body_kind: BodyKind::Json,
+            body: br#"{"a": [1, 2.50]}"#.to_vec(),
+        };
+        let error = LastError {
+            message: "boom".into(),
+            at_ms: 1,
+            attempt: 1,
+        };
+        let view = message_view(MessageId(1), "q", &meta, Some(&error), &content);
+        let value: serde_json::Value = serde_json::from_slice(&view).unwrap();
+        assert_eq!(value["state"], "leased");
+        assert_eq!(value["lease_expires_at"], 7);
+        assert_eq!(value["deliver_at"], serde_json::Value::Null);
+        assert_eq!(value["headers"]["k\""], "v\n");
+        assert_eq!(value["last_error"]["message"], "boom");
+        let text = String::from_utf8(view).unwrap();
+        assert!(text.contains(r#""body":{"a": [1, 2.50]}"#), "{text}");
+
+        let bytes = MessageContent {
+            body_kind: BodyKind::Bytes,
+            body: vec![0, 255],
+            ..content
+        };
+        let mut out = Vec::new();
+        write_grant(&mut out, MessageId(1), "tok", &meta, &bytes);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["body_base64"], "AP8=");
+        assert_eq!(value["attempt"], 1);
+        assert_eq!(value["priority"], -2);
+    }
+}

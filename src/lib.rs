@@ -1,0 +1,27 @@
+//! outboxd: a single-binary, durable outbox/queue server.
+//!
+//! Layout (one concept per file; the core does no I/O and reads no clock):
+//! - `limits`: every bound, with its default and the relationships between them.
+//! - `config`: command-line flags validated into `Config`.
+//! - `error`: the top-level `Error` (why the server could not start or had to stop).
+//! - `clock`: the wall clock, read only by the I/O shell.
+//! - `timer`: the hierarchical timer wheel that drives scheduled delivery, backoff and lease expiry.
+//! - `queue`: the broker (pure): message records, the state machine, retry policy, enqueue and leases.
+//! - `store`: durability: the record codec, the sled key layout, the write-ahead log, recovery, and
+//!   the storage thread (group commit).
+//! - `http`: the API: routing, request parsing and validation, handlers, error bodies.
+//! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
+//! - `telemetry`: logging setup.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod limits;
+pub mod queue;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod timer;
+
+pub use error::Error;

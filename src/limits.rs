@@ -1,0 +1,87 @@
+//! Hard limits: every quantity that can grow has a named bound here.
+//!
+//! Configurable limits (`Config`) have their defaults and their allowed ranges here, so that
+//! validation, documentation and tests read one source. Relationships between limits are checked at
+//! compile time at the bottom of the file.
+
+/// Longest queue name, in bytes (names are ASCII `[A-Za-z0-9._-]`).
+pub const QUEUE_NAME_BYTES_MAX: usize = 128;
+
+/// Default and allowed range of the request body size.
+pub const REQUEST_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
+pub const REQUEST_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Default and allowed range of one message (body plus headers).
+pub const MESSAGE_BYTES_DEFAULT: u64 = 1024 * 1024;
+/// One message must fit comfortably in a sled segment (see `store::SLED_SEGMENT_BYTES`) and a WAL frame.
+pub const MESSAGE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// Default and allowed range of the number of messages in one enqueue batch.
+pub const BATCH_COUNT_DEFAULT: u32 = 1000;
+pub const BATCH_COUNT_MAX: u32 = 10_000;
+
+/// Most messages one lease request may take, and most items in one ack, nack or extend request.
+pub const LEASE_COUNT_MAX: u32 = 1000;
+pub const ITEM_COUNT_MAX: usize = 1000;
+
+/// Lease duration bounds (12 hours at most, like the visibility timeouts of hosted queues).
+pub const LEASE_MS_MIN: u64 = 1;
+pub const LEASE_MS_MAX: u64 = 12 * 60 * 60 * 1000;
+pub const LEASE_MS_DEFAULT: u64 = 30_000;
+
+/// Longest a lease request may wait for a message (long polling).
+pub const WAIT_MS_MAX: u64 = 30_000;
+
+/// Furthest into the future a message may be scheduled or a retry delayed: ten years.
+pub const DELAY_MS_MAX: u64 = 10 * 365 * 24 * 60 * 60 * 1000;
+
+/// Bounds of a message's delivery attempts.
+pub const ATTEMPT_COUNT_MAX: u32 = 1000;
+pub const ATTEMPT_COUNT_DEFAULT: u32 = 10;
+
+/// Longest error text kept from a nack; longer texts are truncated at a character boundary.
+pub const ERROR_TEXT_BYTES_MAX: usize = 4096;
+
+/// Header bounds per message.
+pub const HEADER_COUNT_MAX: usize = 64;
+pub const HEADER_NAME_BYTES_MAX: usize = 256;
+pub const HEADER_VALUE_BYTES_MAX: usize = 8192;
+
+/// Idempotency keys: length and how long a key is remembered.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Backoff defaults: 1 s initial, doubling, capped at 15 minutes, ±20 % jitter.
+pub const BACKOFF_INITIAL_MS_DEFAULT: u64 = 1000;
+pub const BACKOFF_MULTIPLIER_DEFAULT: f64 = 2.0;
+pub const BACKOFF_MAX_MS_DEFAULT: u64 = 15 * 60 * 1000;
+pub const BACKOFF_JITTER_DEFAULT: f64 = 0.2;
+
+/// Depth of the channel into the storage thread; a full channel answers 503 (backpressure).
+pub const COMMAND_QUEUE_DEPTH: usize = 4096;
+
+/// Most commands one group commit takes from the channel before it syncs.
+pub const GROUP_COMMAND_COUNT_MAX: usize = 1024;
+
+/// WAL segment size before rotation, and WAL growth that triggers a checkpoint.
+pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub const CHECKPOINT_WAL_BYTES: u64 = 128 * 1024 * 1024;
+pub const CHECKPOINT_INTERVAL_MS: u64 = 30_000;
+
+/// Open connections served at once; more wait in the kernel's accept backlog.
+pub const CONNECTION_COUNT_DEFAULT: usize = 4096;
+
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
+const _: () = assert!(LEASE_MS_MIN <= LEASE_MS_DEFAULT && LEASE_MS_DEFAULT <= LEASE_MS_MAX);
+const _: () = assert!(MESSAGE_BYTES_DEFAULT <= MESSAGE_BYTES_MAX);
+const _: () = assert!(MESSAGE_BYTES_MAX <= REQUEST_BYTES_MAX);
+const _: () = assert!(REQUEST_BYTES_DEFAULT <= REQUEST_BYTES_MAX);
+const _: () = assert!(BATCH_COUNT_DEFAULT <= BATCH_COUNT_MAX);
+const _: () = assert!(ATTEMPT_COUNT_DEFAULT <= ATTEMPT_COUNT_MAX);
+const _: () = assert!(BACKOFF_INITIAL_MS_DEFAULT <= BACKOFF_MAX_MS_DEFAULT);
+const _: () = assert!(BACKOFF_MAX_MS_DEFAULT <= DELAY_MS_MAX);
+const _: () = assert!(GROUP_COMMAND_COUNT_MAX <= COMMAND_QUEUE_DEPTH);
+// A whole WAL frame holds one group: the largest message must fit in a segment many times over.
+const _: () = assert!(MESSAGE_BYTES_MAX * 8 <= WAL_SEGMENT_BYTES);

@@ -1,0 +1,416 @@
+//! Broker unit tests: every operation with a virtual clock, and recovery from the changes it emitted.
+
+use super::*;
+use crate::queue::message::{LeaseToken, ALL_STATES};
+
+const NOW: u64 = 1_000_000;
+
+fn config() -> BrokerConfig {
+    BrokerConfig {
+        attempt_count_max: 3,
+        retry: RetryPolicy {
+            initial_ms: 100,
+            multiplier: 2.0,
+            max_ms: 1000,
+            jitter: 0.0,
+        },
+    }
+}
+
+fn message(priority: i32) -> NewMessage {
+    NewMessage {
+        content_record: vec![1, 2, 3],
+        priority,
+        attempt_count_max: None,
+        delivery: Delivery::Now,
+    }
+}
+
+fn enqueue(broker: &mut Broker, now_ms: u64, messages: Vec<NewMessage>) -> Vec<MessageId> {
+    let mut changes = Vec::new();
+    let outcome = broker
+        .enqueue(now_ms, "q", messages, None, &mut changes)
+        .unwrap();
+    outcome.ids().collect()
+}
+
+fn lease(broker: &mut Broker, now_ms: u64, count_max: u32) -> Vec<Grant> {
+    broker.lease(now_ms, "q", count_max, 1000, &mut Vec::new())
+}
+
+fn counts(broker: &Broker) -> StateCounts {
+    broker
+        .queue_stats("q")
+        .map(|stats| stats.counts)
+        .unwrap_or_default()
+}
+
+fn count(broker: &Broker, state: MessageState) -> u64 {
+    counts(broker)[state.index()]
+}
+
+#[test]
+fn priority_first_then_fifo() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let ids = enqueue(
+        &mut broker,
+        NOW,
+        vec![message(0), message(5), message(0), message(5)],
+    );
+    let order: Vec<MessageId> = lease(&mut broker, NOW, 10)
+        .iter()
+        .map(|grant| grant.id)
+        .collect();
+    assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2]]);
+}
+
+#[test]
+fn ack_delivers_and_a_second_ack_is_refused() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let grant = lease(&mut broker, NOW, 1).remove(0);
+    assert_eq!(grant.meta.attempt_count, 1);
+    let mut changes = Vec::new();
+    assert_eq!(
+        broker.ack(NOW + 1, "q", &[Some(grant.token)], &mut changes),
+        vec![Ok(())]
+    );
+    assert_eq!(count(&broker, MessageState::Delivered), 1);
+    assert_eq!(broker.active_count(), 0);
+    let again = broker.ack(NOW + 2, "q", &[Some(grant.token)], &mut changes);
+    assert_eq!(again, vec![Err(Refusal::NotActive(grant.id))]);
+    assert_eq!(
+        broker.ack(NOW, "other", &[Some(grant.token)], &mut changes),
+        vec![Err(Refusal::Unknown)]
+    );
+    assert_eq!(
+        broker.ack(NOW, "q", &[None], &mut changes),
+        vec![Err(Refusal::Unknown)]
+    );
+}
+
+#[test]
+fn lease_expiry_retries_with_backoff_and_a_stale_token_cannot_ack() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let first = lease(&mut broker, NOW, 1).remove(0);
+    let mut changes = Vec::new();
+    broker.expire_due(NOW + 999, &mut changes);
+    assert_eq!(count(&broker, MessageState::Leased), 1);
+    broker.expire_due(NOW + 1000, &mut changes);
+    assert_eq!(count(&broker, MessageState::Retrying), 1);
+    assert!(changes
+        .iter()
+        .any(|change| matches!(change, Change::PutError { .. })));
+    assert!(
+        lease(&mut broker, NOW + 1099, 1).is_empty(),
+        "backoff of 100 ms not over"
+    );
+    broker.expire_due(NOW + 1100, &mut changes);
+    let second = lease(&mut broker, NOW + 1100, 1).remove(0);
+    assert_eq!(second.meta.attempt_count, 2);
+    assert_ne!(first.token, second.token);
+    let stale = broker.ack(NOW + 1101, "q", &[Some(first.token)], &mut changes);
+    assert_eq!(stale, vec![Err(Refusal::LeaseExpired)]);
+    assert_eq!(
+        broker.ack(NOW + 1101, "q", &[Some(second.token)], &mut changes),
+        vec![Ok(())]
+    );
+}
+
+#[test]
+fn a_lease_past_its_deadline_no_longer_holds_even_before_the_timer_fires() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let grant = lease(&mut broker, NOW, 1).remove(0);
+    let late = broker.ack(NOW + 1000, "q", &[Some(grant.token)], &mut Vec::new());
+    assert_eq!(late, vec![Err(Refusal::LeaseExpired)]);
+}
+
+#[test]
+fn nack_backs_off_exponentially_then_dead_letters_at_max_attempts() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let mut now_ms = NOW;
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let grant = lease(&mut broker, now_ms, 1).remove(0);
+        let item = NackItem {
+            token: Some(grant.token),
+            error: "boom".into(),
+            delay_ms: None,
+            dead: false,
+        };
+        let outcome = broker
+            .nack(now_ms, "q", vec![item], &mut Vec::new())
+            .remove(0)
+            .unwrap();
+        outcomes.push(outcome);
+        if let FailOutcome::Retrying { next_attempt_at_ms } = outcome {
+            now_ms = next_attempt_at_ms;
+            broker.expire_due(now_ms, &mut Vec::new());
+        }
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            FailOutcome::Retrying {
+                next_attempt_at_ms: NOW + 100
+            },
+            FailOutcome::Retrying {
+                next_attempt_at_ms: NOW + 100 + 200
+            },
+            FailOutcome::Dead,
+        ]
+    );
+    assert_eq!(count(&broker, MessageState::Dead), 1);
+    assert_eq!(broker.active_count(), 0);
+}
+
+#[test]
+fn nack_honours_an_explicit_delay_and_dead_flag() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0), message(0)]);
+    let grants = lease(&mut broker, NOW, 2);
+    let items = vec![
+        NackItem {
+            token: Some(grants[0].token),
+            error: "later".into(),
+            delay_ms: Some(5000),
+            dead: false,
+        },
+        NackItem {
+            token: Some(grants[1].token),
+            error: "bad address".into(),
+            delay_ms: None,
+            dead: true,
+        },
+    ];
+    let outcomes = broker.nack(NOW, "q", items, &mut Vec::new());
+    assert_eq!(
+        outcomes[0],
+        Ok(FailOutcome::Retrying {
+            next_attempt_at_ms: NOW + 5000
+        })
+    );
+    assert_eq!(outcomes[1], Ok(FailOutcome::Dead));
+}
+
+#[test]
+fn extend_moves_the_deadline_and_the_old_timer_is_ignored() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let grant = lease(&mut broker, NOW, 1).remove(0);
+    let extended = broker.extend(
+        NOW + 500,
+        "q",
+        &[(Some(grant.token), 2000)],
+        &mut Vec::new(),
+    );
+    assert_eq!(extended, vec![Ok(NOW + 2500)]);
+    broker.expire_due(NOW + 1000, &mut Vec::new());
+    assert_eq!(
+        count(&broker, MessageState::Leased),
+        1,
+        "the original deadline no longer counts"
+    );
+    broker.expire_due(NOW + 2500, &mut Vec::new());
+    assert_eq!(count(&broker, MessageState::Retrying), 1);
+}
+
+#[test]
+fn scheduled_messages_wait_for_their_time() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let later = NewMessage {
+        delivery: Delivery::After { delay_ms: 50 },
+        ..message(0)
+    };
+    let at = NewMessage {
+        delivery: Delivery::At {
+            deliver_at_ms: NOW + 80,
+        },
+        ..message(9)
+    };
+    let past = NewMessage {
+        delivery: Delivery::At {
+            deliver_at_ms: NOW - 1,
+        },
+        ..message(0)
+    };
+    let ids = enqueue(&mut broker, NOW, vec![later, at, past]);
+    assert_eq!(count(&broker, MessageState::Scheduled), 2);
+    assert_eq!(
+        lease(&mut broker, NOW, 10)
+            .iter()
+            .map(|grant| grant.id)
+            .collect::<Vec<_>>(),
+        vec![ids[2]]
+    );
+    assert_eq!(broker.next_deadline_ms(), Some(NOW + 50));
+    broker.expire_due(NOW + 79, &mut Vec::new());
+    assert_eq!(broker.take_woken(), vec![QueueId(0)]);
+    broker.expire_due(NOW + 80, &mut Vec::new());
+    let order: Vec<MessageId> = lease(&mut broker, NOW + 80, 10)
+        .iter()
+        .map(|grant| grant.id)
+        .collect();
+    assert_eq!(order, vec![ids[1], ids[0]]);
+}
+
+#[test]
+fn idempotency_returns_the_original_ids_and_refuses_a_different_body() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let key = |hash| {
+        Some(IdempotencyKey {
+            key: "k".into(),
+            request_hash: hash,
+        })
+    };
+    let mut changes = Vec::new();
+    let first = broker
+        .enqueue(NOW, "q", vec![message(0), message(0)], key(7), &mut changes)
+        .unwrap();
+    changes.clear();
+    let again = broker
+        .enqueue(
+            NOW + 1,
+            "q",
+            vec![message(0), message(0)],
+            key(7),
+            &mut changes,
+        )
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        again.ids().collect::<Vec<_>>(),
+        first.ids().collect::<Vec<_>>()
+    );
+    assert!(changes.is_empty(), "a duplicate changes nothing");
+    let conflict = broker.enqueue(NOW + 1, "q", vec![message(0)], key(8), &mut changes);
+    assert_eq!(conflict, Err(EnqueueError::IdempotencyConflict));
+    let other_queue = broker
+        .enqueue(NOW + 1, "p", vec![message(0)], key(8), &mut changes)
+        .unwrap();
+    assert!(!other_queue.duplicate, "keys are scoped per queue");
+    broker.expire_due(NOW + crate::limits::IDEMPOTENCY_WINDOW_MS, &mut changes);
+    let after_window = broker.enqueue(
+        NOW + crate::limits::IDEMPOTENCY_WINDOW_MS,
+        "q",
+        vec![message(0)],
+        key(8),
+        &mut changes,
+    );
+    assert!(
+        !after_window.unwrap().duplicate,
+        "keys are forgotten after the window"
+    );
+}
+
+#[test]
+fn paused_queues_lease_nothing() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    broker.restore_queue(
+        QueueId(0),
+        QueueRecord {
+            name: "q".into(),
+            paused: true,
+        },
+    );
+    assert!(lease(&mut broker, NOW, 1).is_empty());
+}
+
+/// Replays the emitted changes into a map (what the store would hold) and rebuilds a broker from it.
+fn rebuild(changes: &[Change], now_ms: u64) -> Broker {
+    let mut queues = std::collections::BTreeMap::new();
+    let mut metas = std::collections::BTreeMap::new();
+    let mut next_id = 0;
+    for change in changes {
+        match change {
+            Change::PutQueue { queue_id, record } => drop(queues.insert(*queue_id, record.clone())),
+            Change::PutMeta { id, meta } => drop(metas.insert(*id, meta.clone())),
+            Change::SetNextId { next_id: value } => next_id = *value,
+            _ => {}
+        }
+    }
+    let mut broker = Broker::new(config(), now_ms, 2);
+    for (queue_id, record) in queues {
+        broker.restore_queue(queue_id, record);
+    }
+    for (id, meta) in metas {
+        broker.restore_message(id, meta);
+    }
+    broker.restore_next_id(next_id);
+    broker.finish_restore();
+    broker
+}
+
+#[test]
+fn a_broker_rebuilt_from_its_changes_has_the_same_counts_and_leases_expire() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let mut changes = Vec::new();
+    let batch = vec![
+        message(0),
+        message(0),
+        message(0),
+        NewMessage {
+            delivery: Delivery::After { delay_ms: 10 },
+            ..message(0)
+        },
+    ];
+    broker.enqueue(NOW, "q", batch, None, &mut changes).unwrap();
+    let grants = broker.lease(NOW, "q", 2, 1000, &mut changes);
+    broker.ack(NOW, "q", &[Some(grants[0].token)], &mut changes);
+    let mut rebuilt = rebuild(&changes, NOW + 1);
+    assert_eq!(counts(&rebuilt), counts(&broker));
+    assert_eq!(rebuilt.next_id(), broker.next_id());
+    // The message leased at the "crash" comes back after its deadline with its attempt kept.
+    rebuilt.expire_due(NOW + 1000, &mut Vec::new());
+    assert_eq!(count(&rebuilt, MessageState::Retrying), 1);
+    rebuilt.expire_due(NOW + 1100, &mut Vec::new());
+    let again: Vec<Grant> = rebuilt.lease(NOW + 1100, "q", 10, 1000, &mut Vec::new());
+    let attempts: Vec<u32> = again.iter().map(|grant| grant.meta.attempt_count).collect();
+    assert_eq!(attempts.iter().filter(|&&attempt| attempt == 2).count(), 1);
+    let stale = LeaseToken {
+        id: grants[1].id,
+        nonce: grants[1].token.nonce,
+    };
+    assert_eq!(
+        rebuilt.ack(NOW + 1100, "q", &[Some(stale)], &mut Vec::new()),
+        vec![Err(Refusal::LeaseExpired)]
+    );
+}
+
+#[test]
+fn counts_always_sum_to_the_number_of_messages() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(
+        &mut broker,
+        NOW,
+        (0..20).map(|index| message(index % 3)).collect(),
+    );
+    let mut now_ms = NOW;
+    for round in 0..50u64 {
+        now_ms += 37;
+        broker.expire_due(now_ms, &mut Vec::new());
+        let grants = lease(&mut broker, now_ms, 3);
+        for (index, grant) in grants.iter().enumerate() {
+            let mut changes = Vec::new();
+            match (round + index as u64) % 3 {
+                0 => drop(broker.ack(now_ms, "q", &[Some(grant.token)], &mut changes)),
+                1 => {
+                    let item = NackItem {
+                        token: Some(grant.token),
+                        error: "x".into(),
+                        delay_ms: None,
+                        dead: false,
+                    };
+                    drop(broker.nack(now_ms, "q", vec![item], &mut changes));
+                }
+                _ => {}
+            }
+        }
+        let total: u64 = ALL_STATES.iter().map(|state| count(&broker, *state)).sum();
+        assert_eq!(total, 20, "round {round}");
+    }
+}

@@ -1,0 +1,165 @@
+//! Wiring and lifecycle: recover the data directory, start the storage thread, serve HTTP, and on
+//! SIGTERM/SIGINT drain in-flight requests, checkpoint and exit.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::http::handlers::AppState;
+use crate::limits::{COMMAND_QUEUE_DEPTH, HEADER_READ_TIMEOUT_MS};
+use crate::store::recovery;
+use crate::store::writer::{self, Waiters};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Runs the server until a shutdown signal; returns after a clean shutdown.
+pub fn run(config: Config) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("outboxd-http")
+        .build()
+        .map_err(|source| Error::Io {
+            context: "starting the runtime".into(),
+            source,
+        })?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), Error> {
+    let now_ms = crate::clock::now_ms();
+    let seed = now_ms ^ (u64::from(std::process::id()) << 32);
+    let started = std::time::Instant::now();
+    let recovered = recovery::recover(&config.data_dir, config.broker, now_ms, seed)?;
+    let summary = &recovered.summary;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        replayed_frames = summary.frame_count,
+        queues = summary.queue_count,
+        messages = summary.message_count,
+        active = summary.active_count,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    if let Some((segment, offset, dropped_bytes)) = &summary.truncated {
+        tracing::warn!(%segment, offset, dropped_bytes, "cut a torn write-ahead log tail");
+    }
+    let store = Arc::new(recovered.store);
+    let waiters = Arc::new(Waiters::default());
+    let (writer, storage_thread) = writer::spawn(
+        recovered.broker,
+        store.clone(),
+        recovered.wal,
+        waiters.clone(),
+        crate::clock::now_ms,
+        COMMAND_QUEUE_DEPTH,
+    )
+    .map_err(|source| Error::Io {
+        context: "starting the storage thread".into(),
+        source,
+    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("listening on {}", config.listen),
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| Error::Io {
+        context: "reading the listen address".into(),
+        source,
+    })?;
+    announce(address);
+    let state = Arc::new(AppState {
+        writer: writer.clone(),
+        store,
+        waiters,
+        limits: config.limits,
+        clock: crate::clock::now_ms,
+    });
+    accept_until_signal(listener, state, &config).await;
+    tokio::task::spawn_blocking(move || {
+        writer.stop();
+        let _ = storage_thread.join();
+    })
+    .await
+    .map_err(|error| Error::Io {
+        context: "stopping".into(),
+        source: std::io::Error::other(error),
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prints the one line that tells scripts and tests where the server listens.
+fn announce(address: std::net::SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "outboxd listening on {address}");
+    let _ = stdout.flush();
+    tracing::info!(%address, "listening");
+}
+
+/// Accepts connections until SIGTERM or SIGINT, then lets open requests finish (bounded).
+async fn accept_until_signal(listener: TcpListener, state: Arc<AppState>, config: &Config) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(config.connection_count_max));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit,
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permit else { break };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |request| crate::http::serve(state.clone(), request));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS))
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing open requests");
+    let timeout = Duration::from_millis(config.shutdown_timeout_ms);
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timeout passed with requests still open");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
