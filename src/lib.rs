@@ -12,10 +12,15 @@
 //! - `http`: the API: routing, request parsing and validation, handlers, error bodies.
 //! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
 //! - `telemetry`: logging setup.
+//! - `bench`: `outboxd bench`, the load generator.
+//! - `fuzzing`: fuzz target bodies (test builds), shared by `fuzz/` and the corpus replay test.
 
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod queue;

@@ -395,11 +395,14 @@ struct ExtendInput {
     lease_ms: Option<u64>,
 }
 
+/// One lease to extend, and by how much.
+pub type ExtendItem = (Option<LeaseToken>, u64);
+
 /// Parses an extend body into the tokens as given and (token, lease_ms) pairs.
 pub fn parse_extend(
     bytes: &[u8],
     limits: &RequestLimits,
-) -> Result<(Vec<String>, Vec<(Option<LeaseToken>, u64)>), ApiError> {
+) -> Result<(Vec<String>, Vec<ExtendItem>), ApiError> {
     let request: ExtendRequest = parse(bytes)?;
     check_item_count("items", request.items.len())?;
     let mut leases = Vec::with_capacity(request.items.len());
@@ -514,7 +517,7 @@ mod tests {
         );
         let many = format!(
             r#"{{"messages": [{}]}}"#,
-            vec![r#"{"body": 1}"#; 11].join(",")
+            [r#"{"body": 1}"#; 11].join(",")
         );
         assert_eq!(
             parse_enqueue(many.as_bytes(), &LIMITS, 0).unwrap_err().code,

@@ -18,11 +18,16 @@ pub struct MessageId(pub u64);
 impl MessageId {
     /// Parses the 16-hex-digit wire form; anything else is `None`.
     pub fn parse(text: &str) -> Option<MessageId> {
-        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if text.len() != 16 || !text.bytes().all(is_lower_hex) {
             return None;
         }
         u64::from_str_radix(text, 16).ok().map(MessageId)
     }
+}
+
+/// The wire forms are lowercase hex only, so each id and token has exactly one spelling.
+fn is_lower_hex(byte: u8) -> bool {
+    byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)
 }
 
 impl fmt::Display for MessageId {
@@ -164,7 +169,7 @@ pub struct LeaseToken {
 impl LeaseToken {
     /// Parses the wire form; anything else is `None`.
     pub fn parse(text: &str) -> Option<LeaseToken> {
-        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if text.len() != 32 || !text.bytes().all(is_lower_hex) {
             return None;
         }
         let id = u64::from_str_radix(&text[..16], 16).ok()?;
@@ -193,6 +198,7 @@ mod tests {
         assert_eq!(MessageId::parse("1234"), None);
         assert_eq!(MessageId::parse("zzzzzzzzzzzzzzzz"), None);
         assert_eq!(MessageId::parse("+000000000000001"), None);
+        assert_eq!(MessageId::parse("00000000000000AB"), None);
         let token = LeaseToken {
             id,
             nonce: u64::MAX,

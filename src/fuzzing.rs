@@ -1,0 +1,1 @@
+//! Fuzz target bodies, shared by the cargo-fuzz targets in `fuzz/` and by the corpus replay test.
