@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Most connections served at once.
     #[arg(long, env = "OUTBOXD_MAX_CONNECTIONS", default_value_t = CONNECTION_COUNT_DEFAULT)]
     pub max_connections: usize,
+    /// Enqueues are refused (507) while the data directory's filesystem has fewer free bytes (0: off).
+    #[arg(long, env = "OUTBOXD_DISK_FREE_MIN_BYTES", default_value_t = DISK_FREE_MIN_BYTES_DEFAULT)]
+    pub disk_free_min_bytes: u64,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "OUTBOXD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
@@ -73,6 +76,7 @@ pub struct Config {
     pub limits: RequestLimits,
     pub broker: BrokerConfig,
     pub connection_count_max: usize,
+    pub disk_free_min_bytes: u64,
     pub shutdown_timeout_ms: u64,
     pub log_format: LogFormat,
     pub log_filter: String,
@@ -180,6 +184,7 @@ impl Config {
             limits,
             broker,
             connection_count_max: range("--max-connections", args.max_connections, 1, 1_000_000)?,
+            disk_free_min_bytes: args.disk_free_min_bytes,
             shutdown_timeout_ms: range(
                 "--shutdown-timeout-ms",
                 args.shutdown_timeout_ms,

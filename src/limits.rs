@@ -71,6 +71,9 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 /// Open connections served at once; more wait in the kernel's accept backlog.
 pub const CONNECTION_COUNT_DEFAULT: usize = 4096;
 
+/// Free space under which enqueues are refused, so the disk never fills under the WAL and sled.
+pub const DISK_FREE_MIN_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
 /// How long a client may take to send its request headers.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 

@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::http::handlers::AppState;
 use crate::limits::{COMMAND_QUEUE_DEPTH, HEADER_READ_TIMEOUT_MS};
 use crate::store::recovery;
-use crate::store::writer::{self, Waiters};
+use crate::store::writer::{self, Waiters, WriterConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io::Write;
@@ -54,7 +54,11 @@ async fn serve(config: Config) -> Result<(), Error> {
         recovered.wal,
         waiters.clone(),
         crate::clock::now_ms,
-        COMMAND_QUEUE_DEPTH,
+        WriterConfig {
+            data_dir: config.data_dir.clone(),
+            disk_free_min_bytes: config.disk_free_min_bytes,
+            depth: COMMAND_QUEUE_DEPTH,
+        },
     )
     .map_err(|source| Error::Io {
         context: "starting the storage thread".into(),

@@ -206,6 +206,19 @@ impl ApiError {
         )
     }
 
+    pub fn insufficient_storage(free_bytes: u64) -> ApiError {
+        let message = format!(
+            "the data directory's disk has only {free_bytes} bytes free, under the server's \
+             watermark; nothing was stored"
+        );
+        let hint = "Free disk space (or lower --disk-free-min-bytes). Leases, acks and reads still \
+                    work, and enqueues resume by themselves once space is free; retry with the \
+                    same Idempotency-Key.";
+        let error =
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", message, hint);
+        ApiError { retry_after_s: Some(5), ..error }
+    }
+
     pub fn shutting_down() -> ApiError {
         let message = "the server is shutting down".into();
         let hint = "Retry against the restarted server with the same Idempotency-Key.";
@@ -235,6 +248,7 @@ impl From<crate::store::writer::CommitError> for ApiError {
             CommitError::StorageFailed(_) => ApiError::storage_failed(),
             CommitError::Overloaded => ApiError::overloaded(),
             CommitError::ShuttingDown => ApiError::shutting_down(),
+            CommitError::DiskFull { free_bytes } => ApiError::insufficient_storage(free_bytes),
         }
     }
 }

@@ -88,6 +88,8 @@ pub enum CommitError {
     Overloaded,
     /// The server is shutting down.
     ShuttingDown,
+    /// Free space on the data directory's filesystem is under the watermark; enqueues wait.
+    DiskFull { free_bytes: u64 },
 }
 
 /// Long-poll wake-ups: one `Notify` per queue name, signalled when the queue gains ready messages.
@@ -144,6 +146,20 @@ impl WriterHandle {
     }
 }
 
+/// Settings of the storage thread.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// The data directory, whose filesystem's free space is watched.
+    pub data_dir: std::path::PathBuf,
+    /// Below this many free bytes enqueues are refused (0 turns the check off).
+    pub disk_free_min_bytes: u64,
+    /// Depth of the command channel.
+    pub depth: usize,
+}
+
+/// How often the free space is looked up (a statvfs call).
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
 /// The storage thread's own state.
 pub struct Writer {
     broker: Broker,
@@ -158,6 +174,10 @@ pub struct Writer {
     /// Reused buffers: the group's changes and one frame's payload.
     changes: Vec<Change>,
     payload: Vec<u8>,
+    config: WriterConfig,
+    /// Free bytes at the last look, and when that was.
+    disk_free_bytes: u64,
+    disk_checked_at: Option<Instant>,
 }
 
 /// A reply waiting for the group's sync, with the result to send if the sync succeeds.
@@ -191,9 +211,9 @@ pub fn spawn(
     wal: Wal,
     waiters: Arc<Waiters>,
     clock: fn() -> u64,
-    depth: usize,
+    config: WriterConfig,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(depth);
+    let (sender, receiver) = std::sync::mpsc::sync_channel(config.depth);
     let failure = Arc::new(RwLock::new(None));
     let wal_bytes_at_checkpoint = wal.disk_bytes();
     let writer = Writer {
@@ -208,6 +228,9 @@ pub fn spawn(
         wal_bytes_at_checkpoint,
         changes: Vec::new(),
         payload: Vec::new(),
+        config,
+        disk_free_bytes: u64::MAX,
+        disk_checked_at: None,
     };
     let thread = std::thread::Builder::new()
         .name("outboxd-storage".into())
@@ -317,12 +340,37 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether free disk space is under the watermark, looked up at most every 200 ms.
+    ///
+    /// Enqueues stop before the disk is full, so that the WAL and sled never meet ENOSPC (sled
+    /// cannot recover from a failed write without a restart) and consumers can still lease and ack.
+    fn disk_low(&mut self) -> Option<u64> {
+        if self.config.disk_free_min_bytes == 0 {
+            return None;
+        }
+        let stale = self.disk_checked_at.is_none_or(|at| at.elapsed() >= DISK_CHECK_INTERVAL);
+        if stale {
+            self.disk_checked_at = Some(Instant::now());
+            match fs2::available_space(&self.config.data_dir) {
+                Ok(free_bytes) => self.disk_free_bytes = free_bytes,
+                Err(error) => tracing::warn!(%error, "cannot read the free disk space"),
+            }
+        }
+        (self.disk_free_bytes < self.config.disk_free_min_bytes).then_some(self.disk_free_bytes)
+    }
+
     /// Runs one command; read-only ones are answered at once, the rest wait for the sync.
     fn execute(&mut self, command: Command, now_ms: u64) -> Option<Pending> {
         let failed = self.failure.read().clone();
         if let (Some(reason), false) = (&failed, matches!(command, Command::QueueStats { .. })) {
             command.refuse(CommitError::StorageFailed(reason.clone()));
             return None;
+        }
+        if matches!(command, Command::Enqueue { .. }) {
+            if let Some(free_bytes) = self.disk_low() {
+                command.refuse(CommitError::DiskFull { free_bytes });
+                return None;
+            }
         }
         let changes = &mut self.changes;
         let broker = &mut self.broker;
