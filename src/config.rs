@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// Random spread of each backoff, as a fraction (0.2 = ±20 %).
     #[arg(long, env = "OUTBOXD_BACKOFF_JITTER", default_value_t = BACKOFF_JITTER_DEFAULT)]
     pub backoff_jitter: f64,
+    /// How long delivered messages stay visible, in milliseconds (0 removes them on ack).
+    #[arg(long, env = "OUTBOXD_RETENTION_MS", default_value_t = RETENTION_MS_DEFAULT)]
+    pub retention_ms: u64,
+    /// How many history events are kept per message.
+    #[arg(long, env = "OUTBOXD_HISTORY_EVENTS_MAX", default_value_t = HISTORY_EVENT_COUNT_DEFAULT)]
+    pub history_events_max: u32,
     /// Most connections served at once.
     #[arg(long, env = "OUTBOXD_MAX_CONNECTIONS", default_value_t = CONNECTION_COUNT_DEFAULT)]
     pub max_connections: usize,
@@ -108,10 +114,7 @@ fn range<T: PartialOrd + fmt::Display + Copy>(
     if value >= low && value <= high {
         Ok(value)
     } else {
-        Err(ConfigError {
-            setting,
-            message: format!("{value} is outside {low}..={high}"),
-        })
+        Err(ConfigError { setting, message: format!("{value} is outside {low}..={high}") })
     }
 }
 
@@ -122,60 +125,43 @@ impl Config {
             setting: "--listen",
             message: format!("{:?} is not host:port, e.g. 127.0.0.1:7070", args.listen),
         })?;
-        let message_bytes_max = range(
-            "--message-bytes-max",
-            args.message_bytes_max,
-            1,
-            MESSAGE_BYTES_MAX,
-        )?;
-        let request_bytes_max = range(
-            "--request-bytes-max",
-            args.request_bytes_max,
-            64,
-            REQUEST_BYTES_MAX,
-        )?;
+        let message_bytes_max =
+            range("--message-bytes-max", args.message_bytes_max, 1, MESSAGE_BYTES_MAX)?;
+        let request_bytes_max =
+            range("--request-bytes-max", args.request_bytes_max, 64, REQUEST_BYTES_MAX)?;
         let limits = RequestLimits {
             request_bytes_max,
             message_bytes_max,
-            batch_count_max: range(
-                "--batch-count-max",
-                args.batch_count_max,
-                1,
-                BATCH_COUNT_MAX,
-            )?,
-            lease_ms_default: range("--lease-ms", args.lease_ms, LEASE_MS_MIN, LEASE_MS_MAX)?,
+            batch_count_max: range("--batch-count-max", args.batch_count_max, 1, BATCH_COUNT_MAX)?,
         };
         let retry = RetryPolicy {
-            initial_ms: range(
-                "--backoff-initial-ms",
-                args.backoff_initial_ms,
-                0,
-                DELAY_MS_MAX,
-            )?,
+            initial_ms: range("--backoff-initial-ms", args.backoff_initial_ms, 0, DELAY_MS_MAX)?,
             multiplier: range("--backoff-multiplier", args.backoff_multiplier, 1.0, 100.0)?,
             max_ms: range("--backoff-max-ms", args.backoff_max_ms, 0, DELAY_MS_MAX)?,
             jitter: range("--backoff-jitter", args.backoff_jitter, 0.0, 0.99)?,
         };
         if retry.initial_ms > retry.max_ms {
             let message = "must not exceed --backoff-max-ms".to_string();
-            return Err(ConfigError {
-                setting: "--backoff-initial-ms",
-                message,
-            });
+            return Err(ConfigError { setting: "--backoff-initial-ms", message });
         }
         let broker = BrokerConfig {
             attempt_count_max: range("--max-attempts", args.max_attempts, 1, ATTEMPT_COUNT_MAX)?,
             retry,
+            lease_ms: range("--lease-ms", args.lease_ms, LEASE_MS_MIN, LEASE_MS_MAX)?,
+            retention_ms: range("--retention-ms", args.retention_ms, 0, RETENTION_MS_MAX)?,
+            history_keep_count: range(
+                "--history-events-max",
+                args.history_events_max,
+                1,
+                HISTORY_EVENT_COUNT_MAX,
+            )?,
         };
         let log_format = match args.log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
                 let message = format!("{other:?} is neither text nor json");
-                return Err(ConfigError {
-                    setting: "--log-format",
-                    message,
-                });
+                return Err(ConfigError { setting: "--log-format", message });
             }
         };
         Ok(Config {

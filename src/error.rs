@@ -13,10 +13,7 @@ pub enum Error {
     /// The data directory could not be recovered or written.
     Store(StoreError),
     /// A socket, thread or runtime could not be set up; `context` says which.
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 impl fmt::Display for Error {

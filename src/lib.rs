@@ -10,6 +10,7 @@
 //! - `store`: durability: the record codec, the sled key layout, the write-ahead log, recovery, and
 //!   the storage thread (group commit).
 //! - `http`: the API: routing, request parsing and validation, handlers, error bodies.
+//! - `events`: the bounded ring of published events behind `GET /v1/events`.
 //! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
 //! - `telemetry`: logging setup.
 //! - `bench`: `outboxd bench`, the load generator.
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod events;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod http;

@@ -57,6 +57,23 @@ pub const BACKOFF_MULTIPLIER_DEFAULT: f64 = 2.0;
 pub const BACKOFF_MAX_MS_DEFAULT: u64 = 15 * 60 * 1000;
 pub const BACKOFF_JITTER_DEFAULT: f64 = 0.2;
 
+/// How long delivered messages stay visible by default (24 hours), and at most (one year).
+pub const RETENTION_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+pub const RETENTION_MS_MAX: u64 = 365 * 24 * 60 * 60 * 1000;
+
+/// History events kept per message: by default, and at most.
+pub const HISTORY_EVENT_COUNT_DEFAULT: u32 = 20;
+pub const HISTORY_EVENT_COUNT_MAX: u32 = 1000;
+
+/// Most messages one purge or redrive step touches, so one request never stalls the storage thread.
+pub const CONTROL_CHUNK_COUNT_MAX: usize = 1000;
+
+/// Most messages one listing page returns.
+pub const LIST_COUNT_MAX: usize = 1000;
+
+/// Events kept in memory for `Last-Event-ID` resumption of the event stream.
+pub const EVENT_RING_COUNT_MAX: usize = 10_000;
+
 /// Depth of the channel into the storage thread; a full channel answers 503 (backpressure).
 pub const COMMAND_QUEUE_DEPTH: usize = 4096;
 
@@ -86,5 +103,9 @@ const _: () = assert!(ATTEMPT_COUNT_DEFAULT <= ATTEMPT_COUNT_MAX);
 const _: () = assert!(BACKOFF_INITIAL_MS_DEFAULT <= BACKOFF_MAX_MS_DEFAULT);
 const _: () = assert!(BACKOFF_MAX_MS_DEFAULT <= DELAY_MS_MAX);
 const _: () = assert!(GROUP_COMMAND_COUNT_MAX <= COMMAND_QUEUE_DEPTH);
+const _: () = assert!(HISTORY_EVENT_COUNT_DEFAULT <= HISTORY_EVENT_COUNT_MAX);
+const _: () = assert!(RETENTION_MS_DEFAULT <= RETENTION_MS_MAX);
+// A lease must be able to outlive its message's visibility: the retention window is longer.
+const _: () = assert!(LEASE_MS_MAX <= RETENTION_MS_DEFAULT);
 // A whole WAL frame holds one group: the largest message must fit in a segment many times over.
 const _: () = assert!(MESSAGE_BYTES_MAX * 8 <= WAL_SEGMENT_BYTES);

@@ -3,10 +3,12 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::events::EventLog;
 use crate::http::handlers::AppState;
+use crate::limits::EVENT_RING_COUNT_MAX;
 use crate::limits::{COMMAND_QUEUE_DEPTH, HEADER_READ_TIMEOUT_MS};
 use crate::store::recovery;
-use crate::store::writer::{self, Waiters, WriterConfig};
+use crate::store::writer::{self, Shared, Waiters, WriterConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io::Write;
@@ -21,10 +23,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         .enable_all()
         .thread_name("outboxd-http")
         .build()
-        .map_err(|source| Error::Io {
-            context: "starting the runtime".into(),
-            source,
-        })?;
+        .map_err(|source| Error::Io { context: "starting the runtime".into(), source })?;
     runtime.block_on(serve(config))
 }
 
@@ -48,41 +47,38 @@ async fn serve(config: Config) -> Result<(), Error> {
     }
     let store = Arc::new(recovered.store);
     let waiters = Arc::new(Waiters::default());
-    let (writer, storage_thread) = writer::spawn(
-        recovered.broker,
-        store.clone(),
-        recovered.wal,
-        waiters.clone(),
-        crate::clock::now_ms,
-        WriterConfig {
-            data_dir: config.data_dir.clone(),
-            disk_free_min_bytes: config.disk_free_min_bytes,
-            depth: COMMAND_QUEUE_DEPTH,
-        },
-    )
-    .map_err(|source| Error::Io {
-        context: "starting the storage thread".into(),
+    let events = Arc::new(EventLog::new(EVENT_RING_COUNT_MAX));
+    let shared = Shared { store: store.clone(), waiters: waiters.clone(), events: events.clone() };
+    let writer_config = WriterConfig {
+        data_dir: config.data_dir.clone(),
+        disk_free_min_bytes: config.disk_free_min_bytes,
+        depth: COMMAND_QUEUE_DEPTH,
+    };
+    let (writer, storage_thread) =
+        writer::spawn(recovered.broker, recovered.wal, shared, crate::clock::now_ms, writer_config)
+            .map_err(|source| Error::Io {
+                context: "starting the storage thread".into(),
+                source,
+            })?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Io {
+        context: format!("listening on {}", config.listen),
         source,
     })?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Io {
-            context: format!("listening on {}", config.listen),
-            source,
-        })?;
-    let address = listener.local_addr().map_err(|source| Error::Io {
-        context: "reading the listen address".into(),
-        source,
-    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| Error::Io { context: "reading the listen address".into(), source })?;
     announce(address);
+    let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         writer: writer.clone(),
         store,
         waiters,
+        events,
         limits: config.limits,
         clock: crate::clock::now_ms,
+        shutdown,
     });
-    accept_until_signal(listener, state, &config).await;
+    accept_until_signal(listener, state, &config, shutdown_sender).await;
     tokio::task::spawn_blocking(move || {
         writer.stop();
         let _ = storage_thread.join();
@@ -105,7 +101,12 @@ fn announce(address: std::net::SocketAddr) {
 }
 
 /// Accepts connections until SIGTERM or SIGINT, then lets open requests finish (bounded).
-async fn accept_until_signal(listener: TcpListener, state: Arc<AppState>, config: &Config) {
+async fn accept_until_signal(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: &Config,
+    shutdown_sender: tokio::sync::watch::Sender<bool>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(config.connection_count_max));
     let shutdown = shutdown_signal();
@@ -141,12 +142,10 @@ async fn accept_until_signal(listener: TcpListener, state: Arc<AppState>, config
         });
     }
     drop(listener);
+    let _ = shutdown_sender.send(true);
     tracing::info!("shutting down: finishing open requests");
     let timeout = Duration::from_millis(config.shutdown_timeout_ms);
-    if tokio::time::timeout(timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!("shutdown timeout passed with requests still open");
     }
 }

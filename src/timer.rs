@@ -186,12 +186,7 @@ impl TimerWheel {
         self.levels
             .iter()
             .position(|lvl| lvl.occupied_slots != 0)
-            .map(|level| {
-                (
-                    level,
-                    self.levels[level].occupied_slots.trailing_zeros() as usize,
-                )
-            })
+            .map(|level| (level, self.levels[level].occupied_slots.trailing_zeros() as usize))
     }
 
     /// Empties a slot that starts at the wheel's time: fires entries due by `now_ms` and refiles the
@@ -281,9 +276,7 @@ fn slot_width_ms(level: usize) -> u64 {
 /// The first ms of `slot` of `level`, within the level-sized block that holds `now_ms`.
 fn slot_start_ms(now_ms: u64, level: usize, slot: usize) -> u64 {
     // The top level's block is 2^66 ms, wider than u64, so its block always starts at 0.
-    let block_mask = u64::MAX
-        .checked_shl((level as u32 + 1) * SLOT_BITS)
-        .unwrap_or(0);
+    let block_mask = u64::MAX.checked_shl((level as u32 + 1) * SLOT_BITS).unwrap_or(0);
     (now_ms & block_mask) | ((slot as u64) << (level as u32 * SLOT_BITS))
 }
 
@@ -345,10 +338,7 @@ mod tests {
         wheel.insert(0, 4);
         assert_eq!(wheel.len(), 4);
         assert_eq!(wheel.next_deadline_ms(), Some(0));
-        assert_eq!(
-            expire_sorted(&mut wheel, 1000),
-            vec![(0, 4), (10, 1), (1000, 2)]
-        );
+        assert_eq!(expire_sorted(&mut wheel, 1000), vec![(0, 4), (10, 1), (1000, 2)]);
         assert_eq!(wheel.next_deadline_ms(), Some(1001));
         assert_eq!(expire_sorted(&mut wheel, 1001), vec![(1001, 3)]);
         assert!(wheel.is_empty());
@@ -362,41 +352,19 @@ mod tests {
             let mut wheel = TimerWheel::new(start_ms);
             let deadline_ms = start_ms + 777;
             wheel.insert(deadline_ms, 9);
-            assert!(
-                expire_sorted(&mut wheel, deadline_ms - 1).is_empty(),
-                "start {start_ms}"
-            );
+            assert!(expire_sorted(&mut wheel, deadline_ms - 1).is_empty(), "start {start_ms}");
             assert_eq!(wheel.next_deadline_ms(), Some(deadline_ms));
-            assert_eq!(
-                expire_sorted(&mut wheel, deadline_ms),
-                vec![(deadline_ms, 9)]
-            );
+            assert_eq!(expire_sorted(&mut wheel, deadline_ms), vec![(deadline_ms, 9)]);
             // Inserting exactly at the wheel's time fires on the very next expire, even at the same time.
             wheel.insert(deadline_ms, 10);
-            assert_eq!(
-                expire_sorted(&mut wheel, deadline_ms),
-                vec![(deadline_ms, 10)]
-            );
+            assert_eq!(expire_sorted(&mut wheel, deadline_ms), vec![(deadline_ms, 10)]);
             assert!(wheel.is_empty());
         }
     }
 
     #[test]
     fn deadlines_at_every_level_fire_exactly_on_time() {
-        let delays_ms = [
-            1,
-            2,
-            63,
-            64,
-            65,
-            4095,
-            4096,
-            4097,
-            262_144,
-            DAY_MS,
-            YEAR_MS,
-            1 << 50,
-        ];
+        let delays_ms = [1, 2, 63, 64, 65, 4095, 4096, 4097, 262_144, DAY_MS, YEAR_MS, 1 << 50];
         for start_ms in [0, 1, 4095, EPOCH_NOW_MS] {
             for delay_ms in delays_ms {
                 let deadline_ms = start_ms + delay_ms;
@@ -404,16 +372,10 @@ mod tests {
                 wheel.insert(deadline_ms, delay_ms);
                 assert_eq!(wheel.next_deadline_ms(), Some(deadline_ms));
                 let early = expire_sorted(&mut wheel, deadline_ms - 1);
-                assert!(
-                    early.is_empty(),
-                    "start {start_ms} delay {delay_ms} fired early"
-                );
+                assert!(early.is_empty(), "start {start_ms} delay {delay_ms} fired early");
                 assert_eq!(wheel.next_deadline_ms(), Some(deadline_ms), "after cascade");
                 wheel.assert_invariants();
-                assert_eq!(
-                    expire_sorted(&mut wheel, deadline_ms),
-                    vec![(deadline_ms, delay_ms)]
-                );
+                assert_eq!(expire_sorted(&mut wheel, deadline_ms), vec![(deadline_ms, delay_ms)]);
                 assert!(wheel.is_empty());
             }
         }
@@ -422,13 +384,7 @@ mod tests {
     #[test]
     fn deadlines_near_u64_max_do_not_overflow() {
         let mut wheel = TimerWheel::new(EPOCH_NOW_MS);
-        let deadlines_ms = [
-            u64::MAX,
-            u64::MAX - 1,
-            u64::MAX - 64,
-            u64::MAX - (1 << 60),
-            1 << 63,
-        ];
+        let deadlines_ms = [u64::MAX, u64::MAX - 1, u64::MAX - 64, u64::MAX - (1 << 60), 1 << 63];
         for deadline_ms in deadlines_ms {
             wheel.insert(deadline_ms, 0);
         }
@@ -436,10 +392,7 @@ mod tests {
         assert_eq!(expire_sorted(&mut wheel, u64::MAX - 2).len(), 3);
         assert_eq!(wheel.next_deadline_ms(), Some(u64::MAX - 1));
         wheel.assert_invariants();
-        assert_eq!(
-            expire_sorted(&mut wheel, u64::MAX - 1),
-            vec![(u64::MAX - 1, 0)]
-        );
+        assert_eq!(expire_sorted(&mut wheel, u64::MAX - 1), vec![(u64::MAX - 1, 0)]);
         assert_eq!(expire_sorted(&mut wheel, u64::MAX), vec![(u64::MAX, 0)]);
         // At the end of time every insert is already due.
         wheel.insert(u64::MAX, 1);
@@ -458,10 +411,7 @@ mod tests {
             expected.push((deadline_ms, key));
         }
         expected.sort_unstable();
-        assert_eq!(
-            expire_sorted(&mut wheel, EPOCH_NOW_MS + 10 * YEAR_MS),
-            expected
-        );
+        assert_eq!(expire_sorted(&mut wheel, EPOCH_NOW_MS + 10 * YEAR_MS), expected);
         assert!(wheel.is_empty());
         assert!(expire_sorted(&mut wheel, u64::MAX).is_empty());
         wheel.assert_invariants();
@@ -489,16 +439,10 @@ mod tests {
         }
         let mut remaining: Vec<u64> = deadlines_ms.to_vec();
         remaining.sort_unstable();
-        for now_ms in [
-            63, 64, 69, 4095, 4096, 4097, 4100, 4999, 200_000, 299_999, 300_000,
-        ] {
+        for now_ms in [63, 64, 69, 4095, 4096, 4097, 4100, 4999, 200_000, 299_999, 300_000] {
             wheel.expire(now_ms, &mut Vec::new());
             remaining.retain(|&d| d > now_ms);
-            assert_eq!(
-                wheel.next_deadline_ms(),
-                remaining.first().copied(),
-                "now {now_ms}"
-            );
+            assert_eq!(wheel.next_deadline_ms(), remaining.first().copied(), "now {now_ms}");
             assert_eq!(wheel.len(), remaining.len());
             wheel.assert_invariants();
         }
@@ -658,22 +602,14 @@ mod tests {
                 assert_eq!(fired, expected, "seed {seed} op {op} now {now_ms}");
             }
             let model_min_ms = model.keys().next().map(|&(deadline_ms, _)| deadline_ms);
-            assert_eq!(
-                wheel.next_deadline_ms(),
-                model_min_ms,
-                "seed {seed} op {op}"
-            );
+            assert_eq!(wheel.next_deadline_ms(), model_min_ms, "seed {seed} op {op}");
             assert_eq!(wheel.len(), model.len(), "seed {seed} op {op}");
             if op % 16 == 0 {
                 wheel.assert_invariants();
             }
         }
         let fired = expire_sorted(&mut wheel, u64::MAX);
-        assert_eq!(
-            fired,
-            model_expire(&mut model, u64::MAX),
-            "seed {seed} final drain"
-        );
+        assert_eq!(fired, model_expire(&mut model, u64::MAX), "seed {seed} final drain");
         assert!(wheel.is_empty(), "seed {seed}");
     }
 

@@ -89,32 +89,19 @@ impl ApiError {
         let message = format!("{count} message(s) of the batch are invalid; nothing was stored");
         let hint = "Fix every message listed in details (by index and field) and send the whole \
                     batch again.";
-        ApiError {
-            details,
-            ..ApiError::new(status, code, message, hint)
-        }
+        ApiError { details, ..ApiError::new(status, code, message, hint) }
     }
 
     pub fn batch_too_large(count: usize, count_max: u32) -> ApiError {
         let message = format!("the batch holds {count} messages; at most {count_max} are allowed");
         let hint = "Split the batch into several requests (the limit is --batch-count-max).";
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            message,
-            hint,
-        )
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", message, hint)
     }
 
     pub fn payload_too_large(bytes_max: u64) -> ApiError {
         let message = format!("the request body is larger than {bytes_max} bytes");
         let hint = "Send fewer or smaller messages per request (the limit is --request-bytes-max).";
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            message,
-            hint,
-        )
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message, hint)
     }
 
     pub fn invalid_queue_name(name: &str) -> ApiError {
@@ -127,12 +114,7 @@ impl ApiError {
     pub fn invalid_idempotency_key() -> ApiError {
         let message = "the Idempotency-Key header must be 1-255 visible ASCII characters".into();
         let hint = "Use a UUID or another printable key of at most 255 characters.";
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
-            message,
-            hint,
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", message, hint)
     }
 
     pub fn invalid_id(text: &str) -> ApiError {
@@ -152,18 +134,27 @@ impl ApiError {
     pub fn method_not_allowed(method: &str, allowed: &str) -> ApiError {
         let message = format!("{method} is not allowed here");
         let hint = format!("Use {allowed}.");
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            message,
-            &hint,
-        )
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, &hint)
     }
 
     pub fn message_not_found(id: &str) -> ApiError {
         let message = format!("no message with id {id}");
         let hint = "Check the id; delivered messages are removed after their retention period.";
         ApiError::new(StatusCode::NOT_FOUND, "message_not_found", message, hint)
+    }
+
+    pub fn message_leased(id: &str) -> ApiError {
+        let message = format!("message {id} is leased by a consumer");
+        let hint = "Wait until the consumer acks or nacks it or its lease expires (see \
+                    lease_expires_at in GET /v1/messages/{id}), then try again.";
+        ApiError::new(StatusCode::CONFLICT, "message_leased", message, hint)
+    }
+
+    pub fn invalid_state(id: &str, state: &str) -> ApiError {
+        let message = format!("message {id} is {state}; this action does not apply to it");
+        let hint = "Retry applies to dead and retrying messages; edit and reschedule to messages \
+                    that are not leased or delivered. Check the state with GET /v1/messages/{id}.";
+        ApiError::new(StatusCode::CONFLICT, "invalid_state", message, hint)
     }
 
     pub fn queue_not_found(name: &str) -> ApiError {
@@ -185,10 +176,7 @@ impl ApiError {
         let message = "the server's write queue is full".into();
         let hint = "Retry after the Retry-After delay, with the same Idempotency-Key.";
         let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message, hint);
-        ApiError {
-            retry_after_s: Some(1),
-            ..error
-        }
+        ApiError { retry_after_s: Some(1), ..error }
     }
 
     /// The cause (with paths) is logged by the storage thread; the client learns only what to do.
@@ -198,12 +186,7 @@ impl ApiError {
             .to_string();
         let hint = "Check the disk (space, errors in the server log), restart outboxd, then retry \
                     with the same Idempotency-Key.";
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_failed",
-            message,
-            hint,
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", message, hint)
     }
 
     pub fn insufficient_storage(free_bytes: u64) -> ApiError {
@@ -211,7 +194,8 @@ impl ApiError {
             "the data directory's disk has only {free_bytes} bytes free, under the server's \
              watermark; nothing was stored"
         );
-        let hint = "Free disk space (or lower --disk-free-min-bytes). Leases, acks and reads still \
+        let hint =
+            "Free disk space (or lower --disk-free-min-bytes). Leases, acks and reads still \
                     work, and enqueues resume by themselves once space is free; retry with the \
                     same Idempotency-Key.";
         let error =
@@ -222,16 +206,8 @@ impl ApiError {
     pub fn shutting_down() -> ApiError {
         let message = "the server is shutting down".into();
         let hint = "Retry against the restarted server with the same Idempotency-Key.";
-        let error = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            message,
-            hint,
-        );
-        ApiError {
-            retry_after_s: Some(1),
-            ..error
-        }
+        let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message, hint);
+        ApiError { retry_after_s: Some(1), ..error }
     }
 
     pub fn internal(context: &str) -> ApiError {

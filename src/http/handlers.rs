@@ -4,7 +4,7 @@ use super::error::ApiError;
 use super::json;
 use super::types::{self, RequestLimits};
 use super::{json_response, HttpResponse};
-use crate::queue::{EnqueueError, FailOutcome, IdempotencyKey, MessageId, ALL_STATES};
+use crate::queue::{EnqueueError, FailOutcome, IdempotencyKey, MessageId};
 use crate::store::writer::{Command, Reply, TokenResult, Waiters, WriterHandle};
 use crate::store::Store;
 use bytes::Bytes;
@@ -21,12 +21,18 @@ pub struct AppState {
     pub writer: WriterHandle,
     pub store: Arc<Store>,
     pub waiters: Arc<Waiters>,
+    pub events: Arc<crate::events::EventLog>,
     pub limits: RequestLimits,
     pub clock: fn() -> u64,
+    /// Turns true when the server begins to shut down; long-lived streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// The reply sender of a command whose answer is a `T`.
+pub type ReplyOf<T> = Reply<T>;
+
 /// Sends a command to the storage thread and waits for its answer.
-async fn call<T>(
+pub async fn call<T>(
     writer: &WriterHandle,
     command: impl FnOnce(Reply<T>) -> Command,
 ) -> Result<T, ApiError> {
@@ -53,9 +59,9 @@ pub async fn read_body(request: Request<Incoming>, bytes_max: u64) -> Result<Byt
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::payload_too_large(bytes_max))
         }
-        Err(error) => Err(ApiError::invalid_json(format!(
-            "the request body could not be read: {error}"
-        ))),
+        Err(error) => {
+            Err(ApiError::invalid_json(format!("the request body could not be read: {error}")))
+        }
     }
 }
 
@@ -79,10 +85,8 @@ pub async fn enqueue(
     };
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let messages = types::parse_enqueue(&bytes, &state.limits, (state.clock)())?;
-    let idempotency = key.clone().map(|key| IdempotencyKey {
-        key,
-        request_hash: types::request_hash(&bytes),
-    });
+    let idempotency =
+        key.clone().map(|key| IdempotencyKey { key, request_hash: types::request_hash(&bytes) });
     let queue_name = queue.to_string();
     let outcome = call(&state.writer, |reply| Command::Enqueue {
         queue: queue_name,
@@ -94,22 +98,12 @@ pub async fn enqueue(
     match outcome {
         Ok(outcome) => {
             let ids = outcome.ids().map(|id| id.to_string()).collect();
-            let status = if outcome.duplicate {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            Ok(json_response(
-                status,
-                &EnqueueReply {
-                    ids,
-                    duplicate: outcome.duplicate,
-                },
-            ))
+            let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+            Ok(json_response(status, &EnqueueReply { ids, duplicate: outcome.duplicate }))
         }
-        Err(EnqueueError::IdempotencyConflict) => Err(ApiError::idempotency_conflict(
-            key.as_deref().unwrap_or_default(),
-        )),
+        Err(EnqueueError::IdempotencyConflict) => {
+            Err(ApiError::idempotency_conflict(key.as_deref().unwrap_or_default()))
+        }
     }
 }
 
@@ -119,7 +113,7 @@ pub async fn lease(
     request: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
-    let params = types::parse_lease(&bytes, &state.limits)?;
+    let params = types::parse_lease(&bytes)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(params.wait_ms);
     let notify = state.waiters.notifier(queue);
     let grants = loop {
@@ -162,13 +156,7 @@ pub async fn lease(
             out.push(b',');
         }
         first = false;
-        json::write_grant(
-            &mut out,
-            grant.id,
-            &grant.token.to_string(),
-            &grant.meta,
-            &content,
-        );
+        json::write_grant(&mut out, grant.id, &grant.token.to_string(), &grant.meta, &content);
     }
     out.extend_from_slice(b"]}");
     Ok(super::raw_json_response(StatusCode::OK, out))
@@ -209,12 +197,7 @@ fn token_item<T>(
 }
 
 fn plain(result: &'static str) -> TokenItem {
-    TokenItem {
-        lease: String::new(),
-        result,
-        next_attempt_at: None,
-        lease_expires_at: None,
-    }
+    TokenItem { lease: String::new(), result, next_attempt_at: None, lease_expires_at: None }
 }
 
 pub async fn ack(
@@ -225,12 +208,7 @@ pub async fn ack(
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let (leases, tokens) = types::parse_ack(&bytes)?;
     let queue = queue.to_string();
-    let results = call(&state.writer, |reply| Command::Ack {
-        queue,
-        tokens,
-        reply,
-    })
-    .await?;
+    let results = call(&state.writer, |reply| Command::Ack { queue, tokens, reply }).await?;
     let results = leases
         .into_iter()
         .zip(results)
@@ -247,21 +225,15 @@ pub async fn nack(
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let (leases, items) = types::parse_nack(&bytes)?;
     let queue = queue.to_string();
-    let results = call(&state.writer, |reply| Command::Nack {
-        queue,
-        items,
-        reply,
-    })
-    .await?;
+    let results = call(&state.writer, |reply| Command::Nack { queue, items, reply }).await?;
     let results = leases
         .into_iter()
         .zip(results)
         .map(|(lease, result)| {
             token_item(lease, result, |outcome| match outcome {
-                FailOutcome::Retrying { next_attempt_at_ms } => TokenItem {
-                    next_attempt_at: Some(next_attempt_at_ms),
-                    ..plain("retrying")
-                },
+                FailOutcome::Retrying { next_attempt_at_ms } => {
+                    TokenItem { next_attempt_at: Some(next_attempt_at_ms), ..plain("retrying") }
+                }
                 FailOutcome::Dead => plain("dead"),
             })
         })
@@ -275,14 +247,9 @@ pub async fn extend(
     request: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
-    let (leases, items) = types::parse_extend(&bytes, &state.limits)?;
+    let (leases, items) = types::parse_extend(&bytes)?;
     let queue = queue.to_string();
-    let results = call(&state.writer, |reply| Command::Extend {
-        queue,
-        items,
-        reply,
-    })
-    .await?;
+    let results = call(&state.writer, |reply| Command::Extend { queue, items, reply }).await?;
     let results = leases
         .into_iter()
         .zip(results)
@@ -300,15 +267,11 @@ pub async fn get_message(state: &AppState, id_text: &str) -> Result<HttpResponse
     let id = MessageId::parse(id_text).ok_or_else(|| ApiError::invalid_id(id_text))?;
     let store = &state.store;
     let read = || -> Result<Option<HttpResponse>, crate::store::StoreError> {
-        let Some(meta) = store.meta(id)? else {
-            return Ok(None);
-        };
-        let Some(content) = store.content(id)? else {
-            return Ok(None);
-        };
-        let last_error = store.last_error(id)?;
+        let Some(meta) = store.meta(id)? else { return Ok(None) };
+        let Some(content) = store.content(id)? else { return Ok(None) };
+        let history = store.history(id)?.unwrap_or_default();
         let queue = store.queue_name(meta.queue_id)?.unwrap_or_default();
-        let body = json::message_view(id, &queue, &meta, last_error.as_ref(), &content);
+        let body = json::message_view(id, &queue, &meta, &history, &content);
         Ok(Some(super::raw_json_response(StatusCode::OK, body)))
     };
     match read() {
@@ -319,22 +282,6 @@ pub async fn get_message(state: &AppState, id_text: &str) -> Result<HttpResponse
             Err(ApiError::internal("reading the message"))
         }
     }
-}
-
-pub async fn queue_stats(state: &AppState, queue: &str) -> Result<HttpResponse, ApiError> {
-    let queue_name = queue.to_string();
-    let stats = call(&state.writer, |reply| Command::QueueStats {
-        queue: queue_name,
-        reply,
-    })
-    .await?
-    .ok_or_else(|| ApiError::queue_not_found(queue))?;
-    let counts: serde_json::Map<String, serde_json::Value> = ALL_STATES
-        .iter()
-        .map(|state| (state.name().to_string(), stats.counts[state.index()].into()))
-        .collect();
-    let body = serde_json::json!({"name": stats.name, "paused": stats.paused, "counts": counts});
-    Ok(json_response(StatusCode::OK, &body))
 }
 
 pub fn health(state: &AppState) -> HttpResponse {

@@ -1,7 +1,7 @@
 //! Response bodies that embed stored bytes: written by hand so that a message body goes from its
 //! store record into the response without being parsed or re-encoded.
 
-use crate::queue::{BodyKind, LastError, MessageContent, MessageId, MessageMeta};
+use crate::queue::{BodyKind, History, MessageContent, MessageId, MessageMeta, MessageState};
 use base64::Engine;
 use std::io::Write;
 
@@ -75,53 +75,110 @@ pub fn write_grant(
     out.push(b'}');
 }
 
+/// Appends the fields every view of a message shares (no body, no history), without braces.
+fn write_summary_fields(out: &mut Vec<u8>, id: MessageId, queue: &str, meta: &MessageMeta) {
+    write_key(out, "id");
+    write_str(out, &id.to_string());
+    out.push(b',');
+    write_key(out, "queue");
+    write_str(out, queue);
+    out.push(b',');
+    write_key(out, "state");
+    write_str(out, meta.state.name());
+    out.push(b',');
+    write_key(out, "priority");
+    let _ = write!(out, "{},", meta.priority);
+    write_u64(out, "attempts", u64::from(meta.attempt_count));
+    write_u64(out, "max_attempts", u64::from(meta.attempt_count_max));
+    write_u64(out, "enqueued_at", meta.enqueued_at_ms);
+    write_u64(out, "updated_at", meta.updated_at_ms);
+    let waiting = matches!(meta.state, MessageState::Scheduled | MessageState::Retrying);
+    write_optional(out, "deliver_at", waiting.then_some(meta.due_at_ms));
+    let leased = meta.state == MessageState::Leased;
+    write_optional(out, "lease_expires_at", leased.then_some(meta.due_at_ms));
+}
+
+/// Appends `"last_error": {...}|null` from a history.
+fn write_last_error(out: &mut Vec<u8>, history: &History) {
+    write_key(out, "last_error");
+    match history.last_failure() {
+        Some(event) => {
+            let value = serde_json::json!({
+                "message": event.detail, "at": event.at_ms, "attempt": event.attempt,
+                "kind": event.kind.name(),
+            });
+            serde_json::to_writer(&mut *out, &value).expect("writing into a Vec cannot fail");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// One entry of a listing: the summary, the last error, and optionally the headers.
+pub fn message_summary(
+    out: &mut Vec<u8>,
+    id: MessageId,
+    queue: &str,
+    meta: &MessageMeta,
+    history: &History,
+) {
+    out.push(b'{');
+    write_summary_fields(out, id, queue, meta);
+    write_last_error(out, history);
+    out.push(b'}');
+}
+
+/// The attempt log: the recorded events, with the ordinary ones (enqueue, each delivery, the ack)
+/// filled in from the scheduling record.
+pub fn history_entries(meta: &MessageMeta, history: &History) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let mut entries = vec![json!({"event": "enqueued", "at": meta.enqueued_at_ms})];
+    for event in &history.events {
+        if event.kind.is_failure() {
+            entries.push(
+                json!({"event": "leased", "at": event.leased_at_ms, "attempt": event.attempt}),
+            );
+            entries.push(json!({
+                "event": event.kind.name(), "at": event.at_ms, "attempt": event.attempt,
+                "error": event.detail, "dead": event.dead,
+            }));
+        } else {
+            entries.push(json!({
+                "event": event.kind.name(), "at": event.at_ms, "attempt": event.attempt,
+                "detail": event.detail,
+            }));
+        }
+    }
+    if matches!(meta.state, MessageState::Leased | MessageState::Delivered) {
+        let attempt = meta.attempt_count;
+        entries.push(json!({"event": "leased", "at": meta.leased_at_ms, "attempt": attempt}));
+    }
+    if meta.state == MessageState::Delivered {
+        entries.push(
+            json!({"event": "acked", "at": meta.updated_at_ms, "attempt": meta.attempt_count}),
+        );
+    }
+    entries
+}
+
 /// Writes the full view of one message for `GET /v1/messages/{id}`.
 pub fn message_view(
     id: MessageId,
     queue: &str,
     meta: &MessageMeta,
-    last_error: Option<&LastError>,
+    history: &History,
     content: &MessageContent,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + content.body.len());
     out.push(b'{');
-    write_key(&mut out, "id");
-    write_str(&mut out, &id.to_string());
+    write_summary_fields(&mut out, id, queue, meta);
+    write_last_error(&mut out, history);
     out.push(b',');
-    write_key(&mut out, "queue");
-    write_str(&mut out, queue);
+    write_key(&mut out, "history");
+    let entries = history_entries(meta, history);
+    serde_json::to_writer(&mut out, &entries).expect("writing into a Vec cannot fail");
     out.push(b',');
-    write_key(&mut out, "state");
-    write_str(&mut out, meta.state.name());
-    out.push(b',');
-    write_key(&mut out, "priority");
-    let _ = write!(out, "{},", meta.priority);
-    write_u64(&mut out, "attempts", u64::from(meta.attempt_count));
-    write_u64(&mut out, "max_attempts", u64::from(meta.attempt_count_max));
-    write_u64(&mut out, "enqueued_at", meta.enqueued_at_ms);
-    write_u64(&mut out, "updated_at", meta.updated_at_ms);
-    let waiting = matches!(
-        meta.state,
-        crate::queue::MessageState::Scheduled | crate::queue::MessageState::Retrying
-    );
-    write_optional(&mut out, "deliver_at", waiting.then_some(meta.due_at_ms));
-    let leased = meta.state == crate::queue::MessageState::Leased;
-    write_optional(
-        &mut out,
-        "lease_expires_at",
-        leased.then_some(meta.due_at_ms),
-    );
-    write_key(&mut out, "last_error");
-    match last_error {
-        Some(error) => {
-            let value = serde_json::json!({
-                "message": error.message, "at": error.at_ms, "attempt": error.attempt
-            });
-            serde_json::to_writer(&mut out, &value).expect("writing into a Vec cannot fail");
-        }
-        None => out.extend_from_slice(b"null"),
-    }
-    out.push(b',');
+    let dropped = history.events.first().map_or(meta.event_seq, |event| event.seq);
+    write_u64(&mut out, "history_dropped", u64::from(dropped));
     write_content(&mut out, content);
     out.push(b'}');
     out
@@ -154,32 +211,44 @@ mod tests {
             updated_at_ms: 6,
             due_at_ms: 7,
             lease_nonce: 9,
+            leased_at_ms: 6,
+            event_seq: 1,
         };
         let content = MessageContent {
             headers: vec![("k\"".into(), "v\n".into())],
             body_kind: BodyKind::Json,
             body: br#"{"a": [1, 2.50]}"#.to_vec(),
         };
-        let error = LastError {
-            message: "boom".into(),
-            at_ms: 1,
-            attempt: 1,
+        let history = History {
+            events: vec![crate::queue::HistoryEvent {
+                seq: 0,
+                kind: crate::queue::HistoryKind::Nacked,
+                at_ms: 1,
+                attempt: 1,
+                leased_at_ms: 0,
+                detail: "boom".into(),
+                dead: false,
+            }],
         };
-        let view = message_view(MessageId(1), "q", &meta, Some(&error), &content);
+        let view = message_view(MessageId(1), "q", &meta, &history, &content);
         let value: serde_json::Value = serde_json::from_slice(&view).unwrap();
         assert_eq!(value["state"], "leased");
         assert_eq!(value["lease_expires_at"], 7);
         assert_eq!(value["deliver_at"], serde_json::Value::Null);
         assert_eq!(value["headers"]["k\""], "v\n");
         assert_eq!(value["last_error"]["message"], "boom");
+        let events: Vec<&str> = value["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(events, vec!["enqueued", "leased", "nacked", "leased"]);
+        assert_eq!(value["history_dropped"], 0);
         let text = String::from_utf8(view).unwrap();
         assert!(text.contains(r#""body":{"a": [1, 2.50]}"#), "{text}");
 
-        let bytes = MessageContent {
-            body_kind: BodyKind::Bytes,
-            body: vec![0, 255],
-            ..content
-        };
+        let bytes = MessageContent { body_kind: BodyKind::Bytes, body: vec![0, 255], ..content };
         let mut out = Vec::new();
         write_grant(&mut out, MessageId(1), "tok", &meta, &bytes);
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();

@@ -1,22 +1,27 @@
 //! The HTTP API: connection handling, routing, and response helpers.
 
+pub mod control;
 pub mod error;
 pub mod handlers;
 pub mod json;
+pub mod stream;
 pub mod types;
 
 use bytes::Bytes;
 use error::ApiError;
 use handlers::AppState;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Every response has a fully buffered body.
-pub type HttpResponse = Response<Full<Bytes>>;
+/// A response body: buffered for most endpoints, a stream for the event stream.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Every handler answers with this.
+pub type HttpResponse = Response<Body>;
 
 /// A JSON response from a serializable value.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> HttpResponse {
@@ -26,7 +31,7 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Http
 
 /// A JSON response from bytes that already are JSON.
 pub fn raw_json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -38,9 +43,7 @@ pub fn raw_json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
 fn error_response(error: &ApiError) -> HttpResponse {
     let mut response = raw_json_response(error.status, error.body());
     if let Some(seconds) = error.retry_after_s {
-        response
-            .headers_mut()
-            .insert(hyper::header::RETRY_AFTER, seconds.into());
+        response.headers_mut().insert(hyper::header::RETRY_AFTER, seconds.into());
     }
     response
 }
@@ -75,9 +78,12 @@ pub async fn serve(
 /// Which endpoint a path names, before the method is checked.
 enum Route<'a> {
     Health,
+    Queues,
     Queue(&'a str),
     QueueAction(&'a str, &'a str),
     Message(&'a str),
+    MessageAction(&'a str, &'a str),
+    Events,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -86,58 +92,89 @@ fn match_path(path: &str) -> Option<Route<'_>> {
     let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     Some(match segments.as_slice() {
         ["healthz"] => Route::Health,
+        ["v1", "queues"] => Route::Queues,
         ["v1", "queues", queue] => Route::Queue(queue),
-        ["v1", "queues", queue, action @ ("messages" | "lease" | "ack" | "nack" | "extend")] => {
-            Route::QueueAction(queue, action)
-        }
+        ["v1", "queues", queue, action @ ("messages" | "lease" | "ack" | "nack" | "extend" | "pause" | "resume"
+        | "redrive")] => Route::QueueAction(queue, action),
         ["v1", "messages", id] => Route::Message(id),
+        ["v1", "messages", id, action @ ("retry" | "schedule")] => Route::MessageAction(id, action),
+        ["v1", "events"] => Route::Events,
         #[cfg(feature = "testing")]
         ["debug", "failpoints", name] => Route::Failpoint(name),
         _ => return None,
     })
 }
 
+/// Refuses a method the endpoint does not serve, naming the ones it does.
+fn refuse_method(method: &Method, allowed: &str) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), allowed)
+}
+
 async fn route(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let route = match_path(&path).ok_or_else(|| ApiError::not_found(&path))?;
-    let allow = |expected: Method| {
-        if method == expected {
-            Ok(())
-        } else {
-            Err(ApiError::method_not_allowed(
-                method.as_str(),
-                expected.as_str(),
-            ))
-        }
-    };
     match route {
-        Route::Health => allow(Method::GET).map(|()| handlers::health(state)),
+        Route::Health if method == Method::GET => Ok(handlers::health(state)),
+        Route::Health => Err(refuse_method(&method, "GET")),
+        Route::Queues if method == Method::GET => control::list_queues(state).await,
+        Route::Queues => Err(refuse_method(&method, "GET")),
         Route::Queue(queue) => {
-            allow(Method::GET)?;
             check_queue_name(queue)?;
-            handlers::queue_stats(state, queue).await
-        }
-        Route::QueueAction(queue, action) => {
-            allow(Method::POST)?;
-            check_queue_name(queue)?;
-            match action {
-                "messages" => handlers::enqueue(state, queue, request).await,
-                "lease" => handlers::lease(state, queue, request).await,
-                "ack" => handlers::ack(state, queue, request).await,
-                "nack" => handlers::nack(state, queue, request).await,
-                _ => handlers::extend(state, queue, request).await,
+            match method {
+                Method::GET => control::get_queue(state, queue).await,
+                Method::PUT => control::put_queue(state, queue, request).await,
+                _ => Err(refuse_method(&method, "GET or PUT")),
             }
         }
-        Route::Message(id) => {
-            allow(Method::GET)?;
-            handlers::get_message(state, id).await
+        Route::QueueAction(queue, action) => {
+            check_queue_name(queue)?;
+            queue_action(state, queue, action, method, request).await
         }
+        Route::Message(id) => match method {
+            Method::GET => handlers::get_message(state, id).await,
+            Method::PATCH => control::edit_message(state, id, request).await,
+            Method::DELETE => control::delete_message(state, id).await,
+            _ => Err(refuse_method(&method, "GET, PATCH or DELETE")),
+        },
+        Route::MessageAction(id, action) if method == Method::POST => match action {
+            "retry" => control::retry_message(state, id, &request).await,
+            _ => control::schedule_message(state, id, request).await,
+        },
+        Route::MessageAction(..) => Err(refuse_method(&method, "POST")),
+        Route::Events if method == Method::GET => stream::events(state, request).await,
+        Route::Events => Err(refuse_method(&method, "GET")),
         #[cfg(feature = "testing")]
-        Route::Failpoint(name) => {
-            allow(Method::PUT)?;
+        Route::Failpoint(name) if method == Method::PUT => {
             handlers::set_failpoint(state, name, request).await
         }
+        #[cfg(feature = "testing")]
+        Route::Failpoint(_) => Err(refuse_method(&method, "PUT")),
+    }
+}
+
+async fn queue_action(
+    state: &AppState,
+    queue: &str,
+    action: &str,
+    method: Method,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    match (action, &method) {
+        ("messages", &Method::POST) => handlers::enqueue(state, queue, request).await,
+        ("messages", &Method::GET) => control::list_messages(state, queue, &request).await,
+        ("messages", &Method::DELETE) => control::purge(state, queue, &request).await,
+        ("messages", _) => Err(refuse_method(&method, "POST, GET or DELETE")),
+        (_, &Method::POST) => match action {
+            "lease" => handlers::lease(state, queue, request).await,
+            "ack" => handlers::ack(state, queue, request).await,
+            "nack" => handlers::nack(state, queue, request).await,
+            "extend" => handlers::extend(state, queue, request).await,
+            "pause" => control::pause(state, queue, true).await,
+            "resume" => control::pause(state, queue, false).await,
+            _ => control::redrive(state, queue, &request).await,
+        },
+        _ => Err(refuse_method(&method, "POST")),
     }
 }
 

@@ -18,7 +18,6 @@ pub struct RequestLimits {
     pub request_bytes_max: u64,
     pub message_bytes_max: u64,
     pub batch_count_max: u32,
-    pub lease_ms_default: u64,
 }
 
 #[derive(Deserialize)]
@@ -48,13 +47,16 @@ struct MessageInput<'a> {
 }
 
 /// A body of JSON `null` is a body, not a missing one.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+pub fn present<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(deserializer).map(Some)
 }
 
+/// A delivery time as given: epoch milliseconds or an RFC 3339 text.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum DeliverAt {
+pub enum DeliverAt {
     EpochMs(u64),
     Text(String),
 }
@@ -66,9 +68,7 @@ pub fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
         .map_err(|error| ApiError::invalid_json(format!("the body is not UTF-8: {error}")))?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(shape_error)?;
-    deserializer
-        .end()
-        .map_err(|error| ApiError::invalid_json(error.to_string()))?;
+    deserializer.end().map_err(|error| ApiError::invalid_json(error.to_string()))?;
     Ok(value)
 }
 
@@ -93,15 +93,10 @@ pub fn parse_enqueue(
 ) -> Result<Vec<NewMessage>, ApiError> {
     let request: EnqueueRequest = parse(bytes)?;
     if request.messages.is_empty() {
-        return Err(ApiError::invalid_request(
-            "field messages: the batch is empty".into(),
-        ));
+        return Err(ApiError::invalid_request("field messages: the batch is empty".into()));
     }
     if request.messages.len() > limits.batch_count_max as usize {
-        return Err(ApiError::batch_too_large(
-            request.messages.len(),
-            limits.batch_count_max,
-        ));
+        return Err(ApiError::batch_too_large(request.messages.len(), limits.batch_count_max));
     }
     let mut messages = Vec::with_capacity(request.messages.len());
     let mut details = Vec::new();
@@ -134,11 +129,7 @@ struct Fault {
 }
 
 fn fault(field: &str, message: impl Into<String>) -> Fault {
-    Fault {
-        field: field.to_string(),
-        message: message.into(),
-        too_large: false,
-    }
+    Fault { field: field.to_string(), message: message.into(), too_large: false }
 }
 
 fn parse_message(raw: &RawValue, limits: &RequestLimits, now_ms: u64) -> Result<NewMessage, Fault> {
@@ -147,11 +138,7 @@ fn parse_message(raw: &RawValue, limits: &RequestLimits, now_ms: u64) -> Result<
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
             let field = error.path().to_string();
             let field = if field == "." { String::new() } else { field };
-            Fault {
-                field,
-                message: error.into_inner().to_string(),
-                too_large: false,
-            }
+            Fault { field, message: error.into_inner().to_string(), too_large: false }
         })?;
     let decoded;
     let (body_kind, body): (BodyKind, &[u8]) = match (&input.body, &input.body_base64) {
@@ -166,37 +153,23 @@ fn parse_message(raw: &RawValue, limits: &RequestLimits, now_ms: u64) -> Result<
         (None, None) => return Err(fault("body", "missing: give body or body_base64")),
     };
     let headers = validate_headers(input.headers)?;
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(name, value)| name.len() + value.len())
-        .sum();
+    let header_bytes: usize = headers.iter().map(|(name, value)| name.len() + value.len()).sum();
     let size_bytes = (body.len() + header_bytes) as u64;
     if size_bytes > limits.message_bytes_max {
         let message = format!(
             "the message is {size_bytes} bytes (body and headers); at most {} are allowed",
             limits.message_bytes_max
         );
-        return Err(Fault {
-            field: "body".into(),
-            message,
-            too_large: true,
-        });
+        return Err(Fault { field: "body".into(), message, too_large: true });
     }
     let delivery = validate_delivery(input.delay_ms, input.deliver_at, now_ms)?;
     let attempt_count_max = match input.max_attempts {
         Some(count) if !(1..=ATTEMPT_COUNT_MAX).contains(&count) => {
-            return Err(fault(
-                "max_attempts",
-                format!("must be 1 to {ATTEMPT_COUNT_MAX}"),
-            ));
+            return Err(fault("max_attempts", format!("must be 1 to {ATTEMPT_COUNT_MAX}")));
         }
         other => other,
     };
-    let content = ContentRef {
-        headers: &headers,
-        body_kind,
-        body,
-    };
+    let content = ContentRef { headers: &headers, body_kind, body };
     Ok(NewMessage {
         content_record: encode_content_ref(&content),
         priority: input.priority.unwrap_or(0),
@@ -210,10 +183,7 @@ fn validate_headers(
 ) -> Result<Vec<(String, String)>, Fault> {
     let headers: Vec<(String, String)> = headers.unwrap_or_default().into_iter().collect();
     if headers.len() > HEADER_COUNT_MAX {
-        return Err(fault(
-            "headers",
-            format!("at most {HEADER_COUNT_MAX} headers are allowed"),
-        ));
+        return Err(fault("headers", format!("at most {HEADER_COUNT_MAX} headers are allowed")));
     }
     for (name, value) in &headers {
         if name.is_empty() || name.len() > HEADER_NAME_BYTES_MAX {
@@ -236,19 +206,15 @@ fn validate_delivery(
     let latest_ms = now_ms.saturating_add(DELAY_MS_MAX);
     match (delay_ms.unwrap_or(0), deliver_at) {
         (0, None) => Ok(Delivery::Now),
-        (delay_ms, None) if delay_ms > DELAY_MS_MAX => Err(fault(
-            "delay_ms",
-            format!("must be at most {DELAY_MS_MAX} (ten years)"),
-        )),
+        (delay_ms, None) if delay_ms > DELAY_MS_MAX => {
+            Err(fault("delay_ms", format!("must be at most {DELAY_MS_MAX} (ten years)")))
+        }
         (delay_ms, None) => Ok(Delivery::After { delay_ms }),
         (0, Some(at)) => {
             let deliver_at_ms = match at {
                 DeliverAt::EpochMs(ms) => ms,
                 DeliverAt::Text(text) => parse_rfc3339_ms(&text).ok_or_else(|| {
-                    fault(
-                        "deliver_at",
-                        "not an RFC 3339 time such as 2026-01-31T09:00:00Z",
-                    )
+                    fault("deliver_at", "not an RFC 3339 time such as 2026-01-31T09:00:00Z")
                 })?,
             };
             if deliver_at_ms > latest_ms {
@@ -258,6 +224,61 @@ fn validate_delivery(
         }
         (_, Some(_)) => Err(fault("deliver_at", "give delay_ms or deliver_at, not both")),
     }
+}
+
+/// Decodes `body_base64`.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
+    base64::engine::general_purpose::STANDARD.decode(text).map_err(|error| {
+        ApiError::invalid_request(format!("field body_base64: not valid base64: {error}"))
+    })
+}
+
+/// Validates headers given to an edit.
+pub fn check_headers(
+    headers: std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    validate_headers(Some(headers)).map_err(|fault| {
+        ApiError::invalid_request(format!("field {}: {}", fault.field, fault.message))
+    })
+}
+
+/// Checks an edited message against the size limit.
+pub fn check_message_size(
+    headers: &[(String, String)],
+    body: &[u8],
+    message_bytes_max: u64,
+) -> Result<(), ApiError> {
+    let header_bytes: usize = headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+    let size_bytes = (body.len() + header_bytes) as u64;
+    if size_bytes > message_bytes_max {
+        let detail = Detail {
+            index: None,
+            field: "body".into(),
+            message: format!(
+                "the message is {size_bytes} bytes; at most {message_bytes_max} are allowed"
+            ),
+        };
+        return Err(ApiError::invalid_batch(vec![detail], true));
+    }
+    Ok(())
+}
+
+/// A delivery time for a reschedule or an edit, checked against the ten-year bound.
+pub fn deliver_at_ms(at: DeliverAt, now_ms: u64) -> Result<u64, ApiError> {
+    let deliver_at_ms = match at {
+        DeliverAt::EpochMs(ms) => ms,
+        DeliverAt::Text(text) => parse_rfc3339_ms(&text).ok_or_else(|| {
+            ApiError::invalid_request(
+                "field deliver_at: not an RFC 3339 time such as 2026-01-31T09:00:00Z".into(),
+            )
+        })?,
+    };
+    if deliver_at_ms > now_ms.saturating_add(DELAY_MS_MAX) {
+        return Err(ApiError::invalid_request(
+            "field deliver_at: must be at most ten years from now".into(),
+        ));
+    }
+    Ok(deliver_at_ms)
 }
 
 /// Parses an RFC 3339 time into Unix epoch milliseconds.
@@ -279,11 +300,12 @@ pub struct LeaseRequest {
 /// A validated lease request.
 pub struct LeaseParams {
     pub count_max: u32,
-    pub lease_ms: u64,
+    /// `None` takes the queue's default.
+    pub lease_ms: Option<u64>,
     pub wait_ms: u64,
 }
 
-pub fn parse_lease(bytes: &[u8], limits: &RequestLimits) -> Result<LeaseParams, ApiError> {
+pub fn parse_lease(bytes: &[u8]) -> Result<LeaseParams, ApiError> {
     let request: LeaseRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         LeaseRequest::default()
     } else {
@@ -294,27 +316,24 @@ pub fn parse_lease(bytes: &[u8], limits: &RequestLimits) -> Result<LeaseParams, 
         let message = format!("field max: must be 1 to {LEASE_COUNT_MAX}, got {count_max}");
         return Err(ApiError::invalid_request(message));
     }
-    let lease_ms = validate_lease_ms(request.lease_ms, limits)?;
+    let lease_ms = validate_lease_ms(request.lease_ms)?;
     let wait_ms = request.wait_ms.unwrap_or(0);
     if wait_ms > WAIT_MS_MAX {
         let message = format!("field wait_ms: must be 0 to {WAIT_MS_MAX}, got {wait_ms}");
         return Err(ApiError::invalid_request(message));
     }
-    Ok(LeaseParams {
-        count_max,
-        lease_ms,
-        wait_ms,
-    })
+    Ok(LeaseParams { count_max, lease_ms, wait_ms })
 }
 
-fn validate_lease_ms(lease_ms: Option<u64>, limits: &RequestLimits) -> Result<u64, ApiError> {
-    let lease_ms = lease_ms.unwrap_or(limits.lease_ms_default);
-    if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) {
-        let message =
-            format!("field lease_ms: must be {LEASE_MS_MIN} to {LEASE_MS_MAX}, got {lease_ms}");
-        return Err(ApiError::invalid_request(message));
+fn validate_lease_ms(lease_ms: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match lease_ms {
+        Some(lease_ms) if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms) => {
+            let message =
+                format!("field lease_ms: must be {LEASE_MS_MIN} to {LEASE_MS_MAX}, got {lease_ms}");
+            Err(ApiError::invalid_request(message))
+        }
+        other => Ok(other),
     }
-    Ok(lease_ms)
 }
 
 #[derive(Deserialize)]
@@ -327,11 +346,7 @@ struct AckRequest {
 pub fn parse_ack(bytes: &[u8]) -> Result<(Vec<String>, Vec<Option<LeaseToken>>), ApiError> {
     let request: AckRequest = parse(bytes)?;
     check_item_count("leases", request.leases.len())?;
-    let tokens = request
-        .leases
-        .iter()
-        .map(|text| LeaseToken::parse(text))
-        .collect();
+    let tokens = request.leases.iter().map(|text| LeaseToken::parse(text)).collect();
     Ok((request.leases, tokens))
 }
 
@@ -360,16 +375,11 @@ pub fn parse_nack(bytes: &[u8]) -> Result<(Vec<String>, Vec<NackItem>), ApiError
     let mut leases = Vec::with_capacity(request.items.len());
     let mut items = Vec::with_capacity(request.items.len());
     for (index, input) in request.items.into_iter().enumerate() {
-        if input
-            .delay_ms
-            .is_some_and(|delay_ms| delay_ms > DELAY_MS_MAX)
-        {
+        if input.delay_ms.is_some_and(|delay_ms| delay_ms > DELAY_MS_MAX) {
             let message = format!("field items[{index}].delay_ms: must be at most {DELAY_MS_MAX}");
             return Err(ApiError::invalid_request(message));
         }
-        let error = input
-            .error
-            .unwrap_or_else(|| "nacked without an error text".to_string());
+        let error = input.error.unwrap_or_else(|| "nacked without an error text".to_string());
         items.push(NackItem {
             token: LeaseToken::parse(&input.lease),
             error: truncate_to_boundary(error, ERROR_TEXT_BYTES_MAX),
@@ -396,19 +406,16 @@ struct ExtendInput {
 }
 
 /// One lease to extend, and by how much.
-pub type ExtendItem = (Option<LeaseToken>, u64);
+pub type ExtendItem = (Option<LeaseToken>, Option<u64>);
 
 /// Parses an extend body into the tokens as given and (token, lease_ms) pairs.
-pub fn parse_extend(
-    bytes: &[u8],
-    limits: &RequestLimits,
-) -> Result<(Vec<String>, Vec<ExtendItem>), ApiError> {
+pub fn parse_extend(bytes: &[u8]) -> Result<(Vec<String>, Vec<ExtendItem>), ApiError> {
     let request: ExtendRequest = parse(bytes)?;
     check_item_count("items", request.items.len())?;
     let mut leases = Vec::with_capacity(request.items.len());
     let mut items = Vec::with_capacity(request.items.len());
     for input in request.items {
-        let lease_ms = validate_lease_ms(input.lease_ms, limits)?;
+        let lease_ms = validate_lease_ms(input.lease_ms)?;
         items.push((LeaseToken::parse(&input.lease), lease_ms));
         leases.push(input.lease);
     }
@@ -439,9 +446,7 @@ pub fn truncate_to_boundary(mut text: String, bytes_max: usize) -> String {
 pub fn valid_queue_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= QUEUE_NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Checks an `Idempotency-Key` header value: 1-255 visible ASCII characters.
@@ -464,12 +469,8 @@ pub fn request_hash(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    const LIMITS: RequestLimits = RequestLimits {
-        request_bytes_max: 1 << 20,
-        message_bytes_max: 1024,
-        batch_count_max: 10,
-        lease_ms_default: 30_000,
-    };
+    const LIMITS: RequestLimits =
+        RequestLimits { request_bytes_max: 1 << 20, message_bytes_max: 1024, batch_count_max: 10 };
 
     #[test]
     fn every_bad_message_is_named_by_index_and_field() {
@@ -477,25 +478,13 @@ mod tests {
             {"body": 3, "body_base64": "AA=="}, {"headers": {}}, {"body": null, "dela": 1}]}"#;
         let error = parse_enqueue(body, &LIMITS, 0).unwrap_err();
         assert_eq!(error.code, "invalid_batch");
-        let named: Vec<(Option<usize>, &str)> = error
-            .details
-            .iter()
-            .map(|detail| (detail.index, detail.field.as_str()))
-            .collect();
+        let named: Vec<(Option<usize>, &str)> =
+            error.details.iter().map(|detail| (detail.index, detail.field.as_str())).collect();
         assert_eq!(
             named,
-            vec![
-                (Some(1), "priority"),
-                (Some(2), "body"),
-                (Some(3), "body"),
-                (Some(4), "dela")
-            ]
+            vec![(Some(1), "priority"), (Some(2), "body"), (Some(3), "body"), (Some(4), "dela")]
         );
-        assert!(
-            error.details[3].message.contains("dela"),
-            "{:?}",
-            error.details[3]
-        );
+        assert!(error.details[3].message.contains("dela"), "{:?}", error.details[3]);
     }
 
     #[test]
@@ -515,18 +504,10 @@ mod tests {
             parse_enqueue(body.as_bytes(), &LIMITS, 0).unwrap_err().code,
             "message_too_large"
         );
-        let many = format!(
-            r#"{{"messages": [{}]}}"#,
-            [r#"{"body": 1}"#; 11].join(",")
-        );
+        let many = format!(r#"{{"messages": [{}]}}"#, [r#"{"body": 1}"#; 11].join(","));
+        assert_eq!(parse_enqueue(many.as_bytes(), &LIMITS, 0).unwrap_err().code, "batch_too_large");
         assert_eq!(
-            parse_enqueue(many.as_bytes(), &LIMITS, 0).unwrap_err().code,
-            "batch_too_large"
-        );
-        assert_eq!(
-            parse_enqueue(br#"{"messages": []}"#, &LIMITS, 0)
-                .unwrap_err()
-                .code,
+            parse_enqueue(br#"{"messages": []}"#, &LIMITS, 0).unwrap_err().code,
             "invalid_request"
         );
     }
@@ -536,12 +517,7 @@ mod tests {
         let at = r#"{"messages": [{"body": 1, "deliver_at": "2030-01-01T00:00:00Z"}]}"#;
         let now_ms = 1_800_000_000_000;
         let messages = parse_enqueue(at.as_bytes(), &LIMITS, now_ms).unwrap();
-        assert_eq!(
-            messages[0].delivery,
-            Delivery::At {
-                deliver_at_ms: 1_893_456_000_000
-            }
-        );
+        assert_eq!(messages[0].delivery, Delivery::At { deliver_at_ms: 1_893_456_000_000 });
         let both = r#"{"messages": [{"body": 1, "delay_ms": 5, "deliver_at": 7}]}"#;
         assert!(parse_enqueue(both.as_bytes(), &LIMITS, 0).is_err());
         let zero_and_null = r#"{"messages": [{"body": 1, "delay_ms": 0, "deliver_at": null}]}"#;
@@ -559,27 +535,13 @@ mod tests {
     fn malformed_and_mistyped_bodies_get_distinct_codes() {
         assert_eq!(parse_ack(b"{").unwrap_err().code, "invalid_json");
         assert_eq!(parse_ack(b"\xff\xfe").unwrap_err().code, "invalid_json");
+        assert_eq!(parse_ack(br#"{"leases": 5}"#).unwrap_err().code, "invalid_request");
+        assert_eq!(parse_ack(br#"{"leases": []}"#).unwrap_err().code, "invalid_request");
+        assert_eq!(parse_ack(br#"{"leases": ["a"]} x"#).unwrap_err().code, "invalid_json");
+        assert!(parse_lease(b"").is_ok());
+        assert_eq!(parse_lease(br#"{"max": 0}"#).err().map(|e| e.code), Some("invalid_request"));
         assert_eq!(
-            parse_ack(br#"{"leases": 5}"#).unwrap_err().code,
-            "invalid_request"
-        );
-        assert_eq!(
-            parse_ack(br#"{"leases": []}"#).unwrap_err().code,
-            "invalid_request"
-        );
-        assert_eq!(
-            parse_ack(br#"{"leases": ["a"]} x"#).unwrap_err().code,
-            "invalid_json"
-        );
-        assert!(parse_lease(b"", &LIMITS).is_ok());
-        assert_eq!(
-            parse_lease(br#"{"max": 0}"#, &LIMITS).err().map(|e| e.code),
-            Some("invalid_request")
-        );
-        assert_eq!(
-            parse_lease(br#"{"wait_ms": 30001}"#, &LIMITS)
-                .err()
-                .map(|e| e.code),
+            parse_lease(br#"{"wait_ms": 30001}"#).err().map(|e| e.code),
             Some("invalid_request")
         );
     }

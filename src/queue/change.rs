@@ -6,17 +6,14 @@
 //! applying a change twice is the same as applying it once: replaying the WAL over a store that already
 //! holds part of it is safe.
 
-use super::message::{LastError, MessageId, MessageMeta, QueueId};
+use super::message::{HistoryEvent, MessageId, MessageMeta, MessageState, QueueId};
 use serde::{Deserialize, Serialize};
 
 /// One persistent change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     /// A queue came into being or its settings changed.
-    PutQueue {
-        queue_id: QueueId,
-        record: QueueRecord,
-    },
+    PutQueue { queue_id: QueueId, record: QueueRecord },
     /// A message's scheduling record, new or after a transition.
     PutMeta { id: MessageId, meta: MessageMeta },
     /// A new message's content, already encoded as a store record (see `store::codec`).
@@ -25,14 +22,20 @@ pub enum Change {
         #[serde(with = "serde_bytes")]
         record: Vec<u8>,
     },
-    /// A message's latest failure.
-    PutError { id: MessageId, error: LastError },
+    /// An event in a message's history; the store keeps the newest `keep_count`.
+    RecordHistory { id: MessageId, event: HistoryEvent, keep_count: u32 },
+    /// A message is gone: its records and index entries are removed.
+    DeleteMessage { id: MessageId, queue_id: QueueId, state: MessageState },
+    /// A message entered a terminal state (dead, delivered): list it in the terminal index.
+    IndexTerminal { queue_id: QueueId, state: MessageState, id: MessageId },
+    /// A message left a terminal state (retried): unlist it.
+    UnindexTerminal { queue_id: QueueId, state: MessageState, id: MessageId },
+    /// A terminal message is to be removed at `at_ms` (retention).
+    ExpireAt { at_ms: u64, id: MessageId },
+    /// A retention entry was handled.
+    RemoveExpiry { at_ms: u64, id: MessageId },
     /// An idempotency key was used.
-    PutIdempotency {
-        queue_id: QueueId,
-        key: String,
-        record: IdempotencyRecord,
-    },
+    PutIdempotency { queue_id: QueueId, key: String, record: IdempotencyRecord },
     /// An idempotency key's window passed.
     DeleteIdempotency { queue_id: QueueId, key: String },
     /// The next message id to hand out, so ids stay unique even if every message is later removed.
@@ -40,12 +43,31 @@ pub enum Change {
 }
 
 /// A queue's persistent settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueueRecord {
     /// The queue's name as used in URLs.
     pub name: String,
     /// A paused queue accepts messages but leases none.
     pub paused: bool,
+    /// Overrides of the server's defaults for this queue.
+    pub settings: QueueSettings,
+}
+
+/// Per-queue overrides; `None` takes the server's default.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    /// Deliveries before a message goes dead (when the message does not say).
+    pub max_attempts: Option<u32>,
+    /// Lease duration when a lease request does not say.
+    pub lease_ms: Option<u64>,
+    pub backoff_initial_ms: Option<u64>,
+    pub backoff_multiplier: Option<f64>,
+    pub backoff_max_ms: Option<u64>,
+    pub backoff_jitter: Option<f64>,
+    /// How long delivered messages stay visible; 0 removes them on ack.
+    pub retention_ms: Option<u64>,
+    /// How long dead messages stay; `None` keeps them until a person acts.
+    pub dead_retention_ms: Option<u64>,
 }
 
 /// What an idempotency key stands for: the request it was first used with and the ids it created.

@@ -1,6 +1,9 @@
 //! Enqueue: a batch of new messages, all or nothing, deduplicated by idempotency key.
 
-use super::{Broker, Change, IdempotencyRecord, MessageId, MessageMeta, MessageState, QueueId};
+use super::{
+    Broker, Change, IdempotencyRecord, MessageId, MessageMeta, MessageState, Notice, NoticeKind,
+    QueueId,
+};
 use std::cmp::Reverse;
 
 /// When a new message may first be delivered.
@@ -68,10 +71,7 @@ impl Broker {
         idempotency: Option<IdempotencyKey>,
         changes: &mut Vec<Change>,
     ) -> Result<EnqueueOutcome, EnqueueError> {
-        assert!(
-            !messages.is_empty(),
-            "empty batches are refused before the broker"
-        );
+        assert!(!messages.is_empty(), "empty batches are refused before the broker");
         let count = u32::try_from(messages.len()).expect("batch count is bounded by limits");
         if let Some(key) = &idempotency {
             if let Some(outcome) = self.repeated(queue, key)? {
@@ -85,9 +85,7 @@ impl Broker {
             self.next_id += 1;
             self.accept(now_ms, queue_id, id, message, changes);
         }
-        changes.push(Change::SetNextId {
-            next_id: self.next_id,
-        });
+        changes.push(Change::SetNextId { next_id: self.next_id });
         if let Some(IdempotencyKey { key, request_hash }) = idempotency {
             let record = IdempotencyRecord {
                 request_hash,
@@ -95,20 +93,11 @@ impl Broker {
                 count,
                 created_at_ms: now_ms,
             };
-            self.idempotency_order
-                .push_back((now_ms, queue_id, key.clone()));
+            self.idempotency_order.push_back((now_ms, queue_id, key.clone()));
             self.idempotency.insert((queue_id, key.clone()), record);
-            changes.push(Change::PutIdempotency {
-                queue_id,
-                key,
-                record,
-            });
+            changes.push(Change::PutIdempotency { queue_id, key, record });
         }
-        Ok(EnqueueOutcome {
-            first_id,
-            count,
-            duplicate: false,
-        })
+        Ok(EnqueueOutcome { first_id, count, duplicate: false })
     }
 
     /// The original outcome if `key` was already used in `queue`, or the conflict.
@@ -127,11 +116,7 @@ impl Broker {
             return Err(EnqueueError::IdempotencyConflict);
         }
         let first_id = MessageId(record.first_id);
-        Ok(Some(EnqueueOutcome {
-            first_id,
-            count: record.count,
-            duplicate: true,
-        }))
+        Ok(Some(EnqueueOutcome { first_id, count: record.count, duplicate: true }))
     }
 
     /// Stores one new message and indexes it as scheduled or ready.
@@ -149,40 +134,36 @@ impl Broker {
             Delivery::At { deliver_at_ms } => deliver_at_ms,
         };
         let scheduled = ready_at_ms > now_ms;
-        let state = if scheduled {
-            MessageState::Scheduled
-        } else {
-            MessageState::Ready
-        };
+        let state = if scheduled { MessageState::Scheduled } else { MessageState::Ready };
+        let queue = &mut self.queues[queue_id.0 as usize];
+        let attempt_count_max = message
+            .attempt_count_max
+            .or(queue.settings.max_attempts)
+            .unwrap_or(self.config.attempt_count_max);
         let meta = MessageMeta {
             queue_id,
             state,
             priority: message.priority,
             attempt_count: 0,
-            attempt_count_max: message
-                .attempt_count_max
-                .unwrap_or(self.config.attempt_count_max),
+            attempt_count_max,
             enqueued_at_ms: now_ms,
             updated_at_ms: now_ms,
             due_at_ms: if scheduled { ready_at_ms } else { 0 },
             lease_nonce: 0,
+            leased_at_ms: 0,
+            event_seq: 0,
         };
-        changes.push(Change::PutContent {
-            id,
-            record: message.content_record,
-        });
-        changes.push(Change::PutMeta {
-            id,
-            meta: meta.clone(),
-        });
-        let queue = &mut self.queues[queue_id.0 as usize];
+        changes.push(Change::PutContent { id, record: message.content_record });
+        changes.push(Change::PutMeta { id, meta: meta.clone() });
         queue.counts[state.index()] += 1;
+        queue.members[state.index()].insert(id);
         if scheduled {
             self.timers.insert(ready_at_ms, id.0);
         } else {
             queue.ready.insert((Reverse(meta.priority), id));
             self.woken.push(queue_id);
         }
+        self.notices.push(Notice::about(NoticeKind::Enqueued, id, &meta, now_ms, None));
         self.active.insert(id, meta);
     }
 }

@@ -1,8 +1,8 @@
 //! Leases: lease, ack, nack, extend, and the failure path shared with lease expiry.
 
-use super::message::{LastError, LeaseToken};
+use super::message::{HistoryEvent, HistoryKind, LeaseToken};
 use super::transition::Event;
-use super::{Broker, Change, MessageId, MessageMeta, MessageState, QueueId};
+use super::{Broker, Change, MessageId, MessageMeta, MessageState, Notice, NoticeKind, QueueId};
 
 /// One message handed to a consumer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,19 +55,29 @@ pub enum FailOutcome {
 /// The result of nacking one token.
 pub type NackOutcome = Result<FailOutcome, Refusal>;
 
+/// A failed delivery, from a nack or a lease expiry.
+pub(super) struct Failure {
+    pub kind: HistoryKind,
+    pub error: String,
+    pub delay_ms: Option<u64>,
+    pub dead: bool,
+}
+
 impl Broker {
-    /// Leases up to `count_max` ready messages of `queue` for `lease_ms`, best priority first.
+    /// Leases up to `count_max` ready messages of `queue` for `lease_ms` (or the queue's default),
+    /// best priority first. A paused queue leases nothing.
     pub fn lease(
         &mut self,
         now_ms: u64,
         queue: &str,
         count_max: u32,
-        lease_ms: u64,
+        lease_ms: Option<u64>,
         changes: &mut Vec<Change>,
     ) -> Vec<Grant> {
         let Some(queue_id) = self.queue_id(queue) else {
             return Vec::new();
         };
+        let lease_ms = self.lease_ms(queue_id, lease_ms);
         let mut grants = Vec::new();
         while grants.len() < count_max as usize {
             let state = &self.queues[queue_id.0 as usize];
@@ -82,12 +92,9 @@ impl Broker {
             let meta = self.transition_with(id, Event::Lease, now_ms, due_at_ms, changes, |meta| {
                 meta.attempt_count += 1;
                 meta.lease_nonce = nonce;
+                meta.leased_at_ms = now_ms;
             });
-            grants.push(Grant {
-                id,
-                token: LeaseToken { id, nonce },
-                meta,
-            });
+            grants.push(Grant { id, token: LeaseToken { id, nonce }, meta });
         }
         grants
     }
@@ -122,29 +129,35 @@ impl Broker {
         let queue_id = self.queue_id(queue);
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            let outcome = self
-                .held(now_ms, queue_id, item.token)
-                .map(|id| self.fail(id, now_ms, item.error, item.delay_ms, item.dead, changes));
+            let outcome = self.held(now_ms, queue_id, item.token).map(|id| {
+                let failure = Failure {
+                    kind: HistoryKind::Nacked,
+                    error: item.error,
+                    delay_ms: item.delay_ms,
+                    dead: item.dead,
+                };
+                self.fail(id, now_ms, failure, changes)
+            });
             outcomes.push(outcome);
         }
         outcomes
     }
 
-    /// Extends each lease to `now_ms + lease_ms`.
+    /// Extends each lease to `now_ms + lease_ms` (or the queue's default lease).
     pub fn extend(
         &mut self,
         now_ms: u64,
         queue: &str,
-        items: &[(Option<LeaseToken>, u64)],
+        items: &[(Option<LeaseToken>, Option<u64>)],
         changes: &mut Vec<Change>,
     ) -> Vec<ExtendOutcome> {
         let queue_id = self.queue_id(queue);
         let mut outcomes = Vec::with_capacity(items.len());
         for (token, lease_ms) in items {
             let outcome = self.held(now_ms, queue_id, *token).map(|id| {
-                let due_at_ms = now_ms.saturating_add(*lease_ms);
-                self.transition(id, Event::Extend, now_ms, due_at_ms, changes)
-                    .due_at_ms
+                let lease_ms = self.lease_ms(self.active[&id].queue_id, *lease_ms);
+                let due_at_ms = now_ms.saturating_add(lease_ms);
+                self.transition(id, Event::Extend, now_ms, due_at_ms, changes).due_at_ms
             });
             outcomes.push(outcome);
         }
@@ -177,42 +190,61 @@ impl Broker {
         }
     }
 
+    /// The lease duration asked for, or the queue's default, or the server's.
+    fn lease_ms(&self, queue_id: QueueId, asked_ms: Option<u64>) -> u64 {
+        let settings = &self.queues[queue_id.0 as usize].settings;
+        asked_ms.or(settings.lease_ms).unwrap_or(self.config.lease_ms)
+    }
+
     /// Records a failed delivery of a leased message and moves it to retrying or dead.
     ///
     /// It goes dead when `dead` is asked for or its attempts are used up; otherwise it retries after
-    /// `delay_ms`, or after the backoff for its attempt count.
+    /// `delay_ms`, or after its queue's backoff for its attempt count. The failure is recorded in
+    /// the message's history, which is where its last error is read from.
     pub(super) fn fail(
         &mut self,
         id: MessageId,
         now_ms: u64,
-        error: String,
-        delay_ms: Option<u64>,
-        dead: bool,
+        failure: Failure,
         changes: &mut Vec<Change>,
     ) -> FailOutcome {
         let meta = self.active.get(&id).expect("only leased messages fail");
         let attempt = meta.attempt_count;
-        let dead = dead || attempt >= meta.attempt_count_max;
-        let error = LastError {
-            message: error,
+        let queue_id = meta.queue_id;
+        let dead = failure.dead || attempt >= meta.attempt_count_max;
+        let event = HistoryEvent {
+            seq: meta.event_seq,
+            kind: failure.kind,
             at_ms: now_ms,
             attempt,
+            leased_at_ms: meta.leased_at_ms,
+            detail: failure.error,
+            dead,
         };
-        changes.push(Change::PutError { id, error });
+        let detail = Some(event.detail.clone());
+        let keep_count = self.config.history_keep_count;
+        changes.push(Change::RecordHistory { id, event, keep_count });
+        let count_event = |meta: &mut MessageMeta| meta.event_seq += 1;
         if dead {
-            self.transition(id, Event::Fail { dead: true }, now_ms, 0, changes);
+            let meta = self.transition_with(
+                id,
+                Event::Fail { dead: true },
+                now_ms,
+                0,
+                changes,
+                count_event,
+            );
+            self.notices.push(Notice::about(NoticeKind::Dead, id, &meta, now_ms, detail));
             return FailOutcome::Dead;
         }
         let random = self.random_unit();
-        let delay_ms = delay_ms.unwrap_or_else(|| self.config.retry.delay_ms(attempt, random));
+        let policy = self.retry_policy(queue_id);
+        let delay_ms = failure.delay_ms.unwrap_or_else(|| policy.delay_ms(attempt, random));
         let next_attempt_at_ms = now_ms.saturating_add(delay_ms);
-        self.transition(
-            id,
-            Event::Fail { dead: false },
-            now_ms,
-            next_attempt_at_ms,
-            changes,
-        );
+        let event = Event::Fail { dead: false };
+        let meta =
+            self.transition_with(id, event, now_ms, next_attempt_at_ms, changes, count_event);
+        self.notices.push(Notice::about(NoticeKind::Retrying, id, &meta, now_ms, detail));
         FailOutcome::Retrying { next_attempt_at_ms }
     }
 }

@@ -93,10 +93,7 @@ impl MessageState {
 
     /// Whether `due_at_ms` is meaningful: a timer is armed for this state.
     pub fn is_timed(self) -> bool {
-        matches!(
-            self,
-            MessageState::Scheduled | MessageState::Leased | MessageState::Retrying
-        )
+        matches!(self, MessageState::Scheduled | MessageState::Leased | MessageState::Retrying)
     }
 }
 
@@ -124,6 +121,10 @@ pub struct MessageMeta {
     pub due_at_ms: u64,
     /// Leased: the nonce that a lease token must carry to ack, nack or extend. Otherwise 0.
     pub lease_nonce: u64,
+    /// When the latest delivery began (0 before the first lease).
+    pub leased_at_ms: u64,
+    /// How many history events were ever recorded; the next one gets this number.
+    pub event_seq: u32,
 }
 
 /// How a body was given and must be returned.
@@ -147,15 +148,84 @@ pub struct MessageContent {
     pub body: Vec<u8>,
 }
 
-/// The latest failure of a message: a nack's error text, or a lease expiry.
+/// What happened to a message, in its history.
+///
+/// The ordinary life of a message (enqueued, leased, acked) is not recorded here: it can be read
+/// from the scheduling record (`enqueued_at_ms`, `leased_at_ms`, `updated_at_ms`). Only what breaks
+/// that line is recorded, so a message delivered at the first try costs no history write at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryKind {
+    /// A consumer nacked the delivery; `detail` is its error text.
+    Nacked,
+    /// The lease ran out before an ack, nack or extend.
+    LeaseExpired,
+    /// A person changed the message; `detail` names the fields.
+    Edited,
+    /// A person sent it back to ready; `detail` says whether attempts were reset.
+    Retried,
+    /// A person moved its delivery time; `detail` gives the new time.
+    Rescheduled,
+}
+
+impl HistoryKind {
+    /// The lowercase name used on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            HistoryKind::Nacked => "nacked",
+            HistoryKind::LeaseExpired => "lease_expired",
+            HistoryKind::Edited => "edited",
+            HistoryKind::Retried => "retried",
+            HistoryKind::Rescheduled => "rescheduled",
+        }
+    }
+
+    /// Whether the event is a failed delivery (and so a "last error").
+    pub fn is_failure(self) -> bool {
+        matches!(self, HistoryKind::Nacked | HistoryKind::LeaseExpired)
+    }
+}
+
+/// One recorded event of a message's history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastError {
-    /// The text as the consumer gave it (truncated to `ERROR_TEXT_BYTES_MAX`).
-    pub message: String,
-    /// When the failure was recorded.
+pub struct HistoryEvent {
+    /// The message's event number; applying the same event twice (WAL replay) keeps one copy.
+    pub seq: u32,
+    pub kind: HistoryKind,
+    /// When it happened.
     pub at_ms: u64,
-    /// The delivery that failed.
+    /// The delivery it concerns (the attempt count at the time).
     pub attempt: u32,
+    /// Failures: when the failed delivery began.
+    pub leased_at_ms: u64,
+    /// Failures: the error text (truncated to `ERROR_TEXT_BYTES_MAX`); otherwise a short description.
+    pub detail: String,
+    /// Failures: whether this failure dead-lettered the message.
+    pub dead: bool,
+}
+
+/// The recorded events of one message, oldest first, at most the configured number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub events: Vec<HistoryEvent>,
+}
+
+impl History {
+    /// Adds `event` unless it is already there (replay), keeping the newest `keep_count` events.
+    pub fn record(&mut self, event: HistoryEvent, keep_count: usize) {
+        if self.events.last().is_some_and(|last| last.seq >= event.seq) {
+            return;
+        }
+        self.events.push(event);
+        if self.events.len() > keep_count {
+            let excess = self.events.len() - keep_count;
+            self.events.drain(..excess);
+        }
+    }
+
+    /// The latest failure, if any.
+    pub fn last_failure(&self) -> Option<&HistoryEvent> {
+        self.events.iter().rev().find(|event| event.kind.is_failure())
+    }
 }
 
 /// A lease token: the message and the nonce of one delivery, so a stale consumer can never ack
@@ -174,10 +244,7 @@ impl LeaseToken {
         }
         let id = u64::from_str_radix(&text[..16], 16).ok()?;
         let nonce = u64::from_str_radix(&text[16..], 16).ok()?;
-        Some(LeaseToken {
-            id: MessageId(id),
-            nonce,
-        })
+        Some(LeaseToken { id: MessageId(id), nonce })
     }
 }
 
@@ -199,12 +266,30 @@ mod tests {
         assert_eq!(MessageId::parse("zzzzzzzzzzzzzzzz"), None);
         assert_eq!(MessageId::parse("+000000000000001"), None);
         assert_eq!(MessageId::parse("00000000000000AB"), None);
-        let token = LeaseToken {
-            id,
-            nonce: u64::MAX,
-        };
+        let token = LeaseToken { id, nonce: u64::MAX };
         assert_eq!(LeaseToken::parse(&token.to_string()), Some(token));
         assert_eq!(LeaseToken::parse(&id.to_string()), None);
+    }
+
+    #[test]
+    fn history_keeps_the_newest_events_once_each() {
+        let event = |seq| HistoryEvent {
+            seq,
+            kind: if seq % 2 == 0 { HistoryKind::Nacked } else { HistoryKind::Edited },
+            at_ms: u64::from(seq),
+            attempt: 1,
+            leased_at_ms: 0,
+            detail: String::new(),
+            dead: false,
+        };
+        let mut history = History::default();
+        for seq in 0..5 {
+            history.record(event(seq), 3);
+            history.record(event(seq), 3);
+        }
+        let seqs: Vec<u32> = history.events.iter().map(|event| event.seq).collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert_eq!(history.last_failure().map(|event| event.seq), Some(4));
     }
 
     #[test]

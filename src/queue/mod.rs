@@ -11,19 +11,23 @@
 //! thread does), and replies go out only after the sync.
 
 pub mod change;
+mod control;
 mod enqueue;
 mod lease;
 pub mod message;
+mod notice;
 pub mod retry;
 pub mod transition;
 
-pub use change::{Change, IdempotencyRecord, QueueRecord};
+pub use change::{Change, IdempotencyRecord, QueueRecord, QueueSettings};
+pub use control::{ControlError, Edit};
 pub use enqueue::{Delivery, EnqueueError, EnqueueOutcome, IdempotencyKey, NewMessage};
 pub use lease::{AckOutcome, ExtendOutcome, FailOutcome, Grant, NackItem, NackOutcome, Refusal};
 pub use message::{
-    BodyKind, LastError, LeaseToken, MessageContent, MessageId, MessageMeta, MessageState, QueueId,
-    ALL_STATES,
+    BodyKind, History, HistoryEvent, HistoryKind, LeaseToken, MessageContent, MessageId,
+    MessageMeta, MessageState, QueueId, ALL_STATES,
 };
+pub use notice::{Notice, NoticeKind};
 
 use crate::timer::TimerWheel;
 use retry::RetryPolicy;
@@ -31,34 +35,50 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use transition::{next_state, Event};
 
-/// Settings the broker applies to every queue.
+/// Settings the broker applies to every queue that does not override them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BrokerConfig {
-    /// Attempts before a message goes dead, when the message does not say.
+    /// Attempts before a message goes dead, when neither the message nor its queue says.
     pub attempt_count_max: u32,
     /// Backoff between failed deliveries.
     pub retry: RetryPolicy,
+    /// Lease duration when the request does not say.
+    pub lease_ms: u64,
+    /// How long delivered messages stay visible; 0 removes them on ack.
+    pub retention_ms: u64,
+    /// How many history events are kept per message.
+    pub history_keep_count: u32,
 }
 
 /// Counts of messages per state in one queue, indexed by `MessageState::index()`.
 pub type StateCounts = [u64; 6];
 
 /// What a person or a consumer may ask about one queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueueStats {
+    pub queue_id: QueueId,
     pub name: String,
     pub paused: bool,
     pub counts: StateCounts,
+    /// When the oldest ready message was enqueued.
+    pub oldest_ready_enqueued_at_ms: Option<u64>,
+    pub settings: QueueSettings,
 }
 
 /// The in-memory state of one queue.
 struct QueueState {
     name: String,
     paused: bool,
+    settings: QueueSettings,
     /// Ready messages, highest priority first, then oldest id first.
     ready: BTreeSet<(Reverse<i32>, MessageId)>,
+    /// Active messages by state (scheduled, ready, leased, retrying), in id order, for listing.
+    members: [BTreeSet<MessageId>; ACTIVE_STATE_COUNT],
     counts: StateCounts,
 }
+
+/// Scheduled, ready, leased and retrying come first in `ALL_STATES`.
+const ACTIVE_STATE_COUNT: usize = 4;
 
 /// Every queue and every active message.
 pub struct Broker {
@@ -77,6 +97,8 @@ pub struct Broker {
     rng: SplitMix64,
     /// Queues that gained ready messages since the last `take_woken`.
     woken: Vec<QueueId>,
+    /// What happened since the last `take_notices`, for the event stream.
+    notices: Vec<Notice>,
 }
 
 impl Broker {
@@ -93,18 +115,40 @@ impl Broker {
             next_id: 1,
             rng: SplitMix64(seed),
             woken: Vec::new(),
+            notices: Vec::new(),
         }
     }
 
-    /// Counts and flags of the queue named `name`, if it exists.
+    /// Counts, flags and settings of the queue named `name`, if it exists.
     pub fn queue_stats(&self, name: &str) -> Option<QueueStats> {
         let queue_id = *self.queue_ids.get(name)?;
+        Some(self.stats_of(queue_id))
+    }
+
+    /// Stats of every queue, by name.
+    pub fn all_queue_stats(&self) -> Vec<QueueStats> {
+        let mut all: Vec<QueueStats> =
+            (0..self.queues.len()).map(|index| self.stats_of(QueueId(index as u32))).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    fn stats_of(&self, queue_id: QueueId) -> QueueStats {
         let queue = &self.queues[queue_id.0 as usize];
-        Some(QueueStats {
+        QueueStats {
+            queue_id,
             name: queue.name.clone(),
             paused: queue.paused,
             counts: queue.counts,
-        })
+            oldest_ready_enqueued_at_ms: self.oldest_ready(queue).map(|meta| meta.enqueued_at_ms),
+            settings: queue.settings.clone(),
+        }
+    }
+
+    /// The ready message with the smallest id (ids increase in enqueue order).
+    fn oldest_ready(&self, queue: &QueueState) -> Option<&MessageMeta> {
+        let oldest = *queue.members[MessageState::Ready.index()].first()?;
+        self.active.get(&oldest)
     }
 
     /// The queue id of `name`, if it exists.
@@ -154,6 +198,7 @@ impl Broker {
         self.queue_ids.insert(record.name.clone(), queue_id);
         self.queues[index].name = record.name;
         self.queues[index].paused = record.paused;
+        self.queues[index].settings = record.settings;
     }
 
     /// Restores a message from the store at startup: counts it, and indexes and arms it if active.
@@ -175,6 +220,7 @@ impl Broker {
         if meta.state == MessageState::Ready {
             queue.ready.insert((Reverse(meta.priority), id));
         }
+        queue.members[meta.state.index()].insert(id);
         if meta.state.is_timed() {
             self.timers.insert(meta.due_at_ms, id.0);
         }
@@ -190,16 +236,11 @@ impl Broker {
         record: IdempotencyRecord,
         changes: &mut Vec<Change>,
     ) {
-        if record
-            .created_at_ms
-            .saturating_add(crate::limits::IDEMPOTENCY_WINDOW_MS)
-            <= now_ms
-        {
+        if record.created_at_ms.saturating_add(crate::limits::IDEMPOTENCY_WINDOW_MS) <= now_ms {
             changes.push(Change::DeleteIdempotency { queue_id, key });
             return;
         }
-        self.idempotency_order
-            .push_back((record.created_at_ms, queue_id, key.clone()));
+        self.idempotency_order.push_back((record.created_at_ms, queue_id, key.clone()));
         self.idempotency.insert((queue_id, key), record);
     }
 
@@ -210,9 +251,7 @@ impl Broker {
 
     /// Sorts the restored idempotency keys by age; call once after restoring them all.
     pub fn finish_restore(&mut self) {
-        self.idempotency_order
-            .make_contiguous()
-            .sort_unstable_by_key(|entry| entry.0);
+        self.idempotency_order.make_contiguous().sort_unstable_by_key(|entry| entry.0);
     }
 
     /// Fires every timer due at `now_ms` and forgets expired idempotency keys.
@@ -239,7 +278,13 @@ impl Broker {
             }
             MessageState::Leased => {
                 let text = "lease expired before the consumer acked, nacked or extended it";
-                self.fail(id, now_ms, text.to_string(), None, false, changes);
+                let failure = lease::Failure {
+                    kind: HistoryKind::LeaseExpired,
+                    error: text.to_string(),
+                    delay_ms: None,
+                    dead: false,
+                };
+                self.fail(id, now_ms, failure, changes);
             }
             _ => unreachable!("is_timed covers exactly these states"),
         }
@@ -268,12 +313,31 @@ impl Broker {
         let queue_id = QueueId(index);
         self.queues.push(QueueState::new(name.to_string()));
         self.queue_ids.insert(name.to_string(), queue_id);
+        self.persist_queue(queue_id, changes);
+        queue_id
+    }
+
+    /// Emits the queue's current record.
+    fn persist_queue(&self, queue_id: QueueId, changes: &mut Vec<Change>) {
+        let queue = &self.queues[queue_id.0 as usize];
         let record = QueueRecord {
-            name: name.to_string(),
-            paused: false,
+            name: queue.name.clone(),
+            paused: queue.paused,
+            settings: queue.settings.clone(),
         };
         changes.push(Change::PutQueue { queue_id, record });
-        queue_id
+    }
+
+    /// The retry policy of a queue: its overrides over the server's defaults.
+    fn retry_policy(&self, queue_id: QueueId) -> RetryPolicy {
+        let settings = &self.queues[queue_id.0 as usize].settings;
+        let default = self.config.retry;
+        RetryPolicy {
+            initial_ms: settings.backoff_initial_ms.unwrap_or(default.initial_ms),
+            multiplier: settings.backoff_multiplier.unwrap_or(default.multiplier),
+            max_ms: settings.backoff_max_ms.unwrap_or(default.max_ms),
+            jitter: settings.backoff_jitter.unwrap_or(default.jitter),
+        }
     }
 
     /// Moves an active message through the state machine and keeps indexes, counters and timers in
@@ -301,16 +365,19 @@ impl Broker {
         changes: &mut Vec<Change>,
         adjust: impl FnOnce(&mut MessageMeta),
     ) -> MessageMeta {
-        let mut meta = self
-            .active
-            .remove(&id)
-            .expect("transition of an active message");
+        let mut meta = self.active.remove(&id).expect("transition of an active message");
         let from = meta.state;
         let to = next_state(from, event).unwrap_or_else(|error| panic!("message {id}: {error}"));
-        let queue = &mut self.queues[meta.queue_id.0 as usize];
+        let queue_id = meta.queue_id;
+        let queue = &mut self.queues[queue_id.0 as usize];
         if from == MessageState::Ready {
             let removed = queue.ready.remove(&(Reverse(meta.priority), id));
             assert!(removed, "ready message {id} missing from its ready index");
+        }
+        if from.is_active() {
+            queue.members[from.index()].remove(&id);
+        } else {
+            changes.push(Change::UnindexTerminal { queue_id, state: from, id });
         }
         queue.counts[from.index()] -= 1;
         queue.counts[to.index()] += 1;
@@ -323,19 +390,61 @@ impl Broker {
         adjust(&mut meta);
         if to == MessageState::Ready {
             queue.ready.insert((Reverse(meta.priority), id));
-            self.woken.push(meta.queue_id);
+            self.woken.push(queue_id);
+        }
+        if to.is_active() {
+            queue.members[to.index()].insert(id);
         }
         if to.is_timed() {
             self.timers.insert(meta.due_at_ms, id.0);
         }
-        changes.push(Change::PutMeta {
-            id,
-            meta: meta.clone(),
-        });
+        self.notice_of(event, id, &meta, now_ms);
+        changes.push(Change::PutMeta { id, meta: meta.clone() });
         if to.is_active() {
             self.active.insert(id, meta.clone());
+        } else {
+            self.enter_terminal(id, &meta, now_ms, changes);
         }
         meta
+    }
+
+    /// Lists a message that became dead or delivered, and arms its removal after the retention.
+    fn enter_terminal(
+        &mut self,
+        id: MessageId,
+        meta: &MessageMeta,
+        now_ms: u64,
+        changes: &mut Vec<Change>,
+    ) {
+        let queue_id = meta.queue_id;
+        let retention_ms = self.retention_of(queue_id, meta.state);
+        if retention_ms == Some(0) {
+            self.queues[queue_id.0 as usize].counts[meta.state.index()] -= 1;
+            changes.push(Change::DeleteMessage { id, queue_id, state: meta.state });
+            return;
+        }
+        changes.push(Change::IndexTerminal { queue_id, state: meta.state, id });
+        if let Some(retention_ms) = retention_ms {
+            changes.push(Change::ExpireAt { at_ms: now_ms.saturating_add(retention_ms), id });
+        }
+    }
+
+    /// Records what a transition means for the event stream (failures are noticed by `fail`, with
+    /// their error text; timer moves to ready and extensions are not news).
+    fn notice_of(&mut self, event: Event, id: MessageId, meta: &MessageMeta, now_ms: u64) {
+        let kind = match event {
+            Event::Lease => NoticeKind::Leased,
+            Event::Ack => NoticeKind::Acked,
+            Event::Retry => NoticeKind::Retried,
+            Event::Reschedule { .. } => NoticeKind::Rescheduled,
+            Event::Due | Event::Extend | Event::Fail { .. } => return,
+        };
+        self.notices.push(Notice::about(kind, id, meta, now_ms, None));
+    }
+
+    /// What happened since the last call, oldest first.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// A uniformly drawn number in [0, 1).
@@ -349,7 +458,9 @@ impl QueueState {
         QueueState {
             name,
             paused: false,
+            settings: QueueSettings::default(),
             ready: BTreeSet::new(),
+            members: Default::default(),
             counts: [0; 6],
         }
     }

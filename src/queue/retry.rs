@@ -35,12 +35,7 @@ mod tests {
     use super::*;
 
     fn policy(jitter: f64) -> RetryPolicy {
-        RetryPolicy {
-            initial_ms: 1000,
-            multiplier: 2.0,
-            max_ms: 900_000,
-            jitter,
-        }
+        RetryPolicy { initial_ms: 1000, multiplier: 2.0, max_ms: 900_000, jitter }
     }
 
     #[test]
@@ -64,12 +59,7 @@ mod tests {
 
     #[test]
     fn a_zero_initial_delay_still_waits_one_millisecond() {
-        let policy = RetryPolicy {
-            initial_ms: 0,
-            multiplier: 2.0,
-            max_ms: 0,
-            jitter: 0.0,
-        };
+        let policy = RetryPolicy { initial_ms: 0, multiplier: 2.0, max_ms: 0, jitter: 0.0 };
         assert_eq!(policy.delay_ms(5, 0.3), 1);
     }
 }

@@ -8,12 +8,10 @@ const NOW: u64 = 1_000_000;
 fn config() -> BrokerConfig {
     BrokerConfig {
         attempt_count_max: 3,
-        retry: RetryPolicy {
-            initial_ms: 100,
-            multiplier: 2.0,
-            max_ms: 1000,
-            jitter: 0.0,
-        },
+        retry: RetryPolicy { initial_ms: 100, multiplier: 2.0, max_ms: 1000, jitter: 0.0 },
+        lease_ms: 1000,
+        retention_ms: 60_000,
+        history_keep_count: 5,
     }
 }
 
@@ -28,21 +26,16 @@ fn message(priority: i32) -> NewMessage {
 
 fn enqueue(broker: &mut Broker, now_ms: u64, messages: Vec<NewMessage>) -> Vec<MessageId> {
     let mut changes = Vec::new();
-    let outcome = broker
-        .enqueue(now_ms, "q", messages, None, &mut changes)
-        .unwrap();
+    let outcome = broker.enqueue(now_ms, "q", messages, None, &mut changes).unwrap();
     outcome.ids().collect()
 }
 
 fn lease(broker: &mut Broker, now_ms: u64, count_max: u32) -> Vec<Grant> {
-    broker.lease(now_ms, "q", count_max, 1000, &mut Vec::new())
+    broker.lease(now_ms, "q", count_max, Some(1000), &mut Vec::new())
 }
 
 fn counts(broker: &Broker) -> StateCounts {
-    broker
-        .queue_stats("q")
-        .map(|stats| stats.counts)
-        .unwrap_or_default()
+    broker.queue_stats("q").map(|stats| stats.counts).unwrap_or_default()
 }
 
 fn count(broker: &Broker, state: MessageState) -> u64 {
@@ -52,15 +45,8 @@ fn count(broker: &Broker, state: MessageState) -> u64 {
 #[test]
 fn priority_first_then_fifo() {
     let mut broker = Broker::new(config(), NOW, 1);
-    let ids = enqueue(
-        &mut broker,
-        NOW,
-        vec![message(0), message(5), message(0), message(5)],
-    );
-    let order: Vec<MessageId> = lease(&mut broker, NOW, 10)
-        .iter()
-        .map(|grant| grant.id)
-        .collect();
+    let ids = enqueue(&mut broker, NOW, vec![message(0), message(5), message(0), message(5)]);
+    let order: Vec<MessageId> = lease(&mut broker, NOW, 10).iter().map(|grant| grant.id).collect();
     assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2]]);
 }
 
@@ -71,10 +57,7 @@ fn ack_delivers_and_a_second_ack_is_refused() {
     let grant = lease(&mut broker, NOW, 1).remove(0);
     assert_eq!(grant.meta.attempt_count, 1);
     let mut changes = Vec::new();
-    assert_eq!(
-        broker.ack(NOW + 1, "q", &[Some(grant.token)], &mut changes),
-        vec![Ok(())]
-    );
+    assert_eq!(broker.ack(NOW + 1, "q", &[Some(grant.token)], &mut changes), vec![Ok(())]);
     assert_eq!(count(&broker, MessageState::Delivered), 1);
     assert_eq!(broker.active_count(), 0);
     let again = broker.ack(NOW + 2, "q", &[Some(grant.token)], &mut changes);
@@ -83,10 +66,7 @@ fn ack_delivers_and_a_second_ack_is_refused() {
         broker.ack(NOW, "other", &[Some(grant.token)], &mut changes),
         vec![Err(Refusal::Unknown)]
     );
-    assert_eq!(
-        broker.ack(NOW, "q", &[None], &mut changes),
-        vec![Err(Refusal::Unknown)]
-    );
+    assert_eq!(broker.ack(NOW, "q", &[None], &mut changes), vec![Err(Refusal::Unknown)]);
 }
 
 #[test]
@@ -99,23 +79,15 @@ fn lease_expiry_retries_with_backoff_and_a_stale_token_cannot_ack() {
     assert_eq!(count(&broker, MessageState::Leased), 1);
     broker.expire_due(NOW + 1000, &mut changes);
     assert_eq!(count(&broker, MessageState::Retrying), 1);
-    assert!(changes
-        .iter()
-        .any(|change| matches!(change, Change::PutError { .. })));
-    assert!(
-        lease(&mut broker, NOW + 1099, 1).is_empty(),
-        "backoff of 100 ms not over"
-    );
+    assert!(changes.iter().any(|change| matches!(change, Change::RecordHistory { .. })));
+    assert!(lease(&mut broker, NOW + 1099, 1).is_empty(), "backoff of 100 ms not over");
     broker.expire_due(NOW + 1100, &mut changes);
     let second = lease(&mut broker, NOW + 1100, 1).remove(0);
     assert_eq!(second.meta.attempt_count, 2);
     assert_ne!(first.token, second.token);
     let stale = broker.ack(NOW + 1101, "q", &[Some(first.token)], &mut changes);
     assert_eq!(stale, vec![Err(Refusal::LeaseExpired)]);
-    assert_eq!(
-        broker.ack(NOW + 1101, "q", &[Some(second.token)], &mut changes),
-        vec![Ok(())]
-    );
+    assert_eq!(broker.ack(NOW + 1101, "q", &[Some(second.token)], &mut changes), vec![Ok(())]);
 }
 
 #[test]
@@ -141,10 +113,7 @@ fn nack_backs_off_exponentially_then_dead_letters_at_max_attempts() {
             delay_ms: None,
             dead: false,
         };
-        let outcome = broker
-            .nack(now_ms, "q", vec![item], &mut Vec::new())
-            .remove(0)
-            .unwrap();
+        let outcome = broker.nack(now_ms, "q", vec![item], &mut Vec::new()).remove(0).unwrap();
         outcomes.push(outcome);
         if let FailOutcome::Retrying { next_attempt_at_ms } = outcome {
             now_ms = next_attempt_at_ms;
@@ -154,12 +123,8 @@ fn nack_backs_off_exponentially_then_dead_letters_at_max_attempts() {
     assert_eq!(
         outcomes,
         vec![
-            FailOutcome::Retrying {
-                next_attempt_at_ms: NOW + 100
-            },
-            FailOutcome::Retrying {
-                next_attempt_at_ms: NOW + 100 + 200
-            },
+            FailOutcome::Retrying { next_attempt_at_ms: NOW + 100 },
+            FailOutcome::Retrying { next_attempt_at_ms: NOW + 100 + 200 },
             FailOutcome::Dead,
         ]
     );
@@ -187,12 +152,7 @@ fn nack_honours_an_explicit_delay_and_dead_flag() {
         },
     ];
     let outcomes = broker.nack(NOW, "q", items, &mut Vec::new());
-    assert_eq!(
-        outcomes[0],
-        Ok(FailOutcome::Retrying {
-            next_attempt_at_ms: NOW + 5000
-        })
-    );
+    assert_eq!(outcomes[0], Ok(FailOutcome::Retrying { next_attempt_at_ms: NOW + 5000 }));
     assert_eq!(outcomes[1], Ok(FailOutcome::Dead));
 }
 
@@ -201,19 +161,11 @@ fn extend_moves_the_deadline_and_the_old_timer_is_ignored() {
     let mut broker = Broker::new(config(), NOW, 1);
     enqueue(&mut broker, NOW, vec![message(0)]);
     let grant = lease(&mut broker, NOW, 1).remove(0);
-    let extended = broker.extend(
-        NOW + 500,
-        "q",
-        &[(Some(grant.token), 2000)],
-        &mut Vec::new(),
-    );
+    let extended =
+        broker.extend(NOW + 500, "q", &[(Some(grant.token), Some(2000))], &mut Vec::new());
     assert_eq!(extended, vec![Ok(NOW + 2500)]);
     broker.expire_due(NOW + 1000, &mut Vec::new());
-    assert_eq!(
-        count(&broker, MessageState::Leased),
-        1,
-        "the original deadline no longer counts"
-    );
+    assert_eq!(count(&broker, MessageState::Leased), 1, "the original deadline no longer counts");
     broker.expire_due(NOW + 2500, &mut Vec::new());
     assert_eq!(count(&broker, MessageState::Retrying), 1);
 }
@@ -221,76 +173,40 @@ fn extend_moves_the_deadline_and_the_old_timer_is_ignored() {
 #[test]
 fn scheduled_messages_wait_for_their_time() {
     let mut broker = Broker::new(config(), NOW, 1);
-    let later = NewMessage {
-        delivery: Delivery::After { delay_ms: 50 },
-        ..message(0)
-    };
-    let at = NewMessage {
-        delivery: Delivery::At {
-            deliver_at_ms: NOW + 80,
-        },
-        ..message(9)
-    };
-    let past = NewMessage {
-        delivery: Delivery::At {
-            deliver_at_ms: NOW - 1,
-        },
-        ..message(0)
-    };
+    let later = NewMessage { delivery: Delivery::After { delay_ms: 50 }, ..message(0) };
+    let at = NewMessage { delivery: Delivery::At { deliver_at_ms: NOW + 80 }, ..message(9) };
+    let past = NewMessage { delivery: Delivery::At { deliver_at_ms: NOW - 1 }, ..message(0) };
     let ids = enqueue(&mut broker, NOW, vec![later, at, past]);
     assert_eq!(count(&broker, MessageState::Scheduled), 2);
     assert_eq!(
-        lease(&mut broker, NOW, 10)
-            .iter()
-            .map(|grant| grant.id)
-            .collect::<Vec<_>>(),
+        lease(&mut broker, NOW, 10).iter().map(|grant| grant.id).collect::<Vec<_>>(),
         vec![ids[2]]
     );
     assert_eq!(broker.next_deadline_ms(), Some(NOW + 50));
     broker.expire_due(NOW + 79, &mut Vec::new());
     assert_eq!(broker.take_woken(), vec![QueueId(0)]);
     broker.expire_due(NOW + 80, &mut Vec::new());
-    let order: Vec<MessageId> = lease(&mut broker, NOW + 80, 10)
-        .iter()
-        .map(|grant| grant.id)
-        .collect();
+    let order: Vec<MessageId> =
+        lease(&mut broker, NOW + 80, 10).iter().map(|grant| grant.id).collect();
     assert_eq!(order, vec![ids[1], ids[0]]);
 }
 
 #[test]
 fn idempotency_returns_the_original_ids_and_refuses_a_different_body() {
     let mut broker = Broker::new(config(), NOW, 1);
-    let key = |hash| {
-        Some(IdempotencyKey {
-            key: "k".into(),
-            request_hash: hash,
-        })
-    };
+    let key = |hash| Some(IdempotencyKey { key: "k".into(), request_hash: hash });
     let mut changes = Vec::new();
-    let first = broker
-        .enqueue(NOW, "q", vec![message(0), message(0)], key(7), &mut changes)
-        .unwrap();
+    let first =
+        broker.enqueue(NOW, "q", vec![message(0), message(0)], key(7), &mut changes).unwrap();
     changes.clear();
-    let again = broker
-        .enqueue(
-            NOW + 1,
-            "q",
-            vec![message(0), message(0)],
-            key(7),
-            &mut changes,
-        )
-        .unwrap();
+    let again =
+        broker.enqueue(NOW + 1, "q", vec![message(0), message(0)], key(7), &mut changes).unwrap();
     assert!(again.duplicate);
-    assert_eq!(
-        again.ids().collect::<Vec<_>>(),
-        first.ids().collect::<Vec<_>>()
-    );
+    assert_eq!(again.ids().collect::<Vec<_>>(), first.ids().collect::<Vec<_>>());
     assert!(changes.is_empty(), "a duplicate changes nothing");
     let conflict = broker.enqueue(NOW + 1, "q", vec![message(0)], key(8), &mut changes);
     assert_eq!(conflict, Err(EnqueueError::IdempotencyConflict));
-    let other_queue = broker
-        .enqueue(NOW + 1, "p", vec![message(0)], key(8), &mut changes)
-        .unwrap();
+    let other_queue = broker.enqueue(NOW + 1, "p", vec![message(0)], key(8), &mut changes).unwrap();
     assert!(!other_queue.duplicate, "keys are scoped per queue");
     broker.expire_due(NOW + crate::limits::IDEMPOTENCY_WINDOW_MS, &mut changes);
     let after_window = broker.enqueue(
@@ -300,23 +216,14 @@ fn idempotency_returns_the_original_ids_and_refuses_a_different_body() {
         key(8),
         &mut changes,
     );
-    assert!(
-        !after_window.unwrap().duplicate,
-        "keys are forgotten after the window"
-    );
+    assert!(!after_window.unwrap().duplicate, "keys are forgotten after the window");
 }
 
 #[test]
 fn paused_queues_lease_nothing() {
     let mut broker = Broker::new(config(), NOW, 1);
     enqueue(&mut broker, NOW, vec![message(0)]);
-    broker.restore_queue(
-        QueueId(0),
-        QueueRecord {
-            name: "q".into(),
-            paused: true,
-        },
-    );
+    broker.restore_queue(QueueId(0), QueueRecord { name: "q".into(), paused: true, settings: QueueSettings::default() });
     assert!(lease(&mut broker, NOW, 1).is_empty());
 }
 
@@ -353,13 +260,10 @@ fn a_broker_rebuilt_from_its_changes_has_the_same_counts_and_leases_expire() {
         message(0),
         message(0),
         message(0),
-        NewMessage {
-            delivery: Delivery::After { delay_ms: 10 },
-            ..message(0)
-        },
+        NewMessage { delivery: Delivery::After { delay_ms: 10 }, ..message(0) },
     ];
     broker.enqueue(NOW, "q", batch, None, &mut changes).unwrap();
-    let grants = broker.lease(NOW, "q", 2, 1000, &mut changes);
+    let grants = broker.lease(NOW, "q", 2, Some(1000), &mut changes);
     broker.ack(NOW, "q", &[Some(grants[0].token)], &mut changes);
     let mut rebuilt = rebuild(&changes, NOW + 1);
     assert_eq!(counts(&rebuilt), counts(&broker));
@@ -368,13 +272,10 @@ fn a_broker_rebuilt_from_its_changes_has_the_same_counts_and_leases_expire() {
     rebuilt.expire_due(NOW + 1000, &mut Vec::new());
     assert_eq!(count(&rebuilt, MessageState::Retrying), 1);
     rebuilt.expire_due(NOW + 1100, &mut Vec::new());
-    let again: Vec<Grant> = rebuilt.lease(NOW + 1100, "q", 10, 1000, &mut Vec::new());
+    let again: Vec<Grant> = rebuilt.lease(NOW + 1100, "q", 10, Some(1000), &mut Vec::new());
     let attempts: Vec<u32> = again.iter().map(|grant| grant.meta.attempt_count).collect();
     assert_eq!(attempts.iter().filter(|&&attempt| attempt == 2).count(), 1);
-    let stale = LeaseToken {
-        id: grants[1].id,
-        nonce: grants[1].token.nonce,
-    };
+    let stale = LeaseToken { id: grants[1].id, nonce: grants[1].token.nonce };
     assert_eq!(
         rebuilt.ack(NOW + 1100, "q", &[Some(stale)], &mut Vec::new()),
         vec![Err(Refusal::LeaseExpired)]
@@ -384,11 +285,7 @@ fn a_broker_rebuilt_from_its_changes_has_the_same_counts_and_leases_expire() {
 #[test]
 fn counts_always_sum_to_the_number_of_messages() {
     let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(
-        &mut broker,
-        NOW,
-        (0..20).map(|index| message(index % 3)).collect(),
-    );
+    enqueue(&mut broker, NOW, (0..20).map(|index| message(index % 3)).collect());
     let mut now_ms = NOW;
     for round in 0..50u64 {
         now_ms += 37;

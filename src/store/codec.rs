@@ -14,7 +14,7 @@
 //! its allocation limit so that a corrupt length cannot ask for gigabytes.
 
 use crate::queue::{
-    BodyKind, Change, IdempotencyRecord, LastError, MessageContent, MessageMeta, QueueRecord,
+    BodyKind, Change, History, IdempotencyRecord, MessageContent, MessageMeta, QueueRecord,
 };
 use bincode::Options;
 use serde::de::DeserializeOwned;
@@ -24,7 +24,7 @@ use std::fmt;
 /// Format versions, one per record kind, so that each can evolve on its own.
 pub const META_VERSION: u8 = 1;
 pub const CONTENT_VERSION: u8 = 1;
-pub const ERROR_VERSION: u8 = 1;
+pub const HISTORY_VERSION: u8 = 1;
 pub const QUEUE_VERSION: u8 = 1;
 pub const IDEMPOTENCY_VERSION: u8 = 1;
 pub const WAL_FRAME_VERSION: u8 = 1;
@@ -49,16 +49,10 @@ impl fmt::Display for CodecError {
         match self {
             CodecError::TooShort { length } => write!(f, "record of {length} bytes is too short"),
             CodecError::Crc { stored, computed } => {
-                write!(
-                    f,
-                    "crc mismatch (stored {stored:08x}, computed {computed:08x})"
-                )
+                write!(f, "crc mismatch (stored {stored:08x}, computed {computed:08x})")
             }
             CodecError::Version { found, expected } => {
-                write!(
-                    f,
-                    "unknown format version {found} (this build reads {expected})"
-                )
+                write!(f, "unknown format version {found} (this build reads {expected})")
             }
             CodecError::Fields(error) => write!(f, "malformed fields: {error}"),
         }
@@ -93,9 +87,7 @@ fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
 /// Decodes a record written by [`encode`] with the same `version`.
 fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() < 1 + CRC_BYTES {
-        return Err(CodecError::TooShort {
-            length: bytes.len(),
-        });
+        return Err(CodecError::TooShort { length: bytes.len() });
     }
     let (body, crc_bytes) = bytes.split_at(bytes.len() - CRC_BYTES);
     let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
@@ -104,14 +96,9 @@ fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, CodecErro
         return Err(CodecError::Crc { stored, computed });
     }
     if body[0] != version {
-        return Err(CodecError::Version {
-            found: body[0],
-            expected: version,
-        });
+        return Err(CodecError::Version { found: body[0], expected: version });
     }
-    options(bytes.len())
-        .deserialize(&body[1..])
-        .map_err(CodecError::Fields)
+    options(bytes.len()).deserialize(&body[1..]).map_err(CodecError::Fields)
 }
 
 pub fn encode_meta(meta: &MessageMeta) -> Vec<u8> {
@@ -144,12 +131,12 @@ pub fn decode_content(bytes: &[u8]) -> Result<MessageContent, CodecError> {
     decode(CONTENT_VERSION, bytes)
 }
 
-pub fn encode_error(error: &LastError) -> Vec<u8> {
-    encode(ERROR_VERSION, error)
+pub fn encode_history(history: &History) -> Vec<u8> {
+    encode(HISTORY_VERSION, history)
 }
 
-pub fn decode_error(bytes: &[u8]) -> Result<LastError, CodecError> {
-    decode(ERROR_VERSION, bytes)
+pub fn decode_history(bytes: &[u8]) -> Result<History, CodecError> {
+    decode(HISTORY_VERSION, bytes)
 }
 
 pub fn encode_queue(record: &QueueRecord) -> Vec<u8> {
@@ -172,9 +159,7 @@ pub fn decode_idempotency(bytes: &[u8]) -> Result<IdempotencyRecord, CodecError>
 /// own crc covers it, so no second crc is added.
 pub fn encode_changes_into(changes: &[Change], out: &mut Vec<u8>) {
     out.push(WAL_FRAME_VERSION);
-    options(usize::MAX)
-        .serialize_into(out, changes)
-        .expect("serializing into a Vec cannot fail");
+    options(usize::MAX).serialize_into(out, changes).expect("serializing into a Vec cannot fail");
 }
 
 /// Decodes a WAL frame payload.
@@ -183,29 +168,23 @@ pub fn decode_changes(payload: &[u8]) -> Result<Vec<Change>, CodecError> {
         return Err(CodecError::TooShort { length: 0 });
     };
     if version != WAL_FRAME_VERSION {
-        return Err(CodecError::Version {
-            found: version,
-            expected: WAL_FRAME_VERSION,
-        });
+        return Err(CodecError::Version { found: version, expected: WAL_FRAME_VERSION });
     }
-    options(payload.len())
-        .deserialize(fields)
-        .map_err(CodecError::Fields)
+    options(payload.len()).deserialize(fields).map_err(CodecError::Fields)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{MessageId, MessageState, QueueId};
+    use crate::queue::{
+        HistoryEvent, HistoryKind, MessageId, MessageState, QueueId, QueueSettings,
+    };
 
     #[test]
     fn borrowed_content_decodes_as_owned_content() {
         let headers = vec![("a".to_string(), "b".to_string())];
-        let borrowed = ContentRef {
-            headers: &headers,
-            body_kind: BodyKind::Bytes,
-            body: &[0, 255],
-        };
+        let borrowed =
+            ContentRef { headers: &headers, body_kind: BodyKind::Bytes, body: &[0, 255] };
         let owned = decode_content(&encode_content_ref(&borrowed)).unwrap();
         assert_eq!(owned.headers, headers);
         assert_eq!(owned.body_kind, BodyKind::Bytes);
@@ -223,6 +202,22 @@ mod tests {
             updated_at_ms: 1_700_000_000_500,
             due_at_ms: 1_700_000_030_500,
             lease_nonce: 0xdead_beef,
+            leased_at_ms: 1_700_000_000_400,
+            event_seq: 3,
+        }
+    }
+
+    fn history() -> History {
+        History {
+            events: vec![HistoryEvent {
+                seq: 2,
+                kind: HistoryKind::Nacked,
+                at_ms: 5,
+                attempt: 1,
+                leased_at_ms: 4,
+                detail: "SMTP 451".into(),
+                dead: false,
+            }],
         }
     }
 
@@ -235,40 +230,19 @@ mod tests {
             body: br#"{"to":"a@example.com"}"#.to_vec(),
         };
         assert_eq!(decode_content(&encode_content(&content)).unwrap(), content);
-        let error = LastError {
-            message: "SMTP 451".into(),
-            at_ms: 5,
-            attempt: 1,
-        };
-        assert_eq!(decode_error(&encode_error(&error)).unwrap(), error);
-        let queue = QueueRecord {
-            name: "emails".into(),
-            paused: true,
-        };
+        assert_eq!(decode_history(&encode_history(&history())).unwrap(), history());
+        let settings = QueueSettings { backoff_multiplier: Some(1.5), ..QueueSettings::default() };
+        let queue = QueueRecord { name: "emails".into(), paused: true, settings };
         assert_eq!(decode_queue(&encode_queue(&queue)).unwrap(), queue);
-        let record = IdempotencyRecord {
-            request_hash: 1,
-            first_id: 2,
-            count: 3,
-            created_at_ms: 4,
-        };
-        assert_eq!(
-            decode_idempotency(&encode_idempotency(&record)).unwrap(),
-            record
-        );
+        let record = IdempotencyRecord { request_hash: 1, first_id: 2, count: 3, created_at_ms: 4 };
+        assert_eq!(decode_idempotency(&encode_idempotency(&record)).unwrap(), record);
     }
 
     #[test]
     fn change_frames_round_trip() {
         let changes = vec![
-            Change::PutMeta {
-                id: MessageId(9),
-                meta: meta(),
-            },
-            Change::PutContent {
-                id: MessageId(9),
-                record: vec![0, 255, 1],
-            },
+            Change::PutMeta { id: MessageId(9), meta: meta() },
+            Change::PutContent { id: MessageId(9), record: vec![0, 255, 1] },
             Change::SetNextId { next_id: 10 },
         ];
         let mut payload = Vec::new();
@@ -283,10 +257,7 @@ mod tests {
             for bit in 0..8 {
                 let mut corrupt = bytes.clone();
                 corrupt[index] ^= 1 << bit;
-                assert!(
-                    decode_meta(&corrupt).is_err(),
-                    "flip at byte {index} bit {bit}"
-                );
+                assert!(decode_meta(&corrupt).is_err(), "flip at byte {index} bit {bit}");
             }
         }
     }
@@ -294,25 +265,14 @@ mod tests {
     #[test]
     fn short_unknown_and_foreign_records_are_errors_not_panics() {
         assert!(matches!(decode_meta(&[]), Err(CodecError::TooShort { .. })));
-        assert!(matches!(
-            decode_meta(&[1, 0, 0]),
-            Err(CodecError::TooShort { .. })
-        ));
+        assert!(matches!(decode_meta(&[1, 0, 0]), Err(CodecError::TooShort { .. })));
         let mut newer = vec![META_VERSION + 1];
         newer.extend_from_slice(&encode_meta(&meta())[1..]);
         let body_len = newer.len() - CRC_BYTES;
         let crc = crc32fast::hash(&newer[..body_len]);
         newer[body_len..].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(
-            decode_meta(&newer),
-            Err(CodecError::Version { .. })
-        ));
-        let error = encode_error(&LastError {
-            message: "x".into(),
-            at_ms: 1,
-            attempt: 1,
-        });
-        assert!(decode_meta(&error).is_err());
+        assert!(matches!(decode_meta(&newer), Err(CodecError::Version { .. })));
+        assert!(decode_meta(&encode_history(&history())).is_err());
         assert!(decode_changes(&[]).is_err());
         assert!(decode_changes(&[WAL_FRAME_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
     }

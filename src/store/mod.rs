@@ -12,9 +12,12 @@ pub mod recovery;
 pub mod wal;
 pub mod writer;
 
-use crate::queue::{Change, IdempotencyRecord, LastError, MessageContent, MessageId, MessageMeta};
+use crate::queue::{
+    Change, History, IdempotencyRecord, MessageContent, MessageId, MessageMeta, MessageState,
+};
 use crate::queue::{QueueId, QueueRecord};
 use codec::CodecError;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use wal::WalPosition;
@@ -32,10 +35,7 @@ pub enum StoreError {
     /// sled reported an error (I/O, or its own corruption check).
     Sled(sled::Error),
     /// A file-system operation on the data directory failed.
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A stored record failed its crc or did not decode; `what` names the tree and key.
     Corrupt { what: String, source: CodecError },
     /// The WAL failed or is corrupt.
@@ -81,8 +81,10 @@ pub struct Store {
     db: sled::Db,
     meta: sled::Tree,
     content: sled::Tree,
-    errors: sled::Tree,
+    history: sled::Tree,
     queues: sled::Tree,
+    terminal: sled::Tree,
+    expiry: sled::Tree,
     idempotency: sled::Tree,
     system: sled::Tree,
     sled_dir: PathBuf,
@@ -102,8 +104,10 @@ impl Store {
         Ok(Store {
             meta: db.open_tree("meta")?,
             content: db.open_tree("content")?,
-            errors: db.open_tree("errors")?,
+            history: db.open_tree("history")?,
             queues: db.open_tree("queues")?,
+            terminal: db.open_tree("terminal")?,
+            expiry: db.open_tree("expiry")?,
             idempotency: db.open_tree("idempotency")?,
             system: db.open_tree("system")?,
             db,
@@ -114,50 +118,89 @@ impl Store {
     /// Applies changes that the WAL already holds durably, one sled batch per tree.
     ///
     /// Atomicity across trees is not needed here: after a crash the WAL is replayed from the last
-    /// checkpoint and every change carries its full value, so a half-applied list is completed.
+    /// checkpoint and every change is idempotent (a full value, a removal, or a history event that
+    /// is skipped when already recorded), so a half-applied list is completed.
     pub fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let mut meta = sled::Batch::default();
-        let mut content = sled::Batch::default();
-        let mut errors = sled::Batch::default();
-        let mut queues = sled::Batch::default();
-        let mut idempotency = sled::Batch::default();
-        let mut system = sled::Batch::default();
+        let mut batches = Batches::default();
+        let mut histories: HashMap<MessageId, Option<History>> = HashMap::new();
         for change in changes {
-            match change {
-                Change::PutQueue { queue_id, record } => {
-                    queues.insert(&keys::queue_key(*queue_id), codec::encode_queue(record));
+            self.stage(change, &mut batches, &mut histories)?;
+        }
+        for (id, history) in histories {
+            match history {
+                Some(history) => {
+                    batches.history.insert(&keys::message_key(id), codec::encode_history(&history))
                 }
-                Change::PutMeta { id, meta: record } => {
-                    meta.insert(&keys::message_key(*id), codec::encode_meta(record));
-                }
-                Change::PutContent { id, record } => {
-                    content.insert(&keys::message_key(*id), record.as_slice());
-                }
-                Change::PutError { id, error } => {
-                    errors.insert(&keys::message_key(*id), codec::encode_error(error));
-                }
-                Change::PutIdempotency {
-                    queue_id,
-                    key,
-                    record,
-                } => {
-                    let key = keys::idempotency_key(*queue_id, key);
-                    idempotency.insert(key, codec::encode_idempotency(record));
-                }
-                Change::DeleteIdempotency { queue_id, key } => {
-                    idempotency.remove(keys::idempotency_key(*queue_id, key));
-                }
-                Change::SetNextId { next_id } => {
-                    system.insert(keys::NEXT_ID_KEY, &next_id.to_le_bytes());
-                }
+                None => batches.history.remove(&keys::message_key(id)),
             }
         }
-        self.content.apply_batch(content)?;
-        self.meta.apply_batch(meta)?;
-        self.errors.apply_batch(errors)?;
-        self.queues.apply_batch(queues)?;
-        self.idempotency.apply_batch(idempotency)?;
-        self.system.apply_batch(system)?;
+        self.content.apply_batch(batches.content)?;
+        self.meta.apply_batch(batches.meta)?;
+        self.history.apply_batch(batches.history)?;
+        self.queues.apply_batch(batches.queues)?;
+        self.terminal.apply_batch(batches.terminal)?;
+        self.expiry.apply_batch(batches.expiry)?;
+        self.idempotency.apply_batch(batches.idempotency)?;
+        self.system.apply_batch(batches.system)?;
+        Ok(())
+    }
+
+    /// Adds one change to the batches. History events are read-modify-write, so the histories
+    /// touched by this list are kept in `histories` until the end.
+    fn stage(
+        &self,
+        change: &Change,
+        batches: &mut Batches,
+        histories: &mut HashMap<MessageId, Option<History>>,
+    ) -> Result<(), StoreError> {
+        match change {
+            Change::PutQueue { queue_id, record } => {
+                batches.queues.insert(&keys::queue_key(*queue_id), codec::encode_queue(record));
+            }
+            Change::PutMeta { id, meta } => {
+                batches.meta.insert(&keys::message_key(*id), codec::encode_meta(meta));
+            }
+            Change::PutContent { id, record } => {
+                batches.content.insert(&keys::message_key(*id), record.as_slice());
+            }
+            Change::RecordHistory { id, event, keep_count } => {
+                if !histories.contains_key(id) {
+                    histories.insert(*id, Some(self.history(*id)?.unwrap_or_default()));
+                }
+                let history = histories.get_mut(id).expect("inserted above");
+                let history = history.get_or_insert_with(History::default);
+                history.record(event.clone(), *keep_count as usize);
+            }
+            Change::DeleteMessage { id, queue_id, state } => {
+                let key = keys::message_key(*id);
+                batches.meta.remove(&key);
+                batches.content.remove(&key);
+                histories.insert(*id, None);
+                batches.terminal.remove(&keys::terminal_key(*queue_id, *state, *id));
+            }
+            Change::IndexTerminal { queue_id, state, id } => {
+                batches.terminal.insert(&keys::terminal_key(*queue_id, *state, *id), &[]);
+            }
+            Change::UnindexTerminal { queue_id, state, id } => {
+                batches.terminal.remove(&keys::terminal_key(*queue_id, *state, *id));
+            }
+            Change::ExpireAt { at_ms, id } => {
+                batches.expiry.insert(&keys::expiry_key(*at_ms, *id), &[]);
+            }
+            Change::RemoveExpiry { at_ms, id } => {
+                batches.expiry.remove(&keys::expiry_key(*at_ms, *id));
+            }
+            Change::PutIdempotency { queue_id, key, record } => {
+                let key = keys::idempotency_key(*queue_id, key);
+                batches.idempotency.insert(key, codec::encode_idempotency(record));
+            }
+            Change::DeleteIdempotency { queue_id, key } => {
+                batches.idempotency.remove(keys::idempotency_key(*queue_id, key));
+            }
+            Change::SetNextId { next_id } => {
+                batches.system.insert(keys::NEXT_ID_KEY, &next_id.to_le_bytes());
+            }
+        }
         Ok(())
     }
 
@@ -168,10 +211,7 @@ impl Store {
         };
         codec::decode_meta(&bytes)
             .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: format!("meta of message {id}"),
-                source,
-            })
+            .map_err(|source| StoreError::Corrupt { what: format!("meta of message {id}"), source })
     }
 
     /// The headers and body of a message.
@@ -179,32 +219,68 @@ impl Store {
         let Some(bytes) = self.content.get(keys::message_key(id))? else {
             return Ok(None);
         };
-        codec::decode_content(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: format!("content of message {id}"),
-                source,
-            })
+        codec::decode_content(&bytes).map(Some).map_err(|source| StoreError::Corrupt {
+            what: format!("content of message {id}"),
+            source,
+        })
     }
 
-    /// The latest failure of a message.
-    pub fn last_error(&self, id: MessageId) -> Result<Option<LastError>, StoreError> {
-        let Some(bytes) = self.errors.get(keys::message_key(id))? else {
-            return Ok(None);
+    /// The recorded history of a message.
+    pub fn history(&self, id: MessageId) -> Result<Option<History>, StoreError> {
+        let Some(bytes) = self.history.get(keys::message_key(id))? else { return Ok(None) };
+        codec::decode_history(&bytes).map(Some).map_err(|source| StoreError::Corrupt {
+            what: format!("history of message {id}"),
+            source,
+        })
+    }
+
+    /// Up to `limit` ids of a queue's dead or delivered messages, after (or before, when
+    /// `descending`) the cursor id, in id order.
+    pub fn list_terminal(
+        &self,
+        queue_id: QueueId,
+        state: MessageState,
+        after: Option<MessageId>,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let low = keys::terminal_key(queue_id, state, MessageId(0));
+        let high = keys::terminal_key(queue_id, state, MessageId(u64::MAX));
+        let range = match (descending, after) {
+            (false, Some(cursor)) if cursor.0 == u64::MAX => return Ok(Vec::new()),
+            (false, Some(cursor)) => {
+                let start = keys::terminal_key(queue_id, state, MessageId(cursor.0 + 1));
+                self.terminal.range(start..=high)
+            }
+            (true, Some(cursor)) => {
+                self.terminal.range(low..keys::terminal_key(queue_id, state, cursor))
+            }
+            (_, None) => self.terminal.range(low..=high),
         };
-        codec::decode_error(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: format!("last error of message {id}"),
-                source,
-            })
+        let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if descending { Box::new(range.rev()) } else { Box::new(range) };
+        let mut ids = Vec::with_capacity(limit.min(1024));
+        for entry in entries.take(limit) {
+            let (key, _) = entry?;
+            ids.push(keys::decode_terminal_key(&key).ok_or_else(|| corrupt_key("terminal", &key))?);
+        }
+        Ok(ids)
+    }
+
+    /// Up to `limit` retention entries due at or before `now_ms`, oldest first.
+    pub fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, MessageId)>, StoreError> {
+        let end = keys::expiry_key(now_ms, MessageId(u64::MAX));
+        let mut due = Vec::new();
+        for entry in self.expiry.range(..=end).take(limit) {
+            let (key, _) = entry?;
+            due.push(keys::decode_expiry_key(&key).ok_or_else(|| corrupt_key("expiry", &key))?);
+        }
+        Ok(due)
     }
 
     /// The name of a queue.
     pub fn queue_name(&self, queue_id: QueueId) -> Result<Option<String>, StoreError> {
-        let Some(bytes) = self.queues.get(keys::queue_key(queue_id))? else {
-            return Ok(None);
-        };
+        let Some(bytes) = self.queues.get(keys::queue_key(queue_id))? else { return Ok(None) };
         let record = codec::decode_queue(&bytes).map_err(|source| StoreError::Corrupt {
             what: format!("queue {}", queue_id.0),
             source,
@@ -215,27 +291,16 @@ impl Store {
     /// The WAL position the last checkpoint covers, or the start of the WAL if none was taken.
     pub fn checkpoint_position(&self) -> Result<WalPosition, StoreError> {
         let Some(bytes) = self.system.get(keys::CHECKPOINT_KEY)? else {
-            return Ok(WalPosition {
-                segment_seq: 0,
-                offset: 0,
-            });
+            return Ok(WalPosition { segment_seq: 0, offset: 0 });
         };
         let decoded: Option<[u8; 16]> = bytes.as_ref().try_into().ok();
         let Some(raw) = decoded else {
-            let source = CodecError::TooShort {
-                length: bytes.len(),
-            };
-            return Err(StoreError::Corrupt {
-                what: "checkpoint position".into(),
-                source,
-            });
+            let source = CodecError::TooShort { length: bytes.len() };
+            return Err(StoreError::Corrupt { what: "checkpoint position".into(), source });
         };
         let segment_seq = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
         let offset = u64::from_le_bytes(raw[8..].try_into().expect("8 bytes"));
-        Ok(WalPosition {
-            segment_seq,
-            offset,
-        })
+        Ok(WalPosition { segment_seq, offset })
     }
 
     /// Makes everything applied so far durable and records that it covers the WAL up to `position`.
@@ -300,11 +365,9 @@ impl Store {
             let (key, value) = entry?;
             let (queue_id, name) = keys::decode_idempotency_key(&key)
                 .ok_or_else(|| corrupt_key("idempotency", &key))?;
-            let record =
-                codec::decode_idempotency(&value).map_err(|source| StoreError::Corrupt {
-                    what: format!("idempotency key {name:?}"),
-                    source,
-                })?;
+            let record = codec::decode_idempotency(&value).map_err(|source| {
+                StoreError::Corrupt { what: format!("idempotency key {name:?}"), source }
+            })?;
             visit(queue_id, name, record);
         }
         Ok(())
@@ -317,12 +380,23 @@ impl Store {
         };
         let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
             what: "next id".into(),
-            source: CodecError::TooShort {
-                length: bytes.len(),
-            },
+            source: CodecError::TooShort { length: bytes.len() },
         })?;
         Ok(Some(u64::from_le_bytes(raw)))
     }
+}
+
+/// One sled batch per tree, filled by `Store::stage`.
+#[derive(Default)]
+struct Batches {
+    meta: sled::Batch,
+    content: sled::Batch,
+    history: sled::Batch,
+    queues: sled::Batch,
+    terminal: sled::Batch,
+    expiry: sled::Batch,
+    idempotency: sled::Batch,
+    system: sled::Batch,
 }
 
 fn corrupt_key(tree: &str, key: &[u8]) -> StoreError {
@@ -344,12 +418,8 @@ fn sync_tree(dir: &Path) -> Result<(), StoreError> {
         if entry.file_type().map_err(io(&path))?.is_dir() {
             sync_tree(&path)?;
         } else {
-            std::fs::File::open(&path)
-                .and_then(|file| file.sync_all())
-                .map_err(io(&path))?;
+            std::fs::File::open(&path).and_then(|file| file.sync_all()).map_err(io(&path))?;
         }
     }
-    std::fs::File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(io(dir))
+    std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(io(dir))
 }

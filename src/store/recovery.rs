@@ -39,16 +39,11 @@ pub fn recover(
     now_ms: u64,
     seed: u64,
 ) -> Result<Recovered, StoreError> {
-    let io = |source| StoreError::Io {
-        path: data_dir.to_path_buf(),
-        source,
-    };
+    let io = |source| StoreError::Io { path: data_dir.to_path_buf(), source };
     std::fs::create_dir_all(data_dir).map_err(io)?;
     let wal_dir = data_dir.join("wal");
-    std::fs::create_dir_all(&wal_dir).map_err(|source| StoreError::Io {
-        path: wal_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&wal_dir)
+        .map_err(|source| StoreError::Io { path: wal_dir.clone(), source })?;
     let store = Store::open(data_dir)?;
     let mut summary = RecoverySummary::default();
     let from = store.checkpoint_position()?;
@@ -63,24 +58,15 @@ pub fn recover(
         store.apply(&changes)
     })?;
     summary.frame_count = replayed.frame_count;
-    summary.truncated = replayed.truncated.map(|tail| {
-        (
-            tail.segment_path.display().to_string(),
-            tail.offset,
-            tail.dropped_bytes,
-        )
-    });
+    summary.truncated = replayed
+        .truncated
+        .map(|tail| (tail.segment_path.display().to_string(), tail.offset, tail.dropped_bytes));
     let broker = rebuild(&store, config, now_ms, seed, &mut summary)?;
     let mut wal = Wal::open(&wal_dir, WAL_SEGMENT_BYTES)?;
     let position = wal.committed_position();
     store.checkpoint(position)?;
     wal.remove_before(position)?;
-    Ok(Recovered {
-        broker,
-        store,
-        wal,
-        summary,
-    })
+    Ok(Recovered { broker, store, wal, summary })
 }
 
 /// Builds the broker's memory from the store.

@@ -88,17 +88,11 @@ impl WalPosition {
     ///
     /// The first segment ever created in an empty directory has seq 0, so this position replays
     /// everything. If segment 0 has already been removed, replaying from here is a gap error.
-    pub const START: WalPosition = WalPosition {
-        segment_seq: 0,
-        offset: 0,
-    };
+    pub const START: WalPosition = WalPosition { segment_seq: 0, offset: 0 };
 
     /// Builds a position from a segment seq and a byte offset.
     pub const fn new(segment_seq: u64, offset: u64) -> WalPosition {
-        WalPosition {
-            segment_seq,
-            offset,
-        }
+        WalPosition { segment_seq, offset }
     }
 }
 
@@ -134,18 +128,11 @@ pub enum WalError {
 
 impl WalError {
     fn io(path: &Path, source: io::Error) -> WalError {
-        WalError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        WalError::Io { path: path.to_path_buf(), source }
     }
 
     fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> WalError {
-        WalError::Corrupt {
-            path: path.to_path_buf(),
-            offset,
-            reason: reason.into(),
-        }
+        WalError::Corrupt { path: path.to_path_buf(), offset, reason: reason.into() }
     }
 
     /// Copies the error; `io::Error` is not `Clone`, so its kind and message are carried over.
@@ -155,24 +142,14 @@ impl WalError {
                 path: path.clone(),
                 source: io::Error::new(source.kind(), format!("{message_prefix}{source}")),
             },
-            WalError::Corrupt {
-                path,
-                offset,
-                reason,
-            } => WalError::Corrupt {
+            WalError::Corrupt { path, offset, reason } => WalError::Corrupt {
                 path: path.clone(),
                 offset: *offset,
                 reason: format!("{message_prefix}{reason}"),
             },
-            WalError::Gap {
-                dir,
-                missing_seq,
-                found_seq,
-            } => WalError::Gap {
-                dir: dir.clone(),
-                missing_seq: *missing_seq,
-                found_seq: *found_seq,
-            },
+            WalError::Gap { dir, missing_seq, found_seq } => {
+                WalError::Gap { dir: dir.clone(), missing_seq: *missing_seq, found_seq: *found_seq }
+            }
         }
     }
 }
@@ -183,22 +160,10 @@ impl fmt::Display for WalError {
             WalError::Io { path, source } => {
                 write!(f, "WAL I/O error on {}: {source}", path.display())
             }
-            WalError::Corrupt {
-                path,
-                offset,
-                reason,
-            } => {
-                write!(
-                    f,
-                    "WAL corrupt in {} at offset {offset}: {reason}",
-                    path.display()
-                )
+            WalError::Corrupt { path, offset, reason } => {
+                write!(f, "WAL corrupt in {} at offset {offset}: {reason}", path.display())
             }
-            WalError::Gap {
-                dir,
-                missing_seq,
-                found_seq,
-            } => write!(
+            WalError::Gap { dir, missing_seq, found_seq } => write!(
                 f,
                 "WAL gap in {}: segment {missing_seq} is missing but segment {found_seq} exists",
                 dir.display()
@@ -284,9 +249,7 @@ impl Wal {
         remove_temp_files(dir)?;
         let mut closed_segment_bytes = BTreeMap::new();
         for (seq, path) in list_segments(dir)? {
-            let bytes = fs::metadata(&path)
-                .map_err(|e| WalError::io(&path, e))?
-                .len();
+            let bytes = fs::metadata(&path).map_err(|e| WalError::io(&path, e))?.len();
             closed_segment_bytes.insert(seq, bytes);
         }
         let segment_seq = match closed_segment_bytes.last_key_value() {
@@ -329,8 +292,7 @@ impl Wal {
         };
         self.buffer.reserve(FRAME_HEADER_LEN + payload.len());
         self.buffer.extend_from_slice(&payload_len.to_le_bytes());
-        self.buffer
-            .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        self.buffer.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         self.buffer.extend_from_slice(payload);
         self.pending_position()
     }
@@ -400,8 +362,7 @@ impl Wal {
             self.poison = Some(error.duplicate(""));
             return Err(error);
         }
-        self.closed_segment_bytes
-            .insert(self.segment_seq, self.committed_offset);
+        self.closed_segment_bytes.insert(self.segment_seq, self.committed_offset);
         self.segment_seq = segment_seq;
         self.segment_path = segment_path;
         self.file = file;
@@ -420,11 +381,8 @@ impl Wal {
     /// segment is never deleted. The directory is fsynced afterwards so the deletions stick.
     /// Not blocked by poisoning: deleting checkpointed segments cannot lose records.
     pub fn remove_before(&mut self, position: WalPosition) -> Result<usize, WalError> {
-        let doomed_seqs: Vec<u64> = self
-            .closed_segment_bytes
-            .range(..position.segment_seq)
-            .map(|(&seq, _)| seq)
-            .collect();
+        let doomed_seqs: Vec<u64> =
+            self.closed_segment_bytes.range(..position.segment_seq).map(|(&seq, _)| seq).collect();
         let mut removed_count = 0;
         for seq in doomed_seqs {
             let path = segment_path(&self.dir, seq);
@@ -461,10 +419,7 @@ impl Wal {
 
     /// Returns the position just after the last appended (possibly uncommitted) frame.
     fn pending_position(&self) -> WalPosition {
-        WalPosition::new(
-            self.segment_seq,
-            self.committed_offset + self.buffer.len() as u64,
-        )
+        WalPosition::new(self.segment_seq, self.committed_offset + self.buffer.len() as u64)
     }
 
     fn check_poison(&self) -> Result<(), WalError> {
@@ -506,11 +461,7 @@ where
     let mut summary = ReplaySummary::default();
     let mut payload = Vec::new();
     for (seq, path) in &segments {
-        let start_offset = if *seq == from.segment_seq {
-            from.offset
-        } else {
-            0
-        };
+        let start_offset = if *seq == from.segment_seq { from.offset } else { 0 };
         let segment = ReplaySegment {
             path,
             seq: *seq,
@@ -538,10 +489,8 @@ fn select_replay_segments(
     segments: Vec<(u64, PathBuf)>,
     from: WalPosition,
 ) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let selected: Vec<(u64, PathBuf)> = segments
-        .into_iter()
-        .filter(|(seq, _)| *seq >= from.segment_seq)
-        .collect();
+    let selected: Vec<(u64, PathBuf)> =
+        segments.into_iter().filter(|(seq, _)| *seq >= from.segment_seq).collect();
     let mut expected_seq = from.segment_seq;
     for (seq, _) in &selected {
         if *seq != expected_seq {
@@ -610,15 +559,11 @@ fn handle_damage(
     if frame_offset < segment.start_offset {
         // The checkpoint already covers this frame, so it was synced once: this is not a torn
         // write but damaged durable data, and cutting it off would hide that.
-        let reason = format!(
-            "{reason} (before the replay start offset {})",
-            segment.start_offset
-        );
+        let reason = format!("{reason} (before the replay start offset {})", segment.start_offset);
         return Err(WalError::corrupt(segment.path, frame_offset, reason));
     }
     let file = reader.reader.get_ref();
-    file.set_len(frame_offset)
-        .map_err(|e| WalError::io(segment.path, e))?;
+    file.set_len(frame_offset).map_err(|e| WalError::io(segment.path, e))?;
     file.sync_all().map_err(|e| WalError::io(segment.path, e))?;
     Ok(TruncatedTail {
         segment_path: segment.path.to_path_buf(),
@@ -662,9 +607,7 @@ impl SegmentReader {
         }
         let mut reader = BufReader::with_capacity(REPLAY_READ_BUFFER_BYTES, file);
         let mut header = [0u8; SEGMENT_HEADER_LEN];
-        reader
-            .read_exact(&mut header)
-            .map_err(|e| WalError::io(path, e))?;
+        reader.read_exact(&mut header).map_err(|e| WalError::io(path, e))?;
         if header[..8] != SEGMENT_MAGIC {
             return Err(WalError::corrupt(path, 0, "bad segment magic"));
         }
@@ -694,9 +637,7 @@ impl SegmentReader {
             return Ok(FrameRead::Damaged(reason));
         }
         let mut header = [0u8; FRAME_HEADER_LEN];
-        self.reader
-            .read_exact(&mut header)
-            .map_err(|e| WalError::io(&self.path, e))?;
+        self.reader.read_exact(&mut header).map_err(|e| WalError::io(&self.path, e))?;
         let payload_len = u32::from_le_bytes(array4(&header[0..4]));
         let stored_crc = u32::from_le_bytes(array4(&header[4..8]));
         if payload_len == 0 {
@@ -738,9 +679,7 @@ fn array4(bytes: &[u8]) -> [u8; 4] {
 }
 
 fn array8(bytes: &[u8]) -> [u8; 8] {
-    [
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ]
+    [bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]
 }
 
 /// Path of the segment file with the given seq.
@@ -777,12 +716,8 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 
 /// Returns `seq + 1`, or an error in the (practically unreachable) case of overflow.
 fn next_seq(dir: &Path, seq: u64) -> Result<u64, WalError> {
-    seq.checked_add(1).ok_or_else(|| {
-        WalError::io(
-            dir,
-            io::Error::other("WAL segment sequence number exhausted"),
-        )
-    })
+    seq.checked_add(1)
+        .ok_or_else(|| WalError::io(dir, io::Error::other("WAL segment sequence number exhausted")))
 }
 
 /// Creates `dir` if needed and fsyncs its parent so the new directory entry survives a crash.
@@ -801,10 +736,7 @@ fn create_dir_durably(dir: &Path) -> Result<(), WalError> {
 fn remove_temp_files(dir: &Path) -> Result<(), WalError> {
     for entry in fs::read_dir(dir).map_err(|e| WalError::io(dir, e))? {
         let entry = entry.map_err(|e| WalError::io(dir, e))?;
-        let is_temp = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.ends_with(TEMP_SUFFIX));
+        let is_temp = entry.file_name().to_str().is_some_and(|name| name.ends_with(TEMP_SUFFIX));
         if is_temp {
             let path = entry.path();
             fs::remove_file(&path).map_err(|e| WalError::io(&path, e))?;
@@ -828,16 +760,14 @@ fn prepare_segment(dir: &Path, seq: u64) -> Result<(File, PathBuf, PathBuf), Wal
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     header[..8].copy_from_slice(&SEGMENT_MAGIC);
     header[8..].copy_from_slice(&seq.to_le_bytes());
-    let created = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp_path)
-        .and_then(|mut file| {
-            file.write_all(&header)?;
-            file.sync_all()?;
-            Ok(file)
-        });
+    let created =
+        OpenOptions::new().write(true).create(true).truncate(true).open(&temp_path).and_then(
+            |mut file| {
+                file.write_all(&header)?;
+                file.sync_all()?;
+                Ok(file)
+            },
+        );
     match created {
         Ok(file) => Ok((file, temp_path, final_path)),
         Err(e) => {
@@ -856,9 +786,7 @@ fn publish_segment(dir: &Path, temp_path: &Path, final_path: &Path) -> Result<()
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are durable.
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| WalError::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| WalError::io(dir, e))
 }
 
 /// Writes one commit batch and makes it durable; the fault-injection points sit in front of
@@ -932,11 +860,7 @@ mod tests {
     }
 
     fn segment_files(dir: &Path) -> Vec<PathBuf> {
-        list_segments(dir)
-            .unwrap()
-            .into_iter()
-            .map(|(_, path)| path)
-            .collect()
+        list_segments(dir).unwrap().into_iter().map(|(_, path)| path).collect()
     }
 
     fn copy_dir(from: &Path, to: &Path) {
@@ -958,10 +882,7 @@ mod tests {
         let tmp = TempDir::new().unwrap();
         let dir = tmp.path().join("wal");
         let mut wal = Wal::open(&dir, 200).unwrap();
-        assert_eq!(
-            wal.committed_position(),
-            WalPosition::new(0, SEGMENT_HEADER_BYTES)
-        );
+        assert_eq!(wal.committed_position(), WalPosition::new(0, SEGMENT_HEADER_BYTES));
         let mut written = Vec::new();
         let mut rotations = 0;
         for batch in 0..10 {
@@ -980,14 +901,9 @@ mod tests {
         let forced = wal.rotate().unwrap();
         assert_eq!(forced.offset, SEGMENT_HEADER_BYTES);
         written.extend(write_frames(&mut wal, 100, 2));
-        assert!(
-            rotations >= 2,
-            "expected several rotations, got {rotations}"
-        );
-        let file_bytes: u64 = segment_files(&dir)
-            .iter()
-            .map(|p| fs::metadata(p).unwrap().len())
-            .sum();
+        assert!(rotations >= 2, "expected several rotations, got {rotations}");
+        let file_bytes: u64 =
+            segment_files(&dir).iter().map(|p| fs::metadata(p).unwrap().len()).sum();
         assert_eq!(wal.disk_bytes(), file_bytes);
         let committed = wal.committed_position();
         drop(wal);
@@ -1042,20 +958,12 @@ mod tests {
             let tmp = TempDir::new().unwrap();
             copy_dir(template.path(), tmp.path());
             let path = tmp.path().join(last_file.file_name().unwrap());
-            OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(cut)
-                .unwrap();
+            OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
 
             let (frames, summary) = read_all(tmp.path(), WalPosition::START).unwrap();
             assert_eq!(frames, expected, "cut at {cut}");
             let tail = summary.truncated.expect("torn tail reported");
-            assert_eq!(
-                (tail.segment_path, tail.offset),
-                (path.clone(), frame_start)
-            );
+            assert_eq!((tail.segment_path, tail.offset), (path.clone(), frame_start));
             assert_eq!(tail.dropped_bytes, cut - frame_start);
             assert_eq!(fs::metadata(&path).unwrap().len(), frame_start);
 
@@ -1066,10 +974,7 @@ mod tests {
             let (frames, summary) = read_all(tmp.path(), WalPosition::START).unwrap();
             assert_eq!(summary.truncated, None);
             assert_eq!(frames.len(), expected.len() + 1);
-            assert_eq!(
-                frames.last().unwrap(),
-                &(new_position, b"after recovery".to_vec())
-            );
+            assert_eq!(frames.last().unwrap(), &(new_position, b"after recovery".to_vec()));
         }
     }
 
@@ -1083,12 +988,7 @@ mod tests {
         let path = segment_files(tmp.path()).pop().unwrap();
         let end = written.last().unwrap().0.offset;
         // What a crash with delayed allocation can leave behind: size grew, data is zeros.
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(end + 4096)
-            .unwrap();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(end + 4096).unwrap();
         let (frames, summary) = read_all(tmp.path(), WalPosition::START).unwrap();
         assert_eq!(frames, written);
         let tail = summary.truncated.unwrap();
@@ -1126,32 +1026,16 @@ mod tests {
             drop(wal);
             let path = segment_files(tmp.path()).remove(0);
             let damaged_frame = first[0].0.offset; // start of the second frame
-            let damaged_byte = if flip_crc {
-                damaged_frame + 4
-            } else {
-                damaged_frame + 3
-            };
+            let damaged_byte = if flip_crc { damaged_frame + 4 } else { damaged_frame + 3 };
             flip_byte(&path, damaged_byte);
             let before = fs::read(&path).unwrap();
             match read_all(tmp.path(), WalPosition::START) {
-                Err(WalError::Corrupt {
-                    path: p,
-                    offset,
-                    reason,
-                }) => {
-                    assert_eq!(
-                        (p, offset),
-                        (path.clone(), damaged_frame),
-                        "{name}: {reason}"
-                    );
+                Err(WalError::Corrupt { path: p, offset, reason }) => {
+                    assert_eq!((p, offset), (path.clone(), damaged_frame), "{name}: {reason}");
                 }
                 other => panic!("{name}: expected Corrupt, got {other:?}"),
             }
-            assert_eq!(
-                fs::read(&path).unwrap(),
-                before,
-                "{name}: earlier segment untouched"
-            );
+            assert_eq!(fs::read(&path).unwrap(), before, "{name}: earlier segment untouched");
         }
     }
 
@@ -1196,14 +1080,7 @@ mod tests {
         let cases: [(&str, Damage); 3] = [
             ("magic", |p| flip_byte(p, 0)),
             ("seq", |p| flip_byte(p, 8)),
-            ("short", |p| {
-                OpenOptions::new()
-                    .write(true)
-                    .open(p)
-                    .unwrap()
-                    .set_len(10)
-                    .unwrap()
-            }),
+            ("short", |p| OpenOptions::new().write(true).open(p).unwrap().set_len(10).unwrap()),
         ];
         for (name, damage) in cases {
             let tmp = TempDir::new().unwrap();
@@ -1214,10 +1091,7 @@ mod tests {
             damage(&path);
             match read_all(tmp.path(), WalPosition::START) {
                 Err(err @ WalError::Corrupt { .. }) => {
-                    assert!(
-                        err.to_string().contains(&path.display().to_string()),
-                        "{name}: {err}"
-                    );
+                    assert!(err.to_string().contains(&path.display().to_string()), "{name}: {err}");
                 }
                 other => panic!("{name}: expected Corrupt, got {other:?}"),
             }
@@ -1239,11 +1113,7 @@ mod tests {
         let bytes_before = wal.disk_bytes();
         assert_eq!(wal.remove_before(checkpoint).unwrap(), 2);
         assert_eq!(wal.remove_before(checkpoint).unwrap(), 0);
-        let seqs: Vec<u64> = list_segments(tmp.path())
-            .unwrap()
-            .iter()
-            .map(|(s, _)| *s)
-            .collect();
+        let seqs: Vec<u64> = list_segments(tmp.path()).unwrap().iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![2, 3, 4]);
         assert!(wal.disk_bytes() < bytes_before);
         // The current segment survives even a position far in the future.
@@ -1268,20 +1138,12 @@ mod tests {
         let (frames, _) = read_all(tmp.path(), written[3].0).unwrap();
         assert_eq!(frames, written[4..].to_vec());
         match read_all(tmp.path(), WalPosition::START) {
-            Err(WalError::Gap {
-                missing_seq: 0,
-                found_seq: 1,
-                ..
-            }) => {}
+            Err(WalError::Gap { missing_seq: 0, found_seq: 1, .. }) => {}
             other => panic!("expected gap, got {other:?}"),
         }
         fs::remove_file(segment_path(tmp.path(), 2)).unwrap();
         match read_all(tmp.path(), written[3].0) {
-            Err(WalError::Gap {
-                missing_seq: 2,
-                found_seq: 3,
-                ..
-            }) => {}
+            Err(WalError::Gap { missing_seq: 2, found_seq: 3, .. }) => {}
             other => panic!("expected middle gap, got {other:?}"),
         }
         // Beyond everything: nothing to replay, not an error.
@@ -1311,10 +1173,7 @@ mod tests {
         fs::write(tmp.path().join("00000000000000000001.wal.tmp"), b"junk").unwrap();
 
         let mut wal = Wal::open(tmp.path(), SEGMENT_BYTES_MAX_DEFAULT).unwrap();
-        assert_eq!(
-            wal.committed_position(),
-            WalPosition::new(1, SEGMENT_HEADER_BYTES)
-        );
+        assert_eq!(wal.committed_position(), WalPosition::new(1, SEGMENT_HEADER_BYTES));
         let second = write_frames(&mut wal, 2, 2);
         assert_eq!(second[0].0.segment_seq, 1);
         drop(wal);
@@ -1329,17 +1188,11 @@ mod tests {
         let _g = shared();
         let tmp = TempDir::new().unwrap();
         let mut wal = Wal::open(tmp.path(), 1).unwrap();
-        assert!(
-            !wal.rotate_if_full().unwrap(),
-            "empty segment must not rotate"
-        );
+        assert!(!wal.rotate_if_full().unwrap(), "empty segment must not rotate");
         let position = wal.append(b"pending");
         // Buffered frames are committed into the old segment before rotating.
         assert!(wal.rotate_if_full().unwrap());
-        assert_eq!(
-            wal.committed_position(),
-            WalPosition::new(1, SEGMENT_HEADER_BYTES)
-        );
+        assert_eq!(wal.committed_position(), WalPosition::new(1, SEGMENT_HEADER_BYTES));
         assert!(!wal.rotate_if_full().unwrap());
         drop(wal);
         let (frames, _) = read_all(tmp.path(), WalPosition::START).unwrap();
@@ -1374,9 +1227,7 @@ mod tests {
         });
         assert!(matches!(result, Err(AppError::Rejected(3))));
         fs::write(segment_path(tmp.path(), 7), b"garbage header").unwrap();
-        let result = replay(tmp.path(), WalPosition::new(7, 0), |_, _| {
-            Ok::<(), AppError>(())
-        });
+        let result = replay(tmp.path(), WalPosition::new(7, 0), |_, _| Ok::<(), AppError>(()));
         assert!(matches!(result, Err(AppError::Wal)));
     }
 
@@ -1410,10 +1261,7 @@ mod tests {
         wal.file = File::open(&wal.segment_path).unwrap();
         wal.append(b"doomed");
         let err = wal.commit().unwrap_err();
-        assert!(
-            matches!(err, WalError::Io { ref path, .. } if *path == wal.segment_path),
-            "{err}"
-        );
+        assert!(matches!(err, WalError::Io { ref path, .. } if *path == wal.segment_path), "{err}");
         assert!(std::error::Error::source(&err).is_some());
         assert_poisoned(&mut wal, committed);
         drop(wal);
@@ -1435,10 +1283,7 @@ mod tests {
             let err = wal.commit();
             fail::remove(failpoint);
             let err = err.unwrap_err();
-            assert!(
-                err.to_string().contains("injected failure"),
-                "{failpoint}: {err}"
-            );
+            assert!(err.to_string().contains("injected failure"), "{failpoint}: {err}");
             // Disarmed now, yet the Wal must still refuse: never retry after a failed fsync.
             assert_poisoned(&mut wal, committed);
             drop(wal);

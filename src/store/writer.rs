@@ -3,19 +3,28 @@
 //! Request handlers send [`Command`]s over a bounded channel. The thread takes every command that is
 //! waiting (up to `GROUP_COMMAND_COUNT_MAX`), runs each against the broker, appends each command's
 //! changes to the WAL as one frame (so one request is atomic), calls fdatasync once for the whole
-//! group, applies the group to sled, and only then answers every waiter. Under load the channel fills
-//! while a sync runs, so the next group is larger: the cost of a sync is shared by more requests.
+//! group, applies the group to sled, and only then answers every waiter and publishes the group's
+//! events. Under load the channel fills while a sync runs, so the next group is larger: the cost of
+//! a sync is shared by more requests.
+//!
+//! A person's actions on dead or delivered messages read those messages from sled; such a command
+//! first commits what the group holds so far, so that sled is current when it reads.
 //!
 //! When a WAL write or sync fails the thread answers that group with `StorageFailed` and refuses every
 //! later write: the broker's memory ran ahead of the disk and nothing written after a failed fsync
 //! can be trusted. Reads keep working; a restart recovers from what the WAL holds.
 
 use super::wal::Wal;
-use super::{codec, Store};
-use crate::limits::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES, GROUP_COMMAND_COUNT_MAX};
+use super::{codec, Store, StoreError};
+use crate::events::{Event, EventLog};
+use crate::http::types::ExtendItem;
+use crate::limits::{
+    CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES, CONTROL_CHUNK_COUNT_MAX, GROUP_COMMAND_COUNT_MAX,
+};
 use crate::queue::{
-    Broker, Change, EnqueueError, EnqueueOutcome, FailOutcome, Grant, IdempotencyKey, LeaseToken,
-    NackItem, NewMessage, QueueStats, Refusal,
+    Broker, Change, ControlError, Edit, EnqueueError, EnqueueOutcome, FailOutcome, Grant,
+    IdempotencyKey, LeaseToken, MessageId, MessageMeta, MessageState, NackItem, NewMessage,
+    QueueSettings, QueueStats, Refusal,
 };
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -28,9 +37,14 @@ use tokio::sync::{oneshot, Notify};
 const TIMER_FRAME_CHANGE_COUNT_MAX: usize = 4096;
 /// The longest the thread sleeps without a command or a due timer (housekeeping granularity).
 const IDLE_WAKE_MS: u64 = 1000;
+/// How often the free space is looked up (a statvfs call).
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How a command's reply travels back.
 pub type Reply<T> = oneshot::Sender<Result<T, CommitError>>;
+
+/// The result of a person's action on one message.
+pub type ControlResult<T> = Result<T, ControlError>;
 
 /// A request for the storage thread.
 pub enum Command {
@@ -43,7 +57,7 @@ pub enum Command {
     Lease {
         queue: String,
         count_max: u32,
-        lease_ms: u64,
+        lease_ms: Option<u64>,
         reply: Reply<Vec<Grant>>,
     },
     Ack {
@@ -58,15 +72,93 @@ pub enum Command {
     },
     Extend {
         queue: String,
-        items: Vec<(Option<LeaseToken>, u64)>,
+        items: Vec<ExtendItem>,
         reply: Reply<Vec<TokenResult<u64>>>,
     },
     QueueStats {
         queue: String,
         reply: Reply<Option<QueueStats>>,
     },
+    Queues {
+        reply: Reply<Vec<QueueStats>>,
+    },
+    /// Ids of active messages of a queue in a state (`None`: no such queue).
+    ListActive {
+        queue: String,
+        state: MessageState,
+        after: Option<MessageId>,
+        descending: bool,
+        limit: usize,
+        reply: Reply<Option<Vec<MessageId>>>,
+    },
+    Edit {
+        id: MessageId,
+        edit: Edit,
+        reply: Reply<ControlResult<MessageMeta>>,
+    },
+    Delete {
+        id: MessageId,
+        reply: Reply<ControlResult<()>>,
+    },
+    Retry {
+        id: MessageId,
+        reset_attempts: bool,
+        reply: Reply<ControlResult<MessageMeta>>,
+    },
+    Reschedule {
+        id: MessageId,
+        deliver_at_ms: u64,
+        reply: Reply<ControlResult<MessageMeta>>,
+    },
+    /// Pause or resume; the reply is `false` when there is no such queue.
+    Pause {
+        queue: String,
+        paused: bool,
+        reply: Reply<bool>,
+    },
+    Configure {
+        queue: String,
+        settings: QueueSettings,
+        reply: Reply<()>,
+    },
+    /// Deletes up to `CONTROL_CHUNK_COUNT_MAX` messages of a state; the reply is how many
+    /// (`None`: no such queue). The caller repeats until it gets 0.
+    Purge {
+        queue: String,
+        state: MessageState,
+        reply: Reply<Option<u64>>,
+    },
+    /// Sends up to `CONTROL_CHUNK_COUNT_MAX` dead messages back to ready; like `Purge`.
+    Redrive {
+        queue: String,
+        reset_attempts: bool,
+        reply: Reply<Option<u64>>,
+    },
     /// Finish the commands sent before this one, checkpoint, and stop.
     Stop,
+}
+
+impl Command {
+    /// Whether the command only reads the broker (allowed after a storage failure).
+    fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Command::QueueStats { .. } | Command::Queues { .. } | Command::ListActive { .. }
+        )
+    }
+
+    /// Whether the command reads records from sled, which must then be current.
+    fn reads_store(&self) -> bool {
+        matches!(
+            self,
+            Command::Edit { .. }
+                | Command::Delete { .. }
+                | Command::Retry { .. }
+                | Command::Reschedule { .. }
+                | Command::Purge { .. }
+                | Command::Redrive { .. }
+        )
+    }
 }
 
 /// The result of one lease-token operation (ack, nack, extend), as the client sees it.
@@ -157,8 +249,12 @@ pub struct WriterConfig {
     pub depth: usize,
 }
 
-/// How often the free space is looked up (a statvfs call).
-const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// What the storage thread shares with the handlers.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub waiters: Arc<Waiters>,
+    pub events: Arc<EventLog>,
+}
 
 /// The storage thread's own state.
 pub struct Writer {
@@ -166,50 +262,35 @@ pub struct Writer {
     store: Arc<Store>,
     wal: Wal,
     waiters: Arc<Waiters>,
+    events: Arc<EventLog>,
     failure: Arc<RwLock<Option<String>>>,
     clock: fn() -> u64,
     last_now_ms: u64,
     last_checkpoint: Instant,
     wal_bytes_at_checkpoint: u64,
-    /// Reused buffers: the group's changes and one frame's payload.
+    /// The changes not yet committed, and a reused frame buffer.
     changes: Vec<Change>,
     payload: Vec<u8>,
+    /// Replies waiting for the commit of `changes`.
+    pending: Vec<Pending>,
     config: WriterConfig,
     /// Free bytes at the last look, and when that was.
     disk_free_bytes: u64,
     disk_checked_at: Option<Instant>,
 }
 
-/// A reply waiting for the group's sync, with the result to send if the sync succeeds.
-enum Pending {
-    Enqueue(
-        Reply<Result<EnqueueOutcome, EnqueueError>>,
-        Result<EnqueueOutcome, EnqueueError>,
-    ),
-    Lease(Reply<Vec<Grant>>, Vec<Grant>),
-    Ack(
-        Reply<Vec<TokenResult<()>>>,
-        String,
-        Vec<Result<(), Refusal>>,
-    ),
-    Nack(
-        Reply<Vec<TokenResult<FailOutcome>>>,
-        String,
-        Vec<Result<FailOutcome, Refusal>>,
-    ),
-    Extend(
-        Reply<Vec<TokenResult<u64>>>,
-        String,
-        Vec<Result<u64, Refusal>>,
-    ),
+/// A reply waiting for the commit; it is called with the commit's outcome.
+type Pending = Box<dyn FnOnce(&Writer, Result<(), CommitError>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Reply<T>, value: T) -> Pending {
+    Box::new(move |_, outcome| drop(reply.send(outcome.map(|()| value))))
 }
 
-/// Starts the storage thread; it runs until every `WriterHandle` is dropped, then checkpoints.
+/// Starts the storage thread; it runs until `Stop` (or every handle is dropped), then checkpoints.
 pub fn spawn(
     broker: Broker,
-    store: Arc<Store>,
     wal: Wal,
-    waiters: Arc<Waiters>,
+    shared: Shared,
     clock: fn() -> u64,
     config: WriterConfig,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
@@ -218,9 +299,10 @@ pub fn spawn(
     let wal_bytes_at_checkpoint = wal.disk_bytes();
     let writer = Writer {
         broker,
-        store,
+        store: shared.store,
         wal,
-        waiters,
+        waiters: shared.waiters,
+        events: shared.events,
         failure: failure.clone(),
         clock,
         last_now_ms: 0,
@@ -228,6 +310,7 @@ pub fn spawn(
         wal_bytes_at_checkpoint,
         changes: Vec::new(),
         payload: Vec::new(),
+        pending: Vec::new(),
         config,
         disk_free_bytes: u64::MAX,
         disk_checked_at: None,
@@ -260,6 +343,9 @@ impl Writer {
                 }
             }
             self.run_group(&mut group);
+            if group.is_empty() {
+                self.sweep();
+            }
             self.maybe_checkpoint(false);
             if stopping {
                 break;
@@ -275,35 +361,33 @@ impl Writer {
         self.last_now_ms
     }
 
+    fn failed(&self) -> Option<String> {
+        self.failure.read().clone()
+    }
+
     /// Runs one group: timers, every command, one WAL sync, sled, then the replies.
     fn run_group(&mut self, group: &mut Vec<Command>) {
         let now_ms = self.now_ms();
-        self.changes.clear();
-        if self.failure.read().is_none() {
+        debug_assert!(self.changes.is_empty() && self.pending.is_empty());
+        if self.failed().is_none() {
             self.broker.expire_due(now_ms, &mut self.changes);
             for start in (0..self.changes.len()).step_by(TIMER_FRAME_CHANGE_COUNT_MAX) {
                 let end = (start + TIMER_FRAME_CHANGE_COUNT_MAX).min(self.changes.len());
                 self.append_frame(start, end);
             }
         }
-        let mut pending = Vec::with_capacity(group.len());
         for command in group.drain(..) {
-            let start = self.changes.len();
-            if let Some(waiting) = self.execute(command, now_ms) {
-                pending.push(waiting);
+            if command.reads_store() && !self.changes.is_empty() {
+                self.finish();
             }
+            let start = self.changes.len();
+            self.execute(command, now_ms);
             let end = self.changes.len();
             if end > start {
                 self.append_frame(start, end);
             }
         }
-        let outcome = self.commit();
-        for waiting in pending {
-            self.answer(waiting, outcome.clone());
-        }
-        for queue_id in self.broker.take_woken() {
-            self.waiters.wake(self.broker.queue_name(queue_id));
-        }
+        self.finish();
     }
 
     fn append_frame(&mut self, start: usize, end: usize) {
@@ -312,9 +396,43 @@ impl Writer {
         self.wal.append(&self.payload);
     }
 
-    /// Syncs the WAL and applies the group to sled; on failure stops all further writes.
+    /// Commits what is pending, answers its waiters, publishes its events and wakes long polls.
+    fn finish(&mut self) {
+        let outcome = self.commit();
+        for reply in std::mem::take(&mut self.pending) {
+            reply(self, outcome.clone());
+        }
+        let notices = self.broker.take_notices();
+        if outcome.is_ok() && !notices.is_empty() {
+            let names: HashMap<_, Arc<str>> = HashMap::new();
+            let mut names = names;
+            let broker = &self.broker;
+            let events = notices.into_iter().map(|notice| {
+                let queue = names
+                    .entry(notice.queue_id)
+                    .or_insert_with(|| Arc::from(broker.queue_name(notice.queue_id)))
+                    .clone();
+                Event {
+                    id: 0,
+                    kind: notice.kind,
+                    queue,
+                    message_id: notice.id,
+                    attempt: notice.attempt,
+                    at_ms: notice.at_ms,
+                    detail: notice.detail,
+                }
+            });
+            self.events.publish(events);
+        }
+        for queue_id in self.broker.take_woken() {
+            self.waiters.wake(self.broker.queue_name(queue_id));
+        }
+        self.changes.clear();
+    }
+
+    /// Syncs the WAL and applies the pending changes to sled; on failure stops all further writes.
     fn commit(&mut self) -> Result<(), CommitError> {
-        if let Some(reason) = self.failure.read().clone() {
+        if let Some(reason) = self.failed() {
             return Err(CommitError::StorageFailed(reason));
         }
         if self.changes.is_empty() {
@@ -324,11 +442,7 @@ impl Writer {
             .wal
             .commit()
             .map_err(|error| format!("write-ahead log: {error}"))
-            .and_then(|_| {
-                self.store
-                    .apply(&self.changes)
-                    .map_err(|error| error.to_string())
-            });
+            .and_then(|_| self.store.apply(&self.changes).map_err(|error| error.to_string()));
         if let Err(reason) = result {
             tracing::error!(error = %reason, "storage failed; refusing writes until restart");
             *self.failure.write() = Some(reason.clone());
@@ -359,87 +473,224 @@ impl Writer {
         (self.disk_free_bytes < self.config.disk_free_min_bytes).then_some(self.disk_free_bytes)
     }
 
-    /// Runs one command; read-only ones are answered at once, the rest wait for the sync.
-    fn execute(&mut self, command: Command, now_ms: u64) -> Option<Pending> {
-        let failed = self.failure.read().clone();
-        if let (Some(reason), false) = (&failed, matches!(command, Command::QueueStats { .. })) {
-            command.refuse(CommitError::StorageFailed(reason.clone()));
-            return None;
+    /// Runs one command: read-only ones are answered at once, the rest wait for the commit.
+    fn execute(&mut self, command: Command, now_ms: u64) {
+        if let (Some(reason), false) = (self.failed(), command.is_read_only()) {
+            command.refuse(CommitError::StorageFailed(reason));
+            return;
         }
         if matches!(command, Command::Enqueue { .. }) {
             if let Some(free_bytes) = self.disk_low() {
                 command.refuse(CommitError::DiskFull { free_bytes });
-                return None;
+                return;
             }
         }
         let changes = &mut self.changes;
         let broker = &mut self.broker;
-        Some(match command {
-            Command::Enqueue {
-                queue,
-                messages,
-                idempotency,
-                reply,
-            } => {
-                let outcome = broker.enqueue(now_ms, &queue, messages, idempotency, changes);
-                Pending::Enqueue(reply, outcome)
+        let reply = match command {
+            Command::Enqueue { queue, messages, idempotency, reply } => {
+                pending(reply, broker.enqueue(now_ms, &queue, messages, idempotency, changes))
             }
-            Command::Lease {
-                queue,
-                count_max,
-                lease_ms,
-                reply,
-            } => Pending::Lease(
-                reply,
-                broker.lease(now_ms, &queue, count_max, lease_ms, changes),
-            ),
-            Command::Ack {
-                queue,
-                tokens,
-                reply,
-            } => {
-                let outcomes = broker.ack(now_ms, &queue, &tokens, changes);
-                Pending::Ack(reply, queue, outcomes)
+            Command::Lease { queue, count_max, lease_ms, reply } => {
+                pending(reply, broker.lease(now_ms, &queue, count_max, lease_ms, changes))
             }
-            Command::Nack {
-                queue,
-                items,
-                reply,
-            } => {
-                let outcomes = broker.nack(now_ms, &queue, items, changes);
-                Pending::Nack(reply, queue, outcomes)
+            Command::Ack { queue, tokens, reply } => {
+                let results = broker.ack(now_ms, &queue, &tokens, changes);
+                resolving(reply, queue, results)
             }
-            Command::Extend {
-                queue,
-                items,
-                reply,
-            } => {
-                let outcomes = broker.extend(now_ms, &queue, &items, changes);
-                Pending::Extend(reply, queue, outcomes)
+            Command::Nack { queue, items, reply } => {
+                let results = broker.nack(now_ms, &queue, items, changes);
+                resolving(reply, queue, results)
+            }
+            Command::Extend { queue, items, reply } => {
+                let results = broker.extend(now_ms, &queue, &items, changes);
+                resolving(reply, queue, results)
             }
             Command::QueueStats { queue, reply } => {
-                let _ = reply.send(Ok(broker.queue_stats(&queue)));
-                return None;
+                return drop(reply.send(Ok(broker.queue_stats(&queue))));
             }
-            Command::Stop => return None,
-        })
+            Command::Queues { reply } => return drop(reply.send(Ok(broker.all_queue_stats()))),
+            Command::ListActive { queue, state, after, descending, limit, reply } => {
+                let ids = broker
+                    .queue_id(&queue)
+                    .map(|queue_id| broker.list_active(queue_id, state, after, descending, limit));
+                return drop(reply.send(Ok(ids)));
+            }
+            Command::Stop => return,
+            control => return self.execute_control(control, now_ms),
+        };
+        self.pending.push(reply);
     }
 
-    /// Sends one reply after the group's commit.
-    fn answer(&self, pending: Pending, outcome: Result<(), CommitError>) {
-        match pending {
-            Pending::Enqueue(reply, result) => drop(reply.send(outcome.map(|()| result))),
-            Pending::Lease(reply, grants) => drop(reply.send(outcome.map(|()| grants))),
-            Pending::Ack(reply, queue, results) => {
-                drop(reply.send(outcome.map(|()| self.resolve(&queue, results))))
+    /// Runs a person's action; these may read stored records of dead and delivered messages.
+    fn execute_control(&mut self, command: Command, now_ms: u64) {
+        let reply = match command {
+            Command::Edit { id, edit, reply } => match self.stored(id) {
+                Ok(stored) => {
+                    pending(reply, self.broker.edit(now_ms, id, stored, edit, &mut self.changes))
+                }
+                Err(error) => return self.refuse_store(reply, error),
+            },
+            Command::Delete { id, reply } => match self.stored(id) {
+                Ok(stored) => {
+                    pending(reply, self.broker.delete(now_ms, id, stored, &mut self.changes))
+                }
+                Err(error) => return self.refuse_store(reply, error),
+            },
+            Command::Retry { id, reset_attempts, reply } => match self.stored(id) {
+                Ok(stored) => {
+                    let result =
+                        self.broker.retry(now_ms, id, stored, reset_attempts, &mut self.changes);
+                    pending(reply, result)
+                }
+                Err(error) => return self.refuse_store(reply, error),
+            },
+            Command::Reschedule { id, deliver_at_ms, reply } => match self.stored(id) {
+                Ok(stored) => {
+                    let result = self.broker.reschedule(
+                        now_ms,
+                        id,
+                        stored,
+                        deliver_at_ms,
+                        &mut self.changes,
+                    );
+                    pending(reply, result)
+                }
+                Err(error) => return self.refuse_store(reply, error),
+            },
+            Command::Pause { queue, paused, reply } => {
+                pending(reply, self.broker.set_paused(now_ms, &queue, paused, &mut self.changes))
             }
-            Pending::Nack(reply, queue, results) => {
-                drop(reply.send(outcome.map(|()| self.resolve(&queue, results))))
+            Command::Configure { queue, settings, reply } => {
+                self.broker.configure(now_ms, &queue, settings, &mut self.changes);
+                pending(reply, ())
             }
-            Pending::Extend(reply, queue, results) => {
-                drop(reply.send(outcome.map(|()| self.resolve(&queue, results))))
+            Command::Purge { queue, state, reply } => match self.purge(now_ms, &queue, state) {
+                Ok(count) => pending(reply, count),
+                Err(error) => return self.refuse_store(reply, error),
+            },
+            Command::Redrive { queue, reset_attempts, reply } => {
+                match self.redrive(now_ms, &queue, reset_attempts) {
+                    Ok(count) => pending(reply, count),
+                    Err(error) => return self.refuse_store(reply, error),
+                }
+            }
+            other => unreachable!("not a control command: {}", other.name()),
+        };
+        self.pending.push(reply);
+    }
+
+    /// The stored record of a message that is not active (the broker holds active ones).
+    fn stored(&self, id: MessageId) -> Result<Option<MessageMeta>, StoreError> {
+        if self.broker.active_meta(id).is_some() {
+            return Ok(None);
+        }
+        self.store.meta(id)
+    }
+
+    fn refuse_store<T>(&self, reply: Reply<T>, error: StoreError) {
+        tracing::error!(%error, "reading a stored message failed");
+        let _ = reply.send(Err(CommitError::StorageFailed(error.to_string())));
+    }
+
+    /// Deletes one chunk of a queue's messages in `state`.
+    fn purge(
+        &mut self,
+        now_ms: u64,
+        queue: &str,
+        state: MessageState,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(queue_id) = self.broker.queue_id(queue) else { return Ok(None) };
+        let ids = if state.is_active() {
+            self.broker.list_active(queue_id, state, None, false, CONTROL_CHUNK_COUNT_MAX)
+        } else {
+            self.store.list_terminal(queue_id, state, None, false, CONTROL_CHUNK_COUNT_MAX)?
+        };
+        let mut count = 0;
+        for id in ids {
+            let stored = self.stored(id)?;
+            count += u64::from(self.broker.delete(now_ms, id, stored, &mut self.changes).is_ok());
+        }
+        Ok(Some(count))
+    }
+
+    /// Sends one chunk of a queue's dead messages back to ready.
+    fn redrive(
+        &mut self,
+        now_ms: u64,
+        queue: &str,
+        reset_attempts: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(queue_id) = self.broker.queue_id(queue) else { return Ok(None) };
+        let ids = self.store.list_terminal(
+            queue_id,
+            MessageState::Dead,
+            None,
+            false,
+            CONTROL_CHUNK_COUNT_MAX,
+        )?;
+        let mut count = 0;
+        for id in ids {
+            let stored = self.stored(id)?;
+            let result = self.broker.retry(now_ms, id, stored, reset_attempts, &mut self.changes);
+            count += u64::from(result.is_ok());
+        }
+        Ok(Some(count))
+    }
+
+    /// Removes dead and delivered messages whose retention passed, one bounded chunk per call.
+    fn sweep(&mut self) {
+        if self.failed().is_some() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        let due = match self.store.expired(now_ms, CONTROL_CHUNK_COUNT_MAX) {
+            Ok(due) => due,
+            Err(error) => return tracing::warn!(%error, "reading the retention index failed"),
+        };
+        for (at_ms, id) in due {
+            match self.stored(id) {
+                Ok(stored) => self.broker.sweep(now_ms, at_ms, id, stored, &mut self.changes),
+                Err(error) => {
+                    return tracing::warn!(%error, %id, "reading a retained message failed")
+                }
             }
         }
+        if !self.changes.is_empty() {
+            self.append_frame(0, self.changes.len());
+            self.finish();
+        }
+    }
+
+    /// Checkpoints when enough WAL accumulated or enough time passed (or `force`d at shutdown).
+    fn maybe_checkpoint(&mut self, force: bool) {
+        if self.failed().is_some() {
+            return;
+        }
+        let grown_bytes = self.wal.disk_bytes().saturating_sub(self.wal_bytes_at_checkpoint);
+        let elapsed_ms = self.last_checkpoint.elapsed().as_millis() as u64;
+        let due = grown_bytes >= CHECKPOINT_WAL_BYTES
+            || (grown_bytes > 0 && elapsed_ms >= CHECKPOINT_INTERVAL_MS);
+        if !(force || due) {
+            return;
+        }
+        let started = Instant::now();
+        let result = self
+            .wal
+            .rotate()
+            .map_err(StoreError::from)
+            .and_then(|position| self.store.checkpoint(position).map(|()| position))
+            .and_then(|position| Ok(self.wal.remove_before(position)?));
+        match result {
+            Ok(removed) => tracing::debug!(
+                removed_segments = removed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "checkpoint"
+            ),
+            Err(error) => tracing::warn!(%error, "checkpoint failed; the WAL is kept and retried"),
+        }
+        self.last_checkpoint = Instant::now();
+        self.wal_bytes_at_checkpoint = self.wal.disk_bytes();
     }
 
     /// Turns broker refusals into client results; a token of a message that left memory (delivered,
@@ -459,52 +710,65 @@ impl Writer {
             })
             .collect()
     }
+}
 
-    /// Checkpoints when enough WAL accumulated or enough time passed (or `force`d at shutdown).
-    fn maybe_checkpoint(&mut self, force: bool) {
-        if self.failure.read().is_some() {
-            return;
-        }
-        let grown_bytes = self
-            .wal
-            .disk_bytes()
-            .saturating_sub(self.wal_bytes_at_checkpoint);
-        let elapsed_ms = self.last_checkpoint.elapsed().as_millis() as u64;
-        let due = grown_bytes >= CHECKPOINT_WAL_BYTES
-            || (grown_bytes > 0 && elapsed_ms >= CHECKPOINT_INTERVAL_MS);
-        if !(force || due) {
-            return;
-        }
-        let started = Instant::now();
-        let result = self
-            .wal
-            .rotate()
-            .map_err(super::StoreError::from)
-            .and_then(|position| self.store.checkpoint(position).map(|()| position))
-            .and_then(|position| Ok(self.wal.remove_before(position)?));
-        match result {
-            Ok(removed) => tracing::debug!(
-                removed_segments = removed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "checkpoint"
-            ),
-            Err(error) => tracing::warn!(%error, "checkpoint failed; the WAL is kept and retried"),
-        }
-        self.last_checkpoint = Instant::now();
-        self.wal_bytes_at_checkpoint = self.wal.disk_bytes();
-    }
+/// A token reply whose refusals are resolved against the store after the commit.
+fn resolving<T: Send + 'static>(
+    reply: Reply<Vec<TokenResult<T>>>,
+    queue: String,
+    results: Vec<Result<T, Refusal>>,
+) -> Pending {
+    Box::new(move |writer, outcome| {
+        drop(reply.send(outcome.map(|()| writer.resolve(&queue, results))))
+    })
 }
 
 impl Command {
+    /// A name for logs.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Enqueue { .. } => "enqueue",
+            Command::Lease { .. } => "lease",
+            Command::Ack { .. } => "ack",
+            Command::Nack { .. } => "nack",
+            Command::Extend { .. } => "extend",
+            Command::QueueStats { .. } => "queue_stats",
+            Command::Queues { .. } => "queues",
+            Command::ListActive { .. } => "list",
+            Command::Edit { .. } => "edit",
+            Command::Delete { .. } => "delete",
+            Command::Retry { .. } => "retry",
+            Command::Reschedule { .. } => "reschedule",
+            Command::Pause { .. } => "pause",
+            Command::Configure { .. } => "configure",
+            Command::Purge { .. } => "purge",
+            Command::Redrive { .. } => "redrive",
+            Command::Stop => "stop",
+        }
+    }
+
     /// Answers the command with `error` without running it.
     fn refuse(self, error: CommitError) {
+        fn send<T>(reply: Reply<T>, error: CommitError) {
+            let _ = reply.send(Err(error));
+        }
         match self {
-            Command::Enqueue { reply, .. } => drop(reply.send(Err(error))),
-            Command::Lease { reply, .. } => drop(reply.send(Err(error))),
-            Command::Ack { reply, .. } => drop(reply.send(Err(error))),
-            Command::Nack { reply, .. } => drop(reply.send(Err(error))),
-            Command::Extend { reply, .. } => drop(reply.send(Err(error))),
-            Command::QueueStats { reply, .. } => drop(reply.send(Err(error))),
+            Command::Enqueue { reply, .. } => send(reply, error),
+            Command::Lease { reply, .. } => send(reply, error),
+            Command::Ack { reply, .. } => send(reply, error),
+            Command::Nack { reply, .. } => send(reply, error),
+            Command::Extend { reply, .. } => send(reply, error),
+            Command::QueueStats { reply, .. } => send(reply, error),
+            Command::Queues { reply } => send(reply, error),
+            Command::ListActive { reply, .. } => send(reply, error),
+            Command::Edit { reply, .. } => send(reply, error),
+            Command::Delete { reply, .. } => send(reply, error),
+            Command::Retry { reply, .. } => send(reply, error),
+            Command::Reschedule { reply, .. } => send(reply, error),
+            Command::Pause { reply, .. } => send(reply, error),
+            Command::Configure { reply, .. } => send(reply, error),
+            Command::Purge { reply, .. } => send(reply, error),
+            Command::Redrive { reply, .. } => send(reply, error),
             Command::Stop => {}
         }
     }

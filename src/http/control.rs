@@ -1,0 +1,633 @@
+//! A person's endpoints: list and filter messages, edit, delete, retry, reschedule, purge, redrive,
+//! pause and resume queues, queue settings.
+
+use super::error::ApiError;
+use super::handlers::{call, read_body, AppState};
+use super::types::{self, parse};
+use super::{json, json_response, raw_json_response, HttpResponse};
+use crate::limits::{
+    ATTEMPT_COUNT_MAX, DELAY_MS_MAX, LEASE_MS_MAX, LEASE_MS_MIN, LIST_COUNT_MAX, RETENTION_MS_MAX,
+};
+use crate::queue::{
+    BodyKind, ControlError, Edit, MessageId, MessageMeta, MessageState, QueueSettings, QueueStats,
+    ALL_STATES,
+};
+use crate::store::codec::{encode_content_ref, ContentRef};
+use crate::store::writer::Command;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Decoded `name=value` pairs of a query string (percent-decoding, `+` as space).
+pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        pairs.push((percent_decode(name)?, percent_decode(value)?));
+    }
+    Ok(pairs)
+}
+
+fn percent_decode(text: &str) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex =
+                    bytes.get(index + 1..index + 3).and_then(|hex| std::str::from_utf8(hex).ok());
+                let byte =
+                    hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()).ok_or_else(|| {
+                        ApiError::invalid_request(format!("query {text:?}: bad percent-encoding"))
+                    })?;
+                out.push(byte);
+                index += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                index += 1;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| ApiError::invalid_request(format!("query {text:?}: not UTF-8 once decoded")))
+}
+
+fn parse_state(text: &str) -> Result<MessageState, ApiError> {
+    ALL_STATES.into_iter().find(|state| state.name() == text).ok_or_else(|| {
+        ApiError::invalid_request(format!(
+            "query state: {text:?} is not a state (scheduled, ready, leased, retrying, dead, delivered)"
+        ))
+    })
+}
+
+fn parse_bool(name: &str, text: &str) -> Result<bool, ApiError> {
+    match text {
+        "true" | "1" | "" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::invalid_request(format!("query {name}: {text:?} is not true or false"))),
+    }
+}
+
+/// Turns a refused action into its API error.
+fn control_error(error: ControlError, id: &str) -> ApiError {
+    match error {
+        ControlError::NotFound => ApiError::message_not_found(id),
+        ControlError::Leased => ApiError::message_leased(id),
+        ControlError::WrongState(state) => ApiError::invalid_state(id, state.name()),
+    }
+}
+
+/// The queue view shared by `GET /v1/queues` and `GET /v1/queues/{queue}`.
+pub fn queue_view(stats: &QueueStats, now_ms: u64) -> serde_json::Value {
+    let counts: serde_json::Map<String, serde_json::Value> = ALL_STATES
+        .iter()
+        .map(|state| (state.name().to_string(), stats.counts[state.index()].into()))
+        .collect();
+    let settings = &stats.settings;
+    serde_json::json!({
+        "name": stats.name,
+        "paused": stats.paused,
+        "counts": counts,
+        "oldest_ready_age_ms": stats.oldest_ready_enqueued_at_ms.map(|at| now_ms.saturating_sub(at)),
+        "settings": {
+            "max_attempts": settings.max_attempts,
+            "lease_ms": settings.lease_ms,
+            "backoff": {
+                "initial_ms": settings.backoff_initial_ms,
+                "multiplier": settings.backoff_multiplier,
+                "max_ms": settings.backoff_max_ms,
+                "jitter": settings.backoff_jitter,
+            },
+            "retention_ms": settings.retention_ms,
+            "dead_retention_ms": settings.dead_retention_ms,
+        },
+    })
+}
+
+pub async fn list_queues(state: &AppState) -> Result<HttpResponse, ApiError> {
+    let all = call(&state.writer, |reply| Command::Queues { reply }).await?;
+    let now_ms = (state.clock)();
+    let queues: Vec<serde_json::Value> =
+        all.iter().map(|stats| queue_view(stats, now_ms)).collect();
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "queues": queues })))
+}
+
+async fn queue_reply(state: &AppState, queue: &str) -> Result<HttpResponse, ApiError> {
+    let name = queue.to_string();
+    let stats = call(&state.writer, |reply| Command::QueueStats { queue: name, reply })
+        .await?
+        .ok_or_else(|| ApiError::queue_not_found(queue))?;
+    Ok(json_response(StatusCode::OK, &queue_view(&stats, (state.clock)())))
+}
+
+pub async fn get_queue(state: &AppState, queue: &str) -> Result<HttpResponse, ApiError> {
+    queue_reply(state, queue).await
+}
+
+pub async fn pause(state: &AppState, queue: &str, paused: bool) -> Result<HttpResponse, ApiError> {
+    let name = queue.to_string();
+    let found = call(&state.writer, |reply| Command::Pause { queue: name, paused, reply }).await?;
+    if !found {
+        return Err(ApiError::queue_not_found(queue));
+    }
+    queue_reply(state, queue).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsInput {
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    lease_ms: Option<u64>,
+    #[serde(default)]
+    backoff: Option<BackoffInput>,
+    #[serde(default)]
+    retention_ms: Option<u64>,
+    #[serde(default)]
+    dead_retention_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackoffInput {
+    #[serde(default)]
+    initial_ms: Option<u64>,
+    #[serde(default)]
+    multiplier: Option<f64>,
+    #[serde(default)]
+    max_ms: Option<u64>,
+    #[serde(default)]
+    jitter: Option<f64>,
+}
+
+fn check<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    value: Option<T>,
+    low: T,
+    high: T,
+) -> Result<Option<T>, ApiError> {
+    match value {
+        Some(value) if !(value >= low && value <= high) => Err(ApiError::invalid_request(format!(
+            "field {field}: must be {low} to {high}, got {value}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+fn parse_settings(bytes: &[u8]) -> Result<QueueSettings, ApiError> {
+    let input: SettingsInput = parse(bytes)?;
+    let backoff = input.backoff.unwrap_or(BackoffInput {
+        initial_ms: None,
+        multiplier: None,
+        max_ms: None,
+        jitter: None,
+    });
+    let settings = QueueSettings {
+        max_attempts: check("max_attempts", input.max_attempts, 1, ATTEMPT_COUNT_MAX)?,
+        lease_ms: check("lease_ms", input.lease_ms, LEASE_MS_MIN, LEASE_MS_MAX)?,
+        backoff_initial_ms: check("backoff.initial_ms", backoff.initial_ms, 0, DELAY_MS_MAX)?,
+        backoff_multiplier: check("backoff.multiplier", backoff.multiplier, 1.0, 100.0)?,
+        backoff_max_ms: check("backoff.max_ms", backoff.max_ms, 0, DELAY_MS_MAX)?,
+        backoff_jitter: check("backoff.jitter", backoff.jitter, 0.0, 0.99)?,
+        retention_ms: check("retention_ms", input.retention_ms, 0, RETENTION_MS_MAX)?,
+        dead_retention_ms: check(
+            "dead_retention_ms",
+            input.dead_retention_ms,
+            0,
+            RETENTION_MS_MAX,
+        )?,
+    };
+    if let (Some(initial_ms), Some(max_ms)) = (settings.backoff_initial_ms, settings.backoff_max_ms)
+    {
+        if initial_ms > max_ms {
+            let message = "field backoff.initial_ms: must not exceed backoff.max_ms".to_string();
+            return Err(ApiError::invalid_request(message));
+        }
+    }
+    Ok(settings)
+}
+
+pub async fn put_queue(
+    state: &AppState,
+    queue: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let settings = parse_settings(&bytes)?;
+    let name = queue.to_string();
+    call(&state.writer, |reply| Command::Configure { queue: name, settings, reply }).await?;
+    queue_reply(state, queue).await
+}
+
+/// Listing parameters of `GET /v1/queues/{queue}/messages`.
+struct ListQuery {
+    state: Option<MessageState>,
+    limit: usize,
+    descending: bool,
+    /// (state, id) to continue after.
+    cursor: Option<(MessageState, MessageId)>,
+    header: Option<(String, String)>,
+}
+
+fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
+    let mut list =
+        ListQuery { state: None, limit: 100, descending: false, cursor: None, header: None };
+    for (name, value) in query_pairs(query)? {
+        match name.as_str() {
+            "state" => list.state = Some(parse_state(&value)?),
+            "limit" => {
+                list.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=LIST_COUNT_MAX).contains(limit))
+                    .ok_or_else(|| {
+                        ApiError::invalid_request(format!(
+                            "query limit: must be 1 to {LIST_COUNT_MAX}"
+                        ))
+                    })?;
+            }
+            "order" => {
+                list.descending = match value.as_str() {
+                    "asc" | "oldest" => false,
+                    "desc" | "newest" => true,
+                    _ => return Err(ApiError::invalid_request("query order: asc or desc".into())),
+                }
+            }
+            "cursor" => list.cursor = Some(parse_cursor(&value)?),
+            "header" => {
+                let (key, wanted) = value.split_once(':').ok_or_else(|| {
+                    ApiError::invalid_request(
+                        "query header: give name:value, e.g. kind:email".into(),
+                    )
+                })?;
+                list.header = Some((key.to_string(), wanted.to_string()));
+            }
+            other => {
+                let message = format!(
+                    "unknown query parameter {other:?} (state, limit, order, cursor, header)"
+                );
+                return Err(ApiError::invalid_request(message));
+            }
+        }
+    }
+    Ok(list)
+}
+
+/// Cursors are `<state>.<id>`: opaque to clients, stable because ids never change.
+fn parse_cursor(text: &str) -> Result<(MessageState, MessageId), ApiError> {
+    let bad = || {
+        ApiError::invalid_request(format!("query cursor: {text:?} is not a cursor from a listing"))
+    };
+    let (state, id) = text.split_once('.').ok_or_else(bad)?;
+    let state =
+        ALL_STATES.into_iter().find(|candidate| candidate.name() == state).ok_or_else(bad)?;
+    Ok((state, MessageId::parse(id).ok_or_else(bad)?))
+}
+
+/// How many candidates one page may examine when filtering by header, per message returned.
+const HEADER_SCAN_FACTOR: usize = 10;
+
+pub async fn list_messages(
+    state: &AppState,
+    queue: &str,
+    request: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let list = parse_list_query(request.uri().query())?;
+    let states: Vec<MessageState> = match list.state {
+        Some(one) => vec![one],
+        None => ALL_STATES.to_vec(),
+    };
+    let mut remaining_scan =
+        list.limit * if list.header.is_some() { HEADER_SCAN_FACTOR } else { 1 };
+    let mut page: Vec<(MessageId, MessageMeta)> = Vec::new();
+    let mut next_cursor = None;
+    let mut skipping = list.cursor.map(|(state, _)| state);
+    for candidate_state in states {
+        if let Some(cursor_state) = skipping {
+            if cursor_state != candidate_state {
+                continue;
+            }
+            skipping = None;
+        }
+        let after = list.cursor.filter(|(state, _)| *state == candidate_state).map(|(_, id)| id);
+        let ids =
+            ids_in_state(state, queue, candidate_state, after, list.descending, remaining_scan)
+                .await?;
+        for id in ids {
+            remaining_scan -= 1;
+            next_cursor = Some((candidate_state, id));
+            let Some(meta) = state.store.meta(id).map_err(internal)? else { continue };
+            if meta.state != candidate_state || !header_matches(state, id, &list.header)? {
+                continue;
+            }
+            page.push((id, meta));
+            if page.len() == list.limit {
+                break;
+            }
+        }
+        if page.len() == list.limit || remaining_scan == 0 {
+            break;
+        }
+        next_cursor = None;
+    }
+    let mut out = Vec::with_capacity(64 + page.len() * 256);
+    out.extend_from_slice(b"{\"messages\":[");
+    for (index, (id, meta)) in page.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        let history = state.store.history(*id).map_err(internal)?.unwrap_or_default();
+        json::message_summary(&mut out, *id, queue, meta, &history);
+    }
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match next_cursor {
+        Some((cursor_state, id)) => {
+            json::write_str(&mut out, &format!("{}.{id}", cursor_state.name()))
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    Ok(raw_json_response(StatusCode::OK, out))
+}
+
+fn internal(error: crate::store::StoreError) -> ApiError {
+    tracing::error!(%error, "reading the store failed");
+    ApiError::internal("reading the store")
+}
+
+/// Ids of a queue's messages in one state: active ones from the broker, the rest from the store.
+async fn ids_in_state(
+    state: &AppState,
+    queue: &str,
+    message_state: MessageState,
+    after: Option<MessageId>,
+    descending: bool,
+    limit: usize,
+) -> Result<Vec<MessageId>, ApiError> {
+    if message_state.is_active() {
+        let name = queue.to_string();
+        let ids = call(&state.writer, |reply| Command::ListActive {
+            queue: name,
+            state: message_state,
+            after,
+            descending,
+            limit,
+            reply,
+        })
+        .await?;
+        return ids.ok_or_else(|| ApiError::queue_not_found(queue));
+    }
+    let name = queue.to_string();
+    let stats = call(&state.writer, |reply| Command::QueueStats { queue: name, reply }).await?;
+    let queue_id = stats.ok_or_else(|| ApiError::queue_not_found(queue))?.queue_id;
+    state.store.list_terminal(queue_id, message_state, after, descending, limit).map_err(internal)
+}
+
+fn header_matches(
+    state: &AppState,
+    id: MessageId,
+    header: &Option<(String, String)>,
+) -> Result<bool, ApiError> {
+    let Some((name, wanted)) = header else { return Ok(true) };
+    let Some(content) = state.store.content(id).map_err(internal)? else { return Ok(false) };
+    Ok(content.headers.iter().any(|(key, value)| key == name && value == wanted))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditInput<'a> {
+    #[serde(default, borrow, deserialize_with = "types::present")]
+    body: Option<&'a RawValue>,
+    #[serde(default)]
+    body_base64: Option<String>,
+    #[serde(default)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default)]
+    deliver_at: Option<types::DeliverAt>,
+}
+
+fn parse_id(text: &str) -> Result<MessageId, ApiError> {
+    MessageId::parse(text).ok_or_else(|| ApiError::invalid_id(text))
+}
+
+pub async fn edit_message(
+    state: &AppState,
+    id_text: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id_text)?;
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let input: EditInput = parse(&bytes)?;
+    let now_ms = (state.clock)();
+    let mut edit = Edit::default();
+    let new_body = match (&input.body, &input.body_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_request(
+                "field body: give body or body_base64, not both".into(),
+            ))
+        }
+        (Some(raw), None) => Some((BodyKind::Json, raw.get().as_bytes().to_vec())),
+        (None, Some(text)) => Some((BodyKind::Bytes, types::decode_base64(text)?)),
+        (None, None) => None,
+    };
+    if new_body.is_some() || input.headers.is_some() {
+        let current = state
+            .store
+            .content(id)
+            .map_err(internal)?
+            .ok_or_else(|| ApiError::message_not_found(id_text))?;
+        let headers = match input.headers {
+            Some(headers) => types::check_headers(headers)?,
+            None => current.headers.clone(),
+        };
+        let (body_kind, body) = new_body.unwrap_or((current.body_kind, current.body));
+        types::check_message_size(&headers, &body, state.limits.message_bytes_max)?;
+        edit.content_record =
+            Some(encode_content_ref(&ContentRef { headers: &headers, body_kind, body: &body }));
+        if input.body.is_some() || input.body_base64.is_some() {
+            edit.fields.push("body");
+        }
+        if edit.fields.is_empty() || input.body.is_none() && input.body_base64.is_none() {
+            edit.fields.push("headers");
+        }
+    }
+    if let Some(priority) = input.priority {
+        edit.priority = Some(priority);
+        edit.fields.push("priority");
+    }
+    if let Some(at) = input.deliver_at {
+        edit.deliver_at_ms = Some(types::deliver_at_ms(at, now_ms)?);
+        edit.fields.push("deliver_at");
+    }
+    if edit.fields.is_empty() {
+        return Err(ApiError::invalid_request(
+            "nothing to change: give body, body_base64, headers, priority or deliver_at".into(),
+        ));
+    }
+    call(&state.writer, |reply| Command::Edit { id, edit, reply })
+        .await?
+        .map_err(|error| control_error(error, id_text))?;
+    super::handlers::get_message(state, id_text).await
+}
+
+pub async fn delete_message(state: &AppState, id_text: &str) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id_text)?;
+    call(&state.writer, |reply| Command::Delete { id, reply })
+        .await?
+        .map_err(|error| control_error(error, id_text))?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "deleted": id_text })))
+}
+
+pub async fn retry_message(
+    state: &AppState,
+    id_text: &str,
+    request: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id_text)?;
+    let mut reset_attempts = false;
+    for (name, value) in query_pairs(request.uri().query())? {
+        match name.as_str() {
+            "reset_attempts" => reset_attempts = parse_bool("reset_attempts", &value)?,
+            other => {
+                return Err(ApiError::invalid_request(format!(
+                    "unknown query parameter {other:?} (reset_attempts)"
+                )))
+            }
+        }
+    }
+    call(&state.writer, |reply| Command::Retry { id, reset_attempts, reply })
+        .await?
+        .map_err(|error| control_error(error, id_text))?;
+    super::handlers::get_message(state, id_text).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleInput {
+    #[serde(default)]
+    deliver_at: Option<types::DeliverAt>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
+}
+
+pub async fn schedule_message(
+    state: &AppState,
+    id_text: &str,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(id_text)?;
+    let bytes = read_body(request, state.limits.request_bytes_max).await?;
+    let input: ScheduleInput = parse(&bytes)?;
+    let now_ms = (state.clock)();
+    let deliver_at_ms = match (input.deliver_at, input.delay_ms) {
+        (Some(at), None) => types::deliver_at_ms(at, now_ms)?,
+        (None, Some(delay_ms)) if delay_ms <= DELAY_MS_MAX => now_ms + delay_ms,
+        (None, Some(_)) => {
+            return Err(ApiError::invalid_request(format!(
+                "field delay_ms: must be at most {DELAY_MS_MAX}"
+            )))
+        }
+        _ => {
+            return Err(ApiError::invalid_request(
+                "give exactly one of deliver_at and delay_ms".into(),
+            ))
+        }
+    };
+    call(&state.writer, |reply| Command::Reschedule { id, deliver_at_ms, reply })
+        .await?
+        .map_err(|error| control_error(error, id_text))?;
+    super::handlers::get_message(state, id_text).await
+}
+
+/// Runs a chunked command until a chunk touches nothing; each chunk is its own commit, so other
+/// requests are served in between.
+async fn repeat_chunks(
+    state: &AppState,
+    queue: &str,
+    command: impl Fn(super::handlers::ReplyOf<Option<u64>>) -> Command,
+) -> Result<u64, ApiError> {
+    let mut total = 0;
+    loop {
+        let count =
+            call(&state.writer, &command).await?.ok_or_else(|| ApiError::queue_not_found(queue))?;
+        if count == 0 {
+            return Ok(total);
+        }
+        total += count;
+    }
+}
+
+pub async fn purge(
+    state: &AppState,
+    queue: &str,
+    request: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let mut purge_state = None;
+    for (name, value) in query_pairs(request.uri().query())? {
+        match name.as_str() {
+            "state" => purge_state = Some(parse_state(&value)?),
+            other => {
+                return Err(ApiError::invalid_request(format!(
+                    "unknown query parameter {other:?} (state)"
+                )))
+            }
+        }
+    }
+    let purge_state = purge_state.ok_or_else(|| {
+        ApiError::invalid_request(
+            "query state is required, e.g. ?state=dead (leased messages cannot be purged)".into(),
+        )
+    })?;
+    if purge_state == MessageState::Leased {
+        return Err(ApiError::invalid_request(
+            "query state: leased messages belong to their consumers and cannot be purged".into(),
+        ));
+    }
+    let name = queue.to_string();
+    let deleted = repeat_chunks(state, queue, |reply| Command::Purge {
+        queue: name.clone(),
+        state: purge_state,
+        reply,
+    })
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "deleted": deleted, "state": purge_state.name() }),
+    ))
+}
+
+pub async fn redrive(
+    state: &AppState,
+    queue: &str,
+    request: &Request<Incoming>,
+) -> Result<HttpResponse, ApiError> {
+    let mut reset_attempts = false;
+    for (name, value) in query_pairs(request.uri().query())? {
+        match name.as_str() {
+            "reset_attempts" => reset_attempts = parse_bool("reset_attempts", &value)?,
+            other => {
+                return Err(ApiError::invalid_request(format!(
+                    "unknown query parameter {other:?} (reset_attempts)"
+                )))
+            }
+        }
+    }
+    let name = queue.to_string();
+    let redriven = repeat_chunks(state, queue, |reply| Command::Redrive {
+        queue: name.clone(),
+        reset_attempts,
+        reply,
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &serde_json::json!({ "redriven": redriven })))
+}
