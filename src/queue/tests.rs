@@ -223,7 +223,10 @@ fn idempotency_returns_the_original_ids_and_refuses_a_different_body() {
 fn paused_queues_lease_nothing() {
     let mut broker = Broker::new(config(), NOW, 1);
     enqueue(&mut broker, NOW, vec![message(0)]);
-    broker.restore_queue(QueueId(0), QueueRecord { name: "q".into(), paused: true, settings: QueueSettings::default() });
+    broker.restore_queue(
+        QueueId(0),
+        QueueRecord { name: "q".into(), paused: true, settings: QueueSettings::default() },
+    );
     assert!(lease(&mut broker, NOW, 1).is_empty());
 }
 
@@ -310,4 +313,225 @@ fn counts_always_sum_to_the_number_of_messages() {
         let total: u64 = ALL_STATES.iter().map(|state| count(&broker, *state)).sum();
         assert_eq!(total, 20, "round {round}");
     }
+}
+
+/// The record the store would hold for `id` after `changes` (for actions on terminal messages).
+fn stored(changes: &[Change], id: MessageId) -> Option<MessageMeta> {
+    let mut found = None;
+    for change in changes {
+        match change {
+            Change::PutMeta { id: changed, meta } if *changed == id => found = Some(meta.clone()),
+            Change::DeleteMessage { id: deleted, .. } if *deleted == id => found = None,
+            _ => {}
+        }
+    }
+    found
+}
+
+fn dead_message(broker: &mut Broker, changes: &mut Vec<Change>) -> MessageId {
+    broker.enqueue(NOW, "q", vec![message(0)], None, changes).unwrap();
+    let grant = broker.lease(NOW, "q", 1, Some(1000), changes).remove(0);
+    let item =
+        NackItem { token: Some(grant.token), error: "bad".into(), delay_ms: None, dead: true };
+    assert_eq!(broker.nack(NOW, "q", vec![item], changes), vec![Ok(FailOutcome::Dead)]);
+    grant.id
+}
+
+#[test]
+fn a_dead_message_is_indexed_and_retry_brings_it_back_with_its_attempts() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let mut changes = Vec::new();
+    let id = dead_message(&mut broker, &mut changes);
+    assert!(changes.contains(&Change::IndexTerminal {
+        queue_id: QueueId(0),
+        state: MessageState::Dead,
+        id
+    }));
+    let meta = broker.retry(NOW + 1, id, stored(&changes, id), false, &mut changes).unwrap();
+    assert_eq!((meta.state, meta.attempt_count), (MessageState::Ready, 1));
+    assert!(changes.contains(&Change::UnindexTerminal {
+        queue_id: QueueId(0),
+        state: MessageState::Dead,
+        id
+    }));
+    assert_eq!(count(&broker, MessageState::Dead), 0);
+    assert_eq!(lease(&mut broker, NOW + 1, 1)[0].meta.attempt_count, 2);
+}
+
+#[test]
+fn retry_can_reset_attempts_and_refuses_ready_and_leased_messages() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let mut changes = Vec::new();
+    let id = dead_message(&mut broker, &mut changes);
+    let meta = broker.retry(NOW, id, stored(&changes, id), true, &mut changes).unwrap();
+    assert_eq!(meta.attempt_count, 0);
+    assert_eq!(
+        broker.retry(NOW, id, None, false, &mut changes),
+        Err(ControlError::WrongState(MessageState::Ready))
+    );
+    lease(&mut broker, NOW, 1);
+    assert_eq!(broker.retry(NOW, id, None, false, &mut changes), Err(ControlError::Leased));
+    assert_eq!(
+        broker.retry(NOW, MessageId(999), None, false, &mut changes),
+        Err(ControlError::NotFound)
+    );
+}
+
+#[test]
+fn edit_moves_a_ready_message_in_the_priority_order_and_refuses_leased_ones() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let ids = enqueue(&mut broker, NOW, vec![message(0), message(0)]);
+    let mut changes = Vec::new();
+    let edit = Edit { priority: Some(9), fields: vec!["priority"], ..Edit::default() };
+    broker.edit(NOW, ids[1], None, edit, &mut changes).unwrap();
+    assert!(changes.iter().any(|change| matches!(change, Change::RecordHistory { .. })));
+    let grant = lease(&mut broker, NOW, 1).remove(0);
+    assert_eq!(grant.id, ids[1], "the edited priority leads");
+    let refused =
+        broker.edit(NOW, ids[1], None, Edit { priority: Some(1), ..Edit::default() }, &mut changes);
+    assert_eq!(refused, Err(ControlError::Leased));
+}
+
+#[test]
+fn an_edited_delivery_time_reschedules() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let ids = enqueue(&mut broker, NOW, vec![message(0)]);
+    let edit =
+        Edit { deliver_at_ms: Some(NOW + 500), fields: vec!["deliver_at"], ..Edit::default() };
+    let meta = broker.edit(NOW, ids[0], None, edit, &mut Vec::new()).unwrap();
+    assert_eq!((meta.state, meta.due_at_ms), (MessageState::Scheduled, NOW + 500));
+    assert!(lease(&mut broker, NOW + 499, 1).is_empty());
+    broker.expire_due(NOW + 500, &mut Vec::new());
+    assert_eq!(lease(&mut broker, NOW + 500, 1).len(), 1);
+}
+
+#[test]
+fn reschedule_to_the_past_readies_and_to_the_future_schedules() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let later = NewMessage { delivery: Delivery::After { delay_ms: 10_000 }, ..message(0) };
+    let ids = enqueue(&mut broker, NOW, vec![later, message(0)]);
+    let meta = broker.reschedule(NOW, ids[0], None, NOW - 1, &mut Vec::new()).unwrap();
+    assert_eq!(meta.state, MessageState::Ready);
+    let meta = broker.reschedule(NOW, ids[1], None, NOW + 50, &mut Vec::new()).unwrap();
+    assert_eq!(meta.state, MessageState::Scheduled);
+    assert_eq!(
+        broker.list_active(QueueId(0), MessageState::Scheduled, None, false, 10),
+        vec![ids[1]]
+    );
+    broker.expire_due(NOW + 10_000, &mut Vec::new());
+    assert_eq!(
+        count(&broker, MessageState::Ready),
+        2,
+        "the stale 10 s timer of ids[0] does nothing"
+    );
+}
+
+#[test]
+fn delete_removes_from_every_index_and_refuses_leased_messages() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let ids = enqueue(&mut broker, NOW, vec![message(0), message(0)]);
+    let mut changes = Vec::new();
+    broker.delete(NOW, ids[0], None, &mut changes).unwrap();
+    assert_eq!(count(&broker, MessageState::Ready), 1);
+    assert!(changes.contains(&Change::DeleteMessage {
+        id: ids[0],
+        queue_id: QueueId(0),
+        state: MessageState::Ready
+    }));
+    assert_eq!(lease(&mut broker, NOW, 10).len(), 1);
+    assert_eq!(broker.delete(NOW, ids[1], None, &mut changes), Err(ControlError::Leased));
+    assert_eq!(broker.delete(NOW, ids[0], None, &mut changes), Err(ControlError::NotFound));
+    let dead = dead_message(&mut broker, &mut changes);
+    broker.delete(NOW, dead, stored(&changes, dead), &mut changes).unwrap();
+    assert_eq!(count(&broker, MessageState::Dead), 0);
+}
+
+#[test]
+fn listing_pages_through_active_messages_in_both_orders() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let ids = enqueue(&mut broker, NOW, (0..5).map(|_| message(0)).collect());
+    let queue = QueueId(0);
+    assert_eq!(broker.list_active(queue, MessageState::Ready, None, false, 2), ids[..2].to_vec());
+    assert_eq!(
+        broker.list_active(queue, MessageState::Ready, Some(ids[1]), false, 2),
+        ids[2..4].to_vec()
+    );
+    assert_eq!(broker.list_active(queue, MessageState::Ready, None, true, 2), vec![ids[4], ids[3]]);
+    assert_eq!(
+        broker.list_active(queue, MessageState::Ready, Some(ids[3]), true, 9),
+        vec![ids[2], ids[1], ids[0]]
+    );
+    assert!(broker.list_active(queue, MessageState::Leased, None, false, 9).is_empty());
+}
+
+#[test]
+fn pause_stops_leases_until_resume_and_is_persisted() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let mut changes = Vec::new();
+    assert!(broker.set_paused(NOW, "q", true, &mut changes));
+    assert!(changes
+        .iter()
+        .any(|change| matches!(change, Change::PutQueue { record, .. } if record.paused)));
+    assert!(lease(&mut broker, NOW, 1).is_empty());
+    broker.take_woken();
+    assert!(broker.set_paused(NOW, "q", false, &mut changes));
+    assert_eq!(broker.take_woken(), vec![QueueId(0)], "resuming wakes long polls");
+    assert_eq!(lease(&mut broker, NOW, 1).len(), 1);
+    assert!(!broker.set_paused(NOW, "nope", true, &mut changes));
+}
+
+#[test]
+fn queue_settings_override_attempts_backoff_and_lease() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let settings = QueueSettings {
+        max_attempts: Some(1),
+        lease_ms: Some(7),
+        backoff_initial_ms: Some(5),
+        ..QueueSettings::default()
+    };
+    broker.configure(NOW, "q", settings, &mut Vec::new());
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let grant = broker.lease(NOW, "q", 1, None, &mut Vec::new()).remove(0);
+    assert_eq!(grant.meta.due_at_ms, NOW + 7);
+    assert_eq!(grant.meta.attempt_count_max, 1);
+}
+
+#[test]
+fn delivered_messages_expire_after_the_retention_and_zero_removes_them_at_once() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let mut changes = Vec::new();
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let grant = lease(&mut broker, NOW, 1).remove(0);
+    broker.ack(NOW, "q", &[Some(grant.token)], &mut changes);
+    let at_ms = NOW + config().retention_ms;
+    assert!(changes.contains(&Change::ExpireAt { at_ms, id: grant.id }));
+    let meta = stored(&changes, grant.id);
+    broker.sweep(at_ms - 1, at_ms, grant.id, meta.clone(), &mut changes);
+    assert_eq!(count(&broker, MessageState::Delivered), 1, "not yet due");
+    broker.sweep(at_ms, at_ms, grant.id, meta, &mut changes);
+    assert_eq!(count(&broker, MessageState::Delivered), 0);
+
+    broker.configure(
+        NOW,
+        "q",
+        QueueSettings { retention_ms: Some(0), ..QueueSettings::default() },
+        &mut changes,
+    );
+    enqueue(&mut broker, NOW, vec![message(0)]);
+    let grant = lease(&mut broker, NOW, 1).remove(0);
+    changes.clear();
+    broker.ack(NOW, "q", &[Some(grant.token)], &mut changes);
+    assert!(changes.iter().any(|change| matches!(change, Change::DeleteMessage { .. })));
+    assert_eq!(count(&broker, MessageState::Delivered), 0);
+}
+
+#[test]
+fn notices_follow_the_life_of_a_message() {
+    let mut broker = Broker::new(config(), NOW, 1);
+    let mut changes = Vec::new();
+    dead_message(&mut broker, &mut changes);
+    let kinds: Vec<NoticeKind> = broker.take_notices().iter().map(|notice| notice.kind).collect();
+    assert_eq!(kinds, vec![NoticeKind::Enqueued, NoticeKind::Leased, NoticeKind::Dead]);
+    assert!(broker.take_notices().is_empty());
 }
