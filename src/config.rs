@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Enqueues are refused (507) while the data directory's filesystem has fewer free bytes (0: off).
     #[arg(long, env = "OUTBOXD_DISK_FREE_MIN_BYTES", default_value_t = DISK_FREE_MIN_BYTES_DEFAULT)]
     pub disk_free_min_bytes: u64,
+    /// At startup, set damaged message records aside (logged, kept in a `quarantine` tree) instead
+    /// of refusing to start.
+    #[arg(long, env = "OUTBOXD_QUARANTINE_CORRUPT")]
+    pub quarantine_corrupt: bool,
     /// How long shutdown waits for in-flight requests, in milliseconds.
     #[arg(long, env = "OUTBOXD_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
@@ -83,6 +87,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub connection_count_max: usize,
     pub disk_free_min_bytes: u64,
+    pub quarantine_corrupt: bool,
     pub shutdown_timeout_ms: u64,
     pub log_format: LogFormat,
     pub log_filter: String,
@@ -171,6 +176,7 @@ impl Config {
             broker,
             connection_count_max: range("--max-connections", args.max_connections, 1, 1_000_000)?,
             disk_free_min_bytes: args.disk_free_min_bytes,
+            quarantine_corrupt: args.quarantine_corrupt,
             shutdown_timeout_ms: range(
                 "--shutdown-timeout-ms",
                 args.shutdown_timeout_ms,

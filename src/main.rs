@@ -1,6 +1,7 @@
 //! The `outboxd` command line: parse flags, validate them, and run the chosen command.
 
 use clap::{Parser, Subcommand};
+use outboxd::bench::BenchArgs;
 use outboxd::config::{Config, ServeArgs};
 use std::process::ExitCode;
 
@@ -15,17 +16,15 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Load a running (or spawned) server and report throughput, latency and lost messages.
+    Bench(BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => Config::from_args(&args)
-            .map_err(outboxd::Error::from)
-            .and_then(|config| {
-                outboxd::telemetry::init(config.log_format, &config.log_filter);
-                outboxd::server::run(config)
-            }),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Serve(args) => serve(&args).map_err(Into::into),
+        Command::Bench(args) => outboxd::bench::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -34,4 +33,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn serve(args: &ServeArgs) -> Result<(), outboxd::Error> {
+    let config = Config::from_args(args)?;
+    outboxd::telemetry::init(config.log_format, &config.log_filter);
+    outboxd::server::run(config)
 }

@@ -31,7 +31,13 @@ async fn serve(config: Config) -> Result<(), Error> {
     let now_ms = crate::clock::now_ms();
     let seed = now_ms ^ (u64::from(std::process::id()) << 32);
     let started = std::time::Instant::now();
-    let recovered = recovery::recover(&config.data_dir, config.broker, now_ms, seed)?;
+    let recovered = recovery::recover(
+        &config.data_dir,
+        config.broker,
+        now_ms,
+        seed,
+        config.quarantine_corrupt,
+    )?;
     let summary = &recovered.summary;
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -39,6 +45,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         queues = summary.queue_count,
         messages = summary.message_count,
         active = summary.active_count,
+        quarantined = summary.quarantined_count,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered"
     );

@@ -5,8 +5,8 @@
 //! or not at all, and a retry with the same Idempotency-Key never makes a second copy.
 //! Lease state survives too: a message leased at the crash stays leased until its
 //! deadline and then comes back with the next attempt number, an acked message never
-//! comes back, and the attempt count keeps growing across restarts until the message
-//! is dead.
+//! comes back, the attempt count keeps growing across restarts until the message is
+//! dead, and idempotency keys are remembered across a crash.
 //!
 //! Method (sled-style): the real binary runs on a temporary data directory; producer
 //! threads post batches continuously while the parent kills the process with SIGKILL
@@ -38,29 +38,16 @@ const BATCH_SIZE_MAX: u64 = 50;
 const HOLD_LEASE_MS: u64 = 600_000;
 
 /// Retries after a lease expiry are immediate, so redelivery waits only for the lease.
-const NO_BACKOFF: &[&str] = &[
-    "--backoff-initial-ms",
-    "1",
-    "--backoff-max-ms",
-    "1",
-    "--backoff-jitter",
-    "0",
-];
+const NO_BACKOFF: &[&str] =
+    &["--backoff-initial-ms", "1", "--backoff-max-ms", "1", "--backoff-jitter", "0"];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be an integer, got {value:?}")),
-    )
+    Some(value.parse().unwrap_or_else(|_| panic!("{name} must be an integer, got {value:?}")))
 }
 
 fn id_of(message: &Value) -> String {
-    message["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("message without id: {message}"))
-        .to_string()
+    message["id"].as_str().unwrap_or_else(|| panic!("message without id: {message}")).to_string()
 }
 
 fn token(message: &Value) -> String {
@@ -132,12 +119,7 @@ fn produce(
                 Err(error) => Outcome::InFlight(error),
             };
         let stop_now = matches!(outcome, Outcome::InFlight(_));
-        sent.push(SentBatch {
-            key,
-            body,
-            size,
-            outcome,
-        });
+        sent.push(SentBatch { key, body, size, outcome });
         if stop_now {
             break;
         }
@@ -166,22 +148,13 @@ fn verify_round(server: &Server, queue: &str, batches: &BTreeMap<(u64, u64), Sen
     let mut found: BTreeMap<(u64, u64), BTreeMap<u64, String>> = BTreeMap::new();
     for message in &leased {
         let id = id_of(message);
-        assert!(
-            seen_ids.insert(id.clone()),
-            "id {id} leased twice in one pass"
-        );
+        assert!(seen_ids.insert(id.clone()), "id {id} leased twice in one pass");
         let body = &message["body"];
         let key = (body["p"].as_u64().unwrap(), body["s"].as_u64().unwrap());
         let index = body["i"].as_u64().unwrap();
-        assert!(
-            batches.contains_key(&key),
-            "leased a message nobody sent: {message}"
-        );
+        assert!(batches.contains_key(&key), "leased a message nobody sent: {message}");
         let previous = found.entry(key).or_default().insert(index, id);
-        assert!(
-            previous.is_none(),
-            "two copies of message {key:?}[{index}]: {message}"
-        );
+        assert!(previous.is_none(), "two copies of message {key:?}[{index}]: {message}");
     }
 
     let mut stored_count = 0;
@@ -213,19 +186,22 @@ fn verify_round(server: &Server, queue: &str, batches: &BTreeMap<(u64, u64), Sen
             Outcome::InFlight(_) => {
                 unreachable!("in-flight batches are retried before verification")
             }
-            Outcome::Unexpected(answer) => panic!(
-                "batch {} got an answer outside the contract: {answer}",
-                batch.key
-            ),
+            Outcome::Unexpected(answer) => {
+                panic!("batch {} got an answer outside the contract: {answer}", batch.key)
+            }
         }
     }
-    assert_eq!(
-        leased.len(),
-        stored_count,
-        "messages found beyond the acknowledged batches"
-    );
+    assert_eq!(leased.len(), stored_count, "messages found beyond the acknowledged batches");
     assert_eq!(server.queue_counts(queue)["leased"], json!(stored_count));
     stored_count
+}
+
+/// What a finished round left behind: its queue, how many messages it holds, and a
+/// sample of (id, body) pairs to read back.
+struct EarlierRound {
+    queue: String,
+    message_count: usize,
+    sample: Vec<(String, Value)>,
 }
 
 /// Up to `SAMPLE_COUNT_MAX` acknowledged (id, body) pairs, spread over the round's batches.
@@ -253,8 +229,8 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
     );
     let mut rng = Rng::new(seed);
     let mut server = Server::start(&[]);
-    // Earlier rounds: (queue, message count, a sample of (id, body)), re-checked every round.
-    let mut earlier_rounds: Vec<(String, usize, Vec<(String, Value)>)> = Vec::new();
+    // Earlier rounds, re-checked after every later crash.
+    let mut earlier_rounds: Vec<EarlierRound> = Vec::new();
 
     for round in 0..rounds {
         let queue = format!("crash-{round}");
@@ -271,11 +247,8 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
         stop.store(true, Ordering::Relaxed);
         let mut batches = BTreeMap::new();
         for (producer, handle) in producers.into_iter().enumerate() {
-            for (sequence, batch) in handle
-                .join()
-                .expect("producer panicked")
-                .into_iter()
-                .enumerate()
+            for (sequence, batch) in
+                handle.join().expect("producer panicked").into_iter().enumerate()
             {
                 batches.insert((producer as u64, sequence as u64), batch);
             }
@@ -295,14 +268,12 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
 
         // Earlier rounds' messages are still there after this round's crash: every count,
         // and a sample of the messages read back.
-        for (earlier_queue, expected_count, sample) in &earlier_rounds {
+        for EarlierRound { queue: earlier_queue, message_count: expected_count, sample } in
+            &earlier_rounds
+        {
             let counts = server.queue_counts(earlier_queue);
-            let total: u64 = counts
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|count| count.as_u64().unwrap())
-                .sum();
+            let total: u64 =
+                counts.as_object().unwrap().values().map(|count| count.as_u64().unwrap()).sum();
             assert_eq!(
                 total as usize, *expected_count,
                 "{earlier_queue} after a later crash: {counts}"
@@ -313,7 +284,11 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
                 assert_eq!(&message["body"], expected_body, "{message}");
             }
         }
-        earlier_rounds.push((queue.clone(), stored, sample_messages(&batches)));
+        earlier_rounds.push(EarlierRound {
+            queue: queue.clone(),
+            message_count: stored,
+            sample: sample_messages(&batches),
+        });
         println!(
             "round {round}: killed after {kill_after:?}; {} batches, {stored} messages verified; \
              {in_flight} in flight at the kill, {survived} of them had been stored; transport errors: {in_flight_errors:?}",
@@ -332,22 +307,14 @@ fn messages_leased_at_the_crash_come_back_after_their_lease() {
     let mut server = Server::start(NO_BACKOFF);
     let count = 20;
     let messages: Vec<Value> = (0..count).map(|i| json!({ "body": i })).collect();
-    let ids: BTreeSet<String> = server
-        .enqueue("held", &json!(messages))
-        .into_iter()
-        .collect();
+    let ids: BTreeSet<String> = server.enqueue("held", &json!(messages)).into_iter().collect();
     // Long enough to outlast a restart of a debug build.
     let lease_ms = 3000;
     let leased = server.lease("held", count, lease_ms, 0);
     assert_eq!(leased.len(), count as usize);
     let expires: BTreeMap<String, u64> = leased
         .iter()
-        .map(|m| {
-            (
-                id_of(m),
-                m["lease_expires_at"].as_u64().expect("lease_expires_at"),
-            )
-        })
+        .map(|m| (id_of(m), m["lease_expires_at"].as_u64().expect("lease_expires_at")))
         .collect();
     let first_expiry = *expires.values().min().unwrap();
 
@@ -375,10 +342,7 @@ fn messages_leased_at_the_crash_come_back_after_their_lease() {
     while redelivered.len() < count as usize && Instant::now() < deadline {
         for message in server.lease("held", count, HOLD_LEASE_MS, 1000) {
             let id = id_of(&message);
-            assert!(
-                now_ms() >= expires[&id],
-                "{id} redelivered before its lease expired"
-            );
+            assert!(now_ms() >= expires[&id], "{id} redelivered before its lease expired");
             assert_eq!(
                 message["attempt"],
                 json!(2),
@@ -387,10 +351,7 @@ fn messages_leased_at_the_crash_come_back_after_their_lease() {
             assert!(redelivered.insert(id.clone()), "{id} redelivered twice");
         }
     }
-    assert_eq!(
-        redelivered, ids,
-        "not every leased message came back after its lease"
-    );
+    assert_eq!(redelivered, ids, "not every leased message came back after its lease");
 }
 
 #[test]
@@ -414,11 +375,7 @@ fn messages_acked_before_the_crash_never_come_back() {
     server.kill9();
     server.restart();
     for id in &acked_ids {
-        assert_eq!(
-            server.get_message(id)["state"],
-            json!("delivered"),
-            "acked {id} lost its ack"
-        );
+        assert_eq!(server.get_message(id)["state"], json!("delivered"), "acked {id} lost its ack");
     }
 
     let mut returned = BTreeSet::new();
@@ -426,23 +383,14 @@ fn messages_acked_before_the_crash_never_come_back() {
     while returned.len() < kept_ids.len() && Instant::now() < deadline {
         for message in server.lease("acked", count, HOLD_LEASE_MS, 1000) {
             let id = id_of(&message);
-            assert!(
-                !acked_ids.contains(&id),
-                "acked message {id} came back: {message}"
-            );
+            assert!(!acked_ids.contains(&id), "acked message {id} came back: {message}");
             returned.insert(id);
         }
     }
-    assert_eq!(
-        returned, kept_ids,
-        "unacked messages should come back after their lease"
-    );
+    assert_eq!(returned, kept_ids, "unacked messages should come back after their lease");
     let late = server.lease("acked", count, HOLD_LEASE_MS, 500);
     assert!(late.is_empty(), "more messages came back: {late:?}");
-    assert_eq!(
-        server.queue_counts("acked")["delivered"],
-        json!(acked_ids.len())
-    );
+    assert_eq!(server.queue_counts("acked")["delivered"], json!(acked_ids.len()));
 }
 
 #[test]
@@ -461,17 +409,33 @@ fn attempt_count_survives_restarts_until_dead() {
         server.kill9();
         server.restart();
     }
-    let message = poll_until(
-        Duration::from_secs(5),
-        "the third expired delivery to go dead",
-        || {
+    let message =
+        poll_until(Duration::from_secs(5), "the third expired delivery to go dead", || {
             let message = server.get_message(&ids[0]);
             (message["state"] == json!("dead")).then_some(message)
-        },
-    );
+        });
     assert_eq!(message["attempts"], json!(3), "{message}");
     assert!(
         server.lease("attempts", 1, HOLD_LEASE_MS, 500).is_empty(),
         "a dead message was delivered again"
     );
+}
+
+#[test]
+fn idempotency_keys_survive_a_crash() {
+    let mut server = Server::start(&[]);
+    let body = json!({ "messages": [{ "body": "a" }, { "body": "b" }] }).to_string();
+    let first = server.enqueue_raw("idem", &body, Some("order-7"));
+    assert_eq!(first.status, 201, "{first:?}");
+
+    server.kill9();
+    server.restart();
+    let again = server.enqueue_raw("idem", &body, Some("order-7"));
+    assert_eq!(again.status, 200, "the key is remembered across a crash: {again:?}");
+    assert_eq!(again.body["duplicate"], json!(true), "{again:?}");
+    assert_eq!(again.body["ids"], first.body["ids"]);
+    let other = json!({ "messages": [{ "body": "c" }] }).to_string();
+    let conflict = server.enqueue_raw("idem", &other, Some("order-7"));
+    assert_eq!(conflict.status, 409, "{conflict:?}");
+    assert_eq!(server.lease_all("idem", HOLD_LEASE_MS, 0).len(), 2, "one copy of the batch");
 }

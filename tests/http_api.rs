@@ -47,9 +47,7 @@ fn token(message: &Value) -> String {
 }
 
 fn as_u64(value: &Value, what: &str) -> u64 {
-    value
-        .as_u64()
-        .unwrap_or_else(|| panic!("{what} is not an integer: {value}"))
+    value.as_u64().unwrap_or_else(|| panic!("{what} is not an integer: {value}"))
 }
 
 /// Asserts that the queue holds nothing: it does not exist, or all its counts are zero,
@@ -69,10 +67,7 @@ fn assert_nothing_stored(server: &Server, queue: &str) {
         }
     }
     let leased = server.lease(queue, 1000, LONG_LEASE_MS, 0);
-    assert!(
-        leased.is_empty(),
-        "a rejected request stored messages: {leased:?}"
-    );
+    assert!(leased.is_empty(), "a rejected request stored messages: {leased:?}");
 }
 
 /// The `details` entry for a batch index; panics if the error does not name it.
@@ -85,9 +80,8 @@ fn detail_for(response: &Response, index: u64) -> Value {
 
 fn assert_detail_field(response: &Response, index: u64, allowed_fields: &[&str]) {
     let detail = detail_for(response, index);
-    let field = detail["field"]
-        .as_str()
-        .unwrap_or_else(|| panic!("detail without field: {detail}"));
+    let field =
+        detail["field"].as_str().unwrap_or_else(|| panic!("detail without field: {detail}"));
     assert!(
         allowed_fields.contains(&field),
         "index {index}: expected field in {allowed_fields:?}, got {field:?}: {response:?}"
@@ -107,10 +101,7 @@ fn detail_indexes(response: &Response) -> BTreeSet<u64> {
 fn assert_invalid_request_names(response: &Response, field: &str) {
     assert_error(response, 400, "invalid_request");
     let message = response.body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains(field),
-        "invalid_request message should name `{field}`: {response:?}"
-    );
+    assert!(message.contains(field), "invalid_request message should name `{field}`: {response:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -143,10 +134,7 @@ fn enqueue_returns_201_with_one_increasing_id_per_message() {
     }
     // Fixed-width lowercase hex: string order is numeric order.
     for pair in all.windows(2) {
-        assert!(
-            pair[0] < pair[1],
-            "ids not increasing in enqueue order: {all:?}"
-        );
+        assert!(pair[0] < pair[1], "ids not increasing in enqueue order: {all:?}");
     }
 
     let counts = server.queue_counts("orders");
@@ -177,11 +165,7 @@ fn get_message_shows_ready_message_with_body_and_headers_verbatim() {
     assert_eq!(message["state"], json!("ready"));
     assert_eq!(message["priority"], json!(0));
     assert_eq!(message["attempts"], json!(0));
-    assert_eq!(
-        message["max_attempts"],
-        json!(10),
-        "default --max-attempts is 10"
-    );
+    assert_eq!(message["max_attempts"], json!(10), "default --max-attempts is 10");
     let enqueued_at = as_u64(&message["enqueued_at"], "enqueued_at");
     assert!(
         (before..=after).contains(&enqueued_at),
@@ -193,22 +177,21 @@ fn get_message_shows_ready_message_with_body_and_headers_verbatim() {
     assert_eq!(message["last_error"], Value::Null);
     assert_eq!(message["headers"], headers);
     assert_eq!(message["body"], body, "body must come back exactly as sent");
-    assert!(
-        message.get("body_base64").is_none(),
-        "JSON body must not also be base64: {message}"
-    );
+    assert!(message.get("body_base64").is_none(), "JSON body must not also be base64: {message}");
 
-    // Scalars and arrays are bodies too.
+    // Scalars, arrays and null are bodies too.
     let scalars = [
         json!("just a string"),
         json!(42),
         json!(false),
         json!([1, "two", { "three": 3 }]),
+        Value::Null,
     ];
     let messages: Vec<Value> = scalars.iter().map(|body| json!({ "body": body })).collect();
     let ids = server.enqueue("mail", &json!(messages));
     for (id, expected) in ids.iter().zip(&scalars) {
-        assert_eq!(&server.get_message(id)["body"], expected);
+        let message = server.get_message(id);
+        assert_eq!(message.get("body"), Some(expected), "{message}");
     }
 
     // The lease hands out the same body and headers.
@@ -225,30 +208,18 @@ fn body_base64_round_trips_arbitrary_bytes() {
     bytes.extend_from_slice(&[0x00, 0x00, 0xff, 0xff, 0xfe, 0x80, 0x00]);
     let encoded = base64_encode(&bytes);
 
-    let ids = server.enqueue(
-        "blobs",
-        &json!([{ "body_base64": encoded, "headers": { "kind": "binary" } }]),
-    );
+    let ids = server
+        .enqueue("blobs", &json!([{ "body_base64": encoded, "headers": { "kind": "binary" } }]));
     let message = server.get_message(&ids[0]);
-    assert!(
-        message.get("body").is_none(),
-        "a base64 message must not show a JSON body: {message}"
-    );
-    assert_eq!(
-        base64_decode(message["body_base64"].as_str().expect("body_base64 string")),
-        bytes
-    );
+    assert!(message.get("body").is_none(), "a base64 message must not show a JSON body: {message}");
+    assert_eq!(base64_decode(message["body_base64"].as_str().expect("body_base64 string")), bytes);
     assert_eq!(message["headers"], json!({ "kind": "binary" }));
 
     let leased = server.lease("blobs", 1, LONG_LEASE_MS, 0);
     assert_eq!(leased.len(), 1);
     assert!(leased[0].get("body").is_none(), "{}", leased[0]);
     assert_eq!(
-        base64_decode(
-            leased[0]["body_base64"]
-                .as_str()
-                .expect("body_base64 string")
-        ),
+        base64_decode(leased[0]["body_base64"].as_str().expect("body_base64 string")),
         bytes
     );
 }
@@ -271,11 +242,7 @@ fn invalid_batch_names_every_bad_message_and_stores_nothing() {
     .to_string();
     let response = server.enqueue_raw("atomic", &body, None);
     assert_error(&response, 400, "invalid_batch");
-    assert_eq!(
-        detail_indexes(&response),
-        BTreeSet::from([2, 4]),
-        "{response:?}"
-    );
+    assert_eq!(detail_indexes(&response), BTreeSet::from([2, 4]), "{response:?}");
     assert_detail_field(&response, 2, &["priority"]);
     assert_detail_field(&response, 4, &["body", "body_base64"]);
     assert_nothing_stored(&server, "atomic");
@@ -302,11 +269,7 @@ fn invalid_batch_checks_every_message_field() {
     .to_string();
     let response = server.enqueue_raw("fields", &body, None);
     assert_error(&response, 400, "invalid_batch");
-    assert_eq!(
-        detail_indexes(&response),
-        (1..=10).collect::<BTreeSet<u64>>(),
-        "{response:?}"
-    );
+    assert_eq!(detail_indexes(&response), (1..=10).collect::<BTreeSet<u64>>(), "{response:?}");
     assert_detail_field(&response, 1, &["max_attempts"]);
     assert_detail_field(&response, 2, &["max_attempts"]);
     assert_detail_field(&response, 3, &["priority"]);
@@ -333,10 +296,7 @@ fn invalid_batch_checks_every_message_field() {
 fn enqueue_request_shape_errors_are_invalid_request() {
     let server = Server::start(&[]);
     let cases = [
-        (
-            json!({ "messages": [{ "body": 1 }], "extra": true }),
-            "extra",
-        ),
+        (json!({ "messages": [{ "body": 1 }], "extra": true }), "extra"),
         (json!({}), "messages"),
         (json!({ "messages": [] }), "messages"),
         (json!({ "messages": "not a list" }), "messages"),
@@ -358,10 +318,7 @@ fn enqueue_request_shape_errors_are_invalid_request() {
 fn malformed_json_and_invalid_utf8_are_invalid_json() {
     let server = Server::start(&[]);
     let malformed: [(&str, &str); 4] = [
-        (
-            "/v1/queues/bad-json/messages",
-            r#"{"messages": [{"body": 1}"#,
-        ),
+        ("/v1/queues/bad-json/messages", r#"{"messages": [{"body": 1}"#),
         ("/v1/queues/bad-json/messages", "not json at all"),
         ("/v1/queues/bad-json/lease", "{max: 1}"),
         ("/v1/queues/bad-json/ack", r#"{"leases": ["a",]}"#),
@@ -413,11 +370,7 @@ fn lease_request_out_of_range_is_invalid_request() {
         &json!({ "max": 1000, "lease_ms": 43_200_000u64, "wait_ms": 0 }),
     );
     assert_eq!(response.status, 200, "{response:?}");
-    assert_eq!(
-        response.body["messages"].as_array().map(Vec::len),
-        Some(1),
-        "{response:?}"
-    );
+    assert_eq!(response.body["messages"].as_array().map(Vec::len), Some(1), "{response:?}");
 }
 
 #[test]
@@ -434,37 +387,13 @@ fn ack_nack_extend_request_errors_are_invalid_request() {
         ("ack", json!({ "leases": too_many }), "leases"),
         ("ack", json!({ "leases": [lease], "extra": 1 }), "extra"),
         ("nack", json!({ "items": [] }), "items"),
-        (
-            "nack",
-            json!({ "items": [{ "lease": lease, "colour": "red" }] }),
-            "colour",
-        ),
-        (
-            "nack",
-            json!({ "items": [{ "lease": lease, "dead": "yes" }] }),
-            "dead",
-        ),
-        (
-            "nack",
-            json!({ "items": [{ "lease": lease, "delay_ms": -5 }] }),
-            "delay_ms",
-        ),
+        ("nack", json!({ "items": [{ "lease": lease, "colour": "red" }] }), "colour"),
+        ("nack", json!({ "items": [{ "lease": lease, "dead": "yes" }] }), "dead"),
+        ("nack", json!({ "items": [{ "lease": lease, "delay_ms": -5 }] }), "delay_ms"),
         ("extend", json!({ "items": [] }), "items"),
-        (
-            "extend",
-            json!({ "items": [{ "lease": lease, "lease_ms": 0 }] }),
-            "lease_ms",
-        ),
-        (
-            "extend",
-            json!({ "items": [{ "lease": lease, "lease_ms": 43_200_001u64 }] }),
-            "lease_ms",
-        ),
-        (
-            "extend",
-            json!({ "items": [{ "lease_ms": 1000 }] }),
-            "lease",
-        ),
+        ("extend", json!({ "items": [{ "lease": lease, "lease_ms": 0 }] }), "lease_ms"),
+        ("extend", json!({ "items": [{ "lease": lease, "lease_ms": 43_200_001u64 }] }), "lease_ms"),
+        ("extend", json!({ "items": [{ "lease_ms": 1000 }] }), "lease"),
     ];
     for (action, body, field) in cases {
         let response = server.post(&format!("/v1/queues/shapes/{action}"), &body);
@@ -478,21 +407,12 @@ fn ack_nack_extend_request_errors_are_invalid_request() {
 fn bad_queue_names_are_invalid_queue_name() {
     let server = Server::start(&[]);
     let too_long = "q".repeat(129);
-    for name in [
-        "bad!name",
-        "bad%20name",
-        "caf%C3%A9",
-        "a*b",
-        too_long.as_str(),
-    ] {
+    for name in ["bad!name", "bad%20name", "caf%C3%A9", "a*b", too_long.as_str()] {
         let response = server.enqueue_raw(name, r#"{"messages": [{"body": 1}]}"#, None);
         assert_error(&response, 400, "invalid_queue_name");
         let response = server.post(&format!("/v1/queues/{name}/lease"), &json!({}));
         assert_error(&response, 400, "invalid_queue_name");
-        let response = server.post(
-            &format!("/v1/queues/{name}/ack"),
-            &json!({ "leases": ["x"] }),
-        );
+        let response = server.post(&format!("/v1/queues/{name}/ack"), &json!({ "leases": ["x"] }));
         assert_error(&response, 400, "invalid_queue_name");
         let response = server.get(&format!("/v1/queues/{name}"));
         assert_error(&response, 400, "invalid_queue_name");
@@ -517,22 +437,13 @@ fn bad_idempotency_keys_are_rejected_and_store_nothing() {
 
     let longest = "~".repeat(255);
     let response = server.enqueue_raw("keys", body, Some(&longest));
-    assert_eq!(
-        response.status, 201,
-        "a 255-char visible-ASCII key is valid: {response:?}"
-    );
+    assert_eq!(response.status, 201, "a 255-char visible-ASCII key is valid: {response:?}");
 }
 
 #[test]
 fn malformed_message_ids_are_invalid_id() {
     let server = Server::start(&[]);
-    for id in [
-        "xyz",
-        "0123",
-        "0123456789abcdef0",
-        "0123456789ABCDEF",
-        "0123456789abcdeg",
-    ] {
+    for id in ["xyz", "0123", "0123456789abcdef0", "0123456789ABCDEF", "0123456789abcdeg"] {
         let response = server.get(&format!("/v1/messages/{id}"));
         assert_error(&response, 400, "invalid_id");
     }
@@ -550,45 +461,62 @@ fn unknown_message_and_queue_are_404() {
 #[test]
 fn unknown_routes_are_not_found() {
     let server = Server::start(&[]);
-    for (method, path) in [
+    let routes = [
         ("GET", "/"),
         ("GET", "/v1"),
         ("GET", "/v2/messages/0000000000000001"),
         ("POST", "/v1/queues/q/frobnicate"),
         ("GET", "/v1/queues/q/messages/extra"),
         ("GET", "/healthz/extra"),
-    ] {
-        let response = server.request(method, path, None, &[]);
-        assert_error(&response, 404, "not_found");
-    }
+    ];
+    assert_every_route_answers(&server, &routes, 404, "not_found");
 }
 
 #[test]
 fn wrong_methods_are_method_not_allowed() {
     let server = Server::start(&[]);
-    for (method, path) in [
-        ("GET", "/v1/queues/q/messages"),
+    let routes = [
+        ("PUT", "/v1/queues/q/messages"),
         ("PUT", "/v1/queues/q/lease"),
         ("GET", "/v1/queues/q/ack"),
-        ("DELETE", "/v1/messages/0000000000000001"),
+        ("PUT", "/v1/messages/0000000000000001"),
         ("POST", "/v1/messages/0000000000000001"),
+        ("GET", "/v1/messages/0000000000000001/retry"),
+        ("POST", "/v1/queues"),
+        ("DELETE", "/v1/events"),
         ("DELETE", "/v1/queues/q"),
         ("POST", "/healthz"),
-    ] {
+    ];
+    assert_every_route_answers(&server, &routes, 405, "method_not_allowed");
+}
+
+/// Sends each (method, path) without a body and asserts the error; lists every route that
+/// answered otherwise, not only the first.
+fn assert_every_route_answers(server: &Server, routes: &[(&str, &str)], status: u16, code: &str) {
+    let mut wrong = Vec::new();
+    for (method, path) in routes {
         let response = server.request(method, path, None, &[]);
-        assert_error(&response, 405, "method_not_allowed");
+        if response.status == status && response.body["error"]["code"] == json!(code) {
+            assert_error(&response, status, code);
+        } else {
+            wrong.push(format!("{method} {path} -> {} {}", response.status, response.body));
+        }
     }
+    assert!(
+        wrong.is_empty(),
+        "expected {status} {code}; these routes answered otherwise:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
 fn request_body_over_request_bytes_max_is_payload_too_large() {
     let server = Server::start(&["--request-bytes-max", "1024"]);
     let big = json!({ "messages": [{ "body": "x".repeat(2000) }] }).to_string();
-    let response = server
-        .try_request("POST", "/v1/queues/big/messages", Some(&big), &[])
-        .unwrap_or_else(|error| {
-            panic!("expected a 413 response, the connection failed instead: {error}")
-        });
+    let response =
+        server.try_request("POST", "/v1/queues/big/messages", Some(&big), &[]).unwrap_or_else(
+            |error| panic!("expected a 413 response, the connection failed instead: {error}"),
+        );
     assert_error(&response, 413, "payload_too_large");
 
     // Without Content-Length (chunked) the limit holds too.
@@ -606,9 +534,7 @@ fn huge_declared_content_length_is_rejected_without_reading_the_body() {
     let server = Server::start(&[]);
     let address = server.base_url.trim_start_matches("http://");
     let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let started = Instant::now();
     // Headers only: the body is never sent, so only a server that decides from the
     // header alone can answer.
@@ -633,14 +559,8 @@ fn huge_declared_content_length_is_rejected_without_reading_the_body() {
         }
     }
     let text = String::from_utf8_lossy(&received);
-    assert!(
-        text.starts_with("HTTP/1.1 413"),
-        "expected a 413 status line, got: {text:?}"
-    );
-    assert!(
-        text.contains("payload_too_large"),
-        "expected code payload_too_large: {text:?}"
-    );
+    assert!(text.starts_with("HTTP/1.1 413"), "expected a 413 status line, got: {text:?}");
+    assert!(text.contains("payload_too_large"), "expected code payload_too_large: {text:?}");
     drop(stream);
     assert_eq!(server.get("/healthz").status, 200);
 }
@@ -657,11 +577,7 @@ fn message_over_message_bytes_max_is_message_too_large() {
     .to_string();
     let response = server.enqueue_raw("sizes", &body, None);
     assert_error(&response, 413, "message_too_large");
-    assert_eq!(
-        detail_indexes(&response),
-        BTreeSet::from([1, 3]),
-        "{response:?}"
-    );
+    assert_eq!(detail_indexes(&response), BTreeSet::from([1, 3]), "{response:?}");
     assert_nothing_stored(&server, "sizes");
 
     server.enqueue("sizes", &json!([{ "body": "small enough" }]));
@@ -676,10 +592,7 @@ fn more_than_batch_count_max_messages_is_batch_too_large() {
     assert_error(&response, 413, "batch_too_large");
     assert_nothing_stored(&server, "batches");
 
-    server.enqueue(
-        "batches",
-        &json!([{ "body": 1 }, { "body": 2 }, { "body": 3 }]),
-    );
+    server.enqueue("batches", &json!([{ "body": 1 }, { "body": 2 }, { "body": 3 }]));
     assert_eq!(server.queue_counts("batches")["ready"], json!(3));
 }
 
@@ -700,16 +613,9 @@ fn same_idempotency_key_and_body_returns_original_ids_and_stores_nothing() {
         let again = server.enqueue_raw("idem", &body, Some("order-42"));
         assert_eq!(again.status, 200, "{again:?}");
         assert_eq!(again.body["duplicate"], json!(true), "{again:?}");
-        assert_eq!(
-            again.body["ids"], first.body["ids"],
-            "a duplicate returns the original ids"
-        );
+        assert_eq!(again.body["ids"], first.body["ids"], "a duplicate returns the original ids");
     }
-    assert_eq!(
-        server.queue_counts("idem"),
-        counts_after_first,
-        "a duplicate must store nothing"
-    );
+    assert_eq!(server.queue_counts("idem"), counts_after_first, "a duplicate must store nothing");
     assert_eq!(server.lease_all("idem", LONG_LEASE_MS, 0).len(), 2);
 }
 
@@ -720,18 +626,10 @@ fn same_idempotency_key_with_different_body_conflicts() {
     assert_eq!(server.enqueue_raw("idem", &body, Some("k1")).status, 201);
 
     let other = json!({ "messages": [{ "body": "b" }] }).to_string();
-    assert_error(
-        &server.enqueue_raw("idem", &other, Some("k1")),
-        409,
-        "idempotency_conflict",
-    );
+    assert_error(&server.enqueue_raw("idem", &other, Some("k1")), 409, "idempotency_conflict");
     // The key matches on the raw body: the same JSON spelled differently is a different body.
     let respaced = r#"{ "messages" : [ { "body" : "a" } ] }"#;
-    assert_error(
-        &server.enqueue_raw("idem", respaced, Some("k1")),
-        409,
-        "idempotency_conflict",
-    );
+    assert_error(&server.enqueue_raw("idem", respaced, Some("k1")), 409, "idempotency_conflict");
 
     assert_eq!(server.queue_counts("idem")["ready"], json!(1));
 }
@@ -743,10 +641,7 @@ fn idempotency_keys_are_scoped_per_queue() {
     let on_a = server.enqueue_raw("queue-a", &body, Some("shared-key"));
     let on_b = server.enqueue_raw("queue-b", &body, Some("shared-key"));
     assert_eq!(on_a.status, 201, "{on_a:?}");
-    assert_eq!(
-        on_b.status, 201,
-        "the same key on another queue is independent: {on_b:?}"
-    );
+    assert_eq!(on_b.status, 201, "the same key on another queue is independent: {on_b:?}");
     assert_ne!(on_a.body["ids"], on_b.body["ids"]);
     assert_eq!(server.queue_counts("queue-a")["ready"], json!(1));
     assert_eq!(server.queue_counts("queue-b")["ready"], json!(1));
@@ -833,29 +728,20 @@ fn leased_message_has_documented_shape() {
     let stored = server.get_message(&ids[0]);
     assert_eq!(stored["state"], json!("leased"));
     assert_eq!(stored["lease_expires_at"], json!(expires));
-    assert_eq!(
-        stored["attempts"],
-        json!(1),
-        "attempts counts deliveries so far"
-    );
+    assert_eq!(stored["attempts"], json!(1), "attempts counts deliveries so far");
     assert_eq!(server.queue_counts("shape")["leased"], json!(1));
 }
 
 #[test]
 fn lease_with_empty_body_uses_defaults() {
     let server = Server::start(&["--lease-ms", "5000"]);
-    server.enqueue(
-        "defaults",
-        &json!([{ "body": 1 }, { "body": 2 }, { "body": 3 }]),
-    );
+    server.enqueue("defaults", &json!([{ "body": 1 }, { "body": 2 }, { "body": 3 }]));
     for body in [None, Some("{}")] {
         let before = now_ms();
         let response = server.request("POST", "/v1/queues/defaults/lease", body, &[]);
         let after = now_ms();
         assert_eq!(response.status, 200, "{response:?}");
-        let messages = response.body["messages"]
-            .as_array()
-            .expect("messages array");
+        let messages = response.body["messages"].as_array().expect("messages array");
         assert_eq!(messages.len(), 1, "default max is 1: {response:?}");
         let expires = as_u64(&messages[0]["lease_expires_at"], "lease_expires_at");
         assert!(
@@ -880,20 +766,10 @@ fn long_poll_wakes_on_enqueue() {
     thread::sleep(Duration::from_millis(300));
     let ids = server.enqueue("wake", &json!([{ "body": "wake up" }]));
     let (messages, elapsed) = waiter.join().unwrap();
-    assert_eq!(
-        messages.len(),
-        1,
-        "the waiting lease should get the new message"
-    );
+    assert_eq!(messages.len(), 1, "the waiting lease should get the new message");
     assert_eq!(messages[0]["id"], json!(ids[0]));
-    assert!(
-        elapsed >= Duration::from_millis(250),
-        "returned before the enqueue: {elapsed:?}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "long poll did not wake on enqueue: {elapsed:?}"
-    );
+    assert!(elapsed >= Duration::from_millis(250), "returned before the enqueue: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "long poll did not wake on enqueue: {elapsed:?}");
 }
 
 #[test]
@@ -910,11 +786,105 @@ fn long_poll_returns_empty_at_deadline() {
             elapsed >= Duration::from_millis(250),
             "{queue}: returned before wait_ms: {elapsed:?}"
         );
-        assert!(
-            elapsed < Duration::from_secs(5),
-            "{queue}: waited far past wait_ms: {elapsed:?}"
-        );
+        assert!(elapsed < Duration::from_secs(5), "{queue}: waited far past wait_ms: {elapsed:?}");
     }
+}
+
+#[test]
+fn long_poll_wakes_when_a_scheduled_message_or_a_retry_becomes_due() {
+    let server = Server::start(&[]);
+    let ids = server.enqueue("due", &json!([{ "body": "scheduled", "delay_ms": 500 }]));
+    let deliver_at = as_u64(&server.get_message(&ids[0])["deliver_at"], "deliver_at");
+    let leased = server.lease("due", 1, LONG_LEASE_MS, 10_000);
+    let returned_at = now_ms();
+    assert_eq!(leased.len(), 1, "the scheduled message never arrived");
+    assert!(returned_at >= deliver_at, "scheduled message leased early");
+    assert!(
+        returned_at < deliver_at + 1000,
+        "long poll woke {} ms after deliver_at",
+        returned_at - deliver_at
+    );
+
+    let result =
+        server.nack("due", &json!([{ "lease": token(&leased[0]), "delay_ms": 500 }])).remove(0);
+    let next = as_u64(&result["next_attempt_at"], "next_attempt_at");
+    let again = server.lease("due", 1, LONG_LEASE_MS, 10_000);
+    let returned_at = now_ms();
+    assert_eq!(again.len(), 1, "the retry never arrived");
+    assert!(returned_at >= next, "retry leased early");
+    assert!(
+        returned_at < next + 1000,
+        "long poll woke {} ms after next_attempt_at",
+        returned_at - next
+    );
+}
+
+#[test]
+fn lease_takes_at_most_max_and_only_from_its_queue() {
+    let server = Server::start(&[]);
+    let a_ids: BTreeSet<String> = server
+        .enqueue("queue-a", &json!([{ "body": 1 }, { "body": 2 }, { "body": 3 }]))
+        .into_iter()
+        .collect();
+    server.enqueue("queue-b", &json!([{ "body": "b", "priority": 100 }]));
+    let first = server.lease("queue-a", 2, LONG_LEASE_MS, 0);
+    assert_eq!(first.len(), 2, "max 2 of 3 ready");
+    let rest = server.lease("queue-a", 10, LONG_LEASE_MS, 0);
+    let leased: BTreeSet<String> =
+        first.iter().chain(&rest).map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(leased, a_ids, "a lease returns only its own queue's messages");
+    assert_eq!(server.queue_counts("queue-b")["ready"], json!(1));
+}
+
+#[test]
+fn concurrent_consumers_never_share_a_message() {
+    let server = Server::start(&[]);
+    let messages: Vec<Value> = (0..500).map(|i| json!({ "body": i })).collect();
+    let ids: BTreeSet<String> = server.enqueue("shared", &json!(messages)).into_iter().collect();
+    let consumers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = server.client();
+            thread::spawn(move || {
+                let mut leased = Vec::new();
+                loop {
+                    let batch = client.lease("shared", 7, LONG_LEASE_MS, 0);
+                    if batch.is_empty() {
+                        return leased;
+                    }
+                    leased.extend(batch);
+                }
+            })
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for consumer in consumers {
+        for message in consumer.join().unwrap() {
+            let id = message["id"].as_str().unwrap().to_string();
+            assert!(seen.insert(id.clone()), "message {id} leased by two consumers at once");
+        }
+    }
+    assert_eq!(seen, ids, "every message leased exactly once");
+}
+
+#[test]
+fn concurrent_retries_with_one_idempotency_key_store_one_batch() {
+    let server = Server::start(&[]);
+    let body = json!({ "messages": [{ "body": "once" }, { "body": "only" }] }).to_string();
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, body) = (server.client(), body.clone());
+            thread::spawn(move || client.enqueue_raw("race", &body, Some("same-key")))
+        })
+        .collect();
+    let responses: Vec<Response> =
+        senders.into_iter().map(|sender| sender.join().unwrap()).collect();
+    let created = responses.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created, 1, "exactly one 201 among concurrent retries: {responses:?}");
+    for response in &responses {
+        assert!(response.status == 201 || response.status == 200, "{response:?}");
+        assert_eq!(response.body["ids"], responses[0].body["ids"], "all replies name the same ids");
+    }
+    assert_eq!(server.lease_all("race", LONG_LEASE_MS, 0).len(), 2, "one copy of the batch");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -937,14 +907,11 @@ fn expired_lease_is_redelivered_with_next_attempt() {
     assert_eq!(first[0]["attempt"], json!(1));
     let first_expires = as_u64(&first[0]["lease_expires_at"], "lease_expires_at");
 
-    let retrying = poll_until(
-        Duration::from_secs(3),
-        "the expired lease to turn into retrying",
-        || {
+    let retrying =
+        poll_until(Duration::from_secs(3), "the expired lease to turn into retrying", || {
             let message = server.get_message(&ids[0]);
             (message["state"] == json!("retrying")).then_some(message)
-        },
-    );
+        });
     let last_error = &retrying["last_error"];
     let text = last_error["message"]
         .as_str()
@@ -955,31 +922,18 @@ fn expired_lease_is_redelivered_with_next_attempt() {
     );
     assert_eq!(last_error["attempt"], json!(1), "{retrying}");
     let deliver_at = as_u64(&retrying["deliver_at"], "deliver_at while retrying");
-    assert!(
-        deliver_at >= first_expires + 1000,
-        "backoff 1000 ms after expiry: {retrying}"
-    );
+    assert!(deliver_at >= first_expires + 1000, "backoff 1000 ms after expiry: {retrying}");
     assert_eq!(retrying["lease_expires_at"], Value::Null, "{retrying}");
     if now_ms() + 100 < deliver_at {
-        assert!(
-            server.lease("expiry", 1, LONG_LEASE_MS, 0).is_empty(),
-            "leasable during backoff"
-        );
+        assert!(server.lease("expiry", 1, LONG_LEASE_MS, 0).is_empty(), "leasable during backoff");
     }
 
     let second = server.lease("expiry", 1, LONG_LEASE_MS, 3000);
     assert_eq!(second.len(), 1, "message was not redelivered after backoff");
-    assert!(
-        now_ms() >= deliver_at,
-        "redelivered before deliver_at {deliver_at}"
-    );
+    assert!(now_ms() >= deliver_at, "redelivered before deliver_at {deliver_at}");
     assert_eq!(second[0]["id"], json!(ids[0]));
     assert_eq!(second[0]["attempt"], json!(2));
-    assert_ne!(
-        token(&second[0]),
-        token(&first[0]),
-        "a redelivery gets a new lease token"
-    );
+    assert_ne!(token(&second[0]), token(&first[0]), "a redelivery gets a new lease token");
     assert_eq!(server.get_message(&ids[0])["attempts"], json!(2));
 }
 
@@ -1002,10 +956,7 @@ fn stale_lease_cannot_ack_nack_or_extend() {
         json!("lease_expired")
     );
     let results = server.ack("stale", &[&old, &new]);
-    assert_eq!(
-        results[0],
-        json!({ "lease": old, "result": "lease_expired" })
-    );
+    assert_eq!(results[0], json!({ "lease": old, "result": "lease_expired" }));
     assert_eq!(results[1], json!({ "lease": new, "result": "acked" }));
     assert_eq!(server.get_message(&ids[0])["state"], json!("delivered"));
 }
@@ -1016,10 +967,7 @@ fn second_ack_of_the_same_lease_is_lease_expired() {
     server.enqueue("twice", &json!([{ "body": 1 }]));
     let lease = token(&server.lease("twice", 1, LONG_LEASE_MS, 0)[0]);
     assert_eq!(server.ack("twice", &[&lease])[0]["result"], json!("acked"));
-    assert_eq!(
-        server.ack("twice", &[&lease])[0]["result"],
-        json!("lease_expired")
-    );
+    assert_eq!(server.ack("twice", &[&lease])[0]["result"], json!("lease_expired"));
     assert_eq!(
         server.nack("twice", &json!([{ "lease": lease }]))[0]["result"],
         json!("lease_expired")
@@ -1037,29 +985,46 @@ fn ack_of_unknown_or_foreign_tokens_is_unknown() {
     let well_formed = "ffffffffffffffffffffffffffffffff";
     let results = server.ack("mine", &[garbage, well_formed]);
     assert_eq!(results[0], json!({ "lease": garbage, "result": "unknown" }));
-    assert_eq!(
-        results[1],
-        json!({ "lease": well_formed, "result": "unknown" })
-    );
+    assert_eq!(results[1], json!({ "lease": well_formed, "result": "unknown" }));
     assert_eq!(
         server.extend("mine", &json!([{ "lease": garbage }]))[0]["result"],
         json!("unknown")
     );
-    assert_eq!(
-        server.nack("mine", &json!([{ "lease": garbage }]))[0]["result"],
-        json!("unknown")
-    );
+    assert_eq!(server.nack("mine", &json!([{ "lease": garbage }]))[0]["result"], json!("unknown"));
 
     // A real token presented on another queue names no message of that queue.
-    assert_eq!(
-        server.ack("theirs", &[&lease])[0]["result"],
-        json!("unknown")
-    );
+    assert_eq!(server.ack("theirs", &[&lease])[0]["result"], json!("unknown"));
     assert_eq!(
         server.ack("mine", &[&lease])[0]["result"],
         json!("acked"),
         "the foreign ack must not consume the lease"
     );
+}
+
+#[test]
+fn ack_and_extend_after_the_lease_deadline_are_lease_expired() {
+    // A long backoff keeps the expired messages from being redelivered during the test.
+    let server = Server::start(&["--backoff-initial-ms", "5000", "--backoff-max-ms", "5000"]);
+    let ids = server.enqueue("late", &json!([{ "body": 1 }, { "body": 2 }]));
+    let leased = server.lease("late", 2, 100, 0);
+    let deadline = as_u64(&leased[0]["lease_expires_at"], "lease_expires_at");
+    while now_ms() <= deadline + 50 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Just past the deadline, whether or not the server has processed the expiry yet.
+    let extended = server
+        .extend("late", &json!([{ "lease": token(&leased[1]), "lease_ms": 60_000 }]))
+        .remove(0);
+    assert_eq!(
+        extended["result"],
+        json!("lease_expired"),
+        "an expired lease cannot be extended: {extended}"
+    );
+    let acked = server.ack("late", &[&token(&leased[0])]).remove(0);
+    assert_eq!(acked["result"], json!("lease_expired"), "an expired lease cannot ack: {acked}");
+    poll_until(Duration::from_secs(3), "both expired leases to turn into retrying", || {
+        ids.iter().all(|id| server.get_message(id)["state"] == json!("retrying")).then_some(())
+    });
 }
 
 #[test]
@@ -1096,9 +1061,7 @@ fn extend_pushes_the_lease_deadline() {
 
     thread::sleep(Duration::from_millis(200));
     let before = now_ms();
-    let result = server
-        .extend("extend", &json!([{ "lease": lease, "lease_ms": 2000 }]))
-        .remove(0);
+    let result = server.extend("extend", &json!([{ "lease": lease, "lease_ms": 2000 }])).remove(0);
     let after = now_ms();
     assert_eq!(result["result"], json!("extended"), "{result}");
     assert_eq!(result["lease"], json!(lease));
@@ -1107,10 +1070,7 @@ fn extend_pushes_the_lease_deadline() {
         (before + 2000..=after + 2000).contains(&extended),
         "new deadline = now + lease_ms: {extended}"
     );
-    assert_eq!(
-        server.get_message(&ids[0])["lease_expires_at"],
-        json!(extended)
-    );
+    assert_eq!(server.get_message(&ids[0])["lease_expires_at"], json!(extended));
 
     // Well past the original deadline the message is still held by this lease.
     let past_original = original_expires + 400;
@@ -1125,9 +1085,7 @@ fn extend_pushes_the_lease_deadline() {
 
     // Without lease_ms the default --lease-ms applies.
     let before = now_ms();
-    let result = server
-        .extend("extend", &json!([{ "lease": lease }]))
-        .remove(0);
+    let result = server.extend("extend", &json!([{ "lease": lease }])).remove(0);
     let after = now_ms();
     assert_eq!(result["result"], json!("extended"), "{result}");
     let extended = as_u64(&result["lease_expires_at"], "lease_expires_at");
@@ -1157,12 +1115,8 @@ fn nack_schedules_a_retry_and_records_the_error() {
     let lease = token(&server.lease("nack", 1, LONG_LEASE_MS, 0)[0]);
 
     let before = now_ms();
-    let result = server
-        .nack(
-            "nack",
-            &json!([{ "lease": lease, "error": "SMTP 451 try later" }]),
-        )
-        .remove(0);
+    let result =
+        server.nack("nack", &json!([{ "lease": lease, "error": "SMTP 451 try later" }])).remove(0);
     let after = now_ms();
     assert_eq!(result["lease"], json!(lease));
     assert_eq!(result["result"], json!("retrying"), "{result}");
@@ -1177,17 +1131,10 @@ fn nack_schedules_a_retry_and_records_the_error() {
     assert_eq!(message["deliver_at"], json!(next), "{message}");
     assert_eq!(message["lease_expires_at"], Value::Null, "{message}");
     assert_eq!(message["attempts"], json!(1), "{message}");
-    assert_eq!(
-        message["last_error"]["message"],
-        json!("SMTP 451 try later"),
-        "{message}"
-    );
+    assert_eq!(message["last_error"]["message"], json!("SMTP 451 try later"), "{message}");
     assert_eq!(message["last_error"]["attempt"], json!(1), "{message}");
     let at = as_u64(&message["last_error"]["at"], "last_error.at");
-    assert!(
-        (before..=after).contains(&at),
-        "last_error.at {at} not in [{before}, {after}]"
-    );
+    assert!((before..=after).contains(&at), "last_error.at {at} not in [{before}, {after}]");
     assert_eq!(server.queue_counts("nack")["retrying"], json!(1));
     assert!(
         server.lease("nack", 1, LONG_LEASE_MS, 0).is_empty(),
@@ -1198,6 +1145,21 @@ fn nack_schedules_a_retry_and_records_the_error() {
     assert_eq!(again.len(), 1, "not redelivered after the backoff");
     assert!(now_ms() >= next, "redelivered before next_attempt_at");
     assert_eq!(again[0]["attempt"], json!(2));
+}
+
+#[test]
+fn nack_error_text_is_cut_to_4096_bytes() {
+    let server = Server::start(&[]);
+    let ids = server.enqueue("long-error", &json!([{ "body": 1 }]));
+    let lease = token(&server.lease("long-error", 1, LONG_LEASE_MS, 0)[0]);
+    let error = "e".repeat(5000);
+    server.nack("long-error", &json!([{ "lease": lease, "error": error, "delay_ms": 60_000 }]));
+    let message = server.get_message(&ids[0]);
+    assert_eq!(
+        message["last_error"]["message"],
+        json!("e".repeat(4096)),
+        "stored error text is cut to 4096 bytes"
+    );
 }
 
 #[test]
@@ -1219,9 +1181,7 @@ fn nack_backoff_follows_the_formula() {
         assert_eq!(leased.len(), 1, "attempt {attempt} was not delivered");
         assert_eq!(leased[0]["attempt"], json!(attempt));
         let before = now_ms();
-        let result = server
-            .nack("formula", &json!([{ "lease": token(&leased[0]) }]))
-            .remove(0);
+        let result = server.nack("formula", &json!([{ "lease": token(&leased[0]) }])).remove(0);
         let after = now_ms();
         assert_eq!(result["result"], json!("retrying"), "{result}");
         let next = as_u64(&result["next_attempt_at"], "next_attempt_at");
@@ -1241,10 +1201,7 @@ fn backoff_jitter_stays_within_bounds_and_spreads_retries() {
     server.enqueue("jitter", &json!(messages));
     let leased = server.lease("jitter", count, LONG_LEASE_MS, 0);
     assert_eq!(leased.len(), count as usize);
-    let items: Vec<Value> = leased
-        .iter()
-        .map(|m| json!({ "lease": token(m) }))
-        .collect();
+    let items: Vec<Value> = leased.iter().map(|m| json!({ "lease": token(m) })).collect();
     let before = now_ms();
     let results = server.nack("jitter", &json!(items));
     let after = now_ms();
@@ -1259,10 +1216,7 @@ fn backoff_jitter_stays_within_bounds_and_spreads_retries() {
         );
         distinct.insert(next);
     }
-    assert!(
-        distinct.len() > 1,
-        "jitter should spread the retries, all got {distinct:?}"
-    );
+    assert!(distinct.len() > 1, "jitter should spread the retries, all got {distinct:?}");
 }
 
 #[test]
@@ -1272,10 +1226,7 @@ fn nack_with_delay_ms_overrides_backoff() {
     let lease = token(&server.lease("delay", 1, LONG_LEASE_MS, 0)[0]);
     let before = now_ms();
     let result = server
-        .nack(
-            "delay",
-            &json!([{ "lease": lease, "error": "later", "delay_ms": 600 }]),
-        )
+        .nack("delay", &json!([{ "lease": lease, "error": "later", "delay_ms": 600 }]))
         .remove(0);
     let after = now_ms();
     assert_eq!(result["result"], json!("retrying"), "{result}");
@@ -1303,10 +1254,7 @@ fn nack_with_dead_true_moves_the_message_to_dead() {
     let ids = server.enqueue("dead", &json!([{ "body": 1 }]));
     let lease = token(&server.lease("dead", 1, LONG_LEASE_MS, 0)[0]);
     let result = server
-        .nack(
-            "dead",
-            &json!([{ "lease": lease, "error": "bad address", "dead": true }]),
-        )
+        .nack("dead", &json!([{ "lease": lease, "error": "bad address", "dead": true }]))
         .remove(0);
     assert_eq!(result["result"], json!("dead"), "{result}");
     assert!(
@@ -1317,11 +1265,7 @@ fn nack_with_dead_true_moves_the_message_to_dead() {
     let message = server.get_message(&ids[0]);
     assert_eq!(message["state"], json!("dead"), "{message}");
     assert_eq!(message["deliver_at"], Value::Null, "{message}");
-    assert_eq!(
-        message["last_error"]["message"],
-        json!("bad address"),
-        "{message}"
-    );
+    assert_eq!(message["last_error"]["message"], json!("bad address"), "{message}");
     assert_eq!(server.queue_counts("dead")["dead"], json!(1));
     assert!(
         server.lease("dead", 1, LONG_LEASE_MS, 300).is_empty(),
@@ -1339,10 +1283,8 @@ fn reaching_max_attempts_moves_the_message_to_dead() {
         "--backoff-max-ms",
         "200",
     ]);
-    let ids = server.enqueue(
-        "max",
-        &json!([{ "body": 1, "max_attempts": 2 }, { "body": "default" }]),
-    );
+    let ids =
+        server.enqueue("max", &json!([{ "body": 1, "max_attempts": 2 }, { "body": "default" }]));
     assert_eq!(
         server.get_message(&ids[1])["max_attempts"],
         json!(3),
@@ -1352,37 +1294,18 @@ fn reaching_max_attempts_moves_the_message_to_dead() {
     let first = server.lease("max", 1, LONG_LEASE_MS, 0);
     assert_eq!(first[0]["id"], json!(ids[0]));
     // The other message is held meanwhile so that only ids[0] can come back.
-    assert_eq!(
-        server.lease("max", 1, LONG_LEASE_MS, 0)[0]["id"],
-        json!(ids[1])
-    );
-    let result = server
-        .nack(
-            "max",
-            &json!([{ "lease": token(&first[0]), "error": "one" }]),
-        )
-        .remove(0);
-    assert_eq!(
-        result["result"],
-        json!("retrying"),
-        "attempt 1 of 2 retries: {result}"
-    );
+    assert_eq!(server.lease("max", 1, LONG_LEASE_MS, 0)[0]["id"], json!(ids[1]));
+    let result =
+        server.nack("max", &json!([{ "lease": token(&first[0]), "error": "one" }])).remove(0);
+    assert_eq!(result["result"], json!("retrying"), "attempt 1 of 2 retries: {result}");
 
     let second = server.lease("max", 1, LONG_LEASE_MS, 3000);
     assert_eq!(second.len(), 1);
     assert_eq!(second[0]["id"], json!(ids[0]));
     assert_eq!(second[0]["attempt"], json!(2));
-    let result = server
-        .nack(
-            "max",
-            &json!([{ "lease": token(&second[0]), "error": "two" }]),
-        )
-        .remove(0);
-    assert_eq!(
-        result["result"],
-        json!("dead"),
-        "attempt 2 of 2 must go dead: {result}"
-    );
+    let result =
+        server.nack("max", &json!([{ "lease": token(&second[0]), "error": "two" }])).remove(0);
+    assert_eq!(result["result"], json!("dead"), "attempt 2 of 2 must go dead: {result}");
 
     let message = server.get_message(&ids[0]);
     assert_eq!(message["state"], json!("dead"));
@@ -1396,22 +1319,16 @@ fn lease_expiry_on_the_last_attempt_moves_the_message_to_dead() {
     let server = Server::start(FAST_BACKOFF);
     let ids = server.enqueue("expire-dead", &json!([{ "body": 1, "max_attempts": 1 }]));
     server.lease("expire-dead", 1, 200, 0);
-    let message = poll_until(
-        Duration::from_secs(3),
-        "the expired last attempt to go dead",
-        || {
-            let message = server.get_message(&ids[0]);
-            (message["state"] == json!("dead")).then_some(message)
-        },
-    );
+    let message = poll_until(Duration::from_secs(3), "the expired last attempt to go dead", || {
+        let message = server.get_message(&ids[0]);
+        (message["state"] == json!("dead")).then_some(message)
+    });
     let text = message["last_error"]["message"].as_str().unwrap_or("");
     assert!(
         text.to_lowercase().contains("expire"),
         "last_error should say the lease expired: {message}"
     );
-    assert!(server
-        .lease("expire-dead", 1, LONG_LEASE_MS, 300)
-        .is_empty());
+    assert!(server.lease("expire-dead", 1, LONG_LEASE_MS, 300).is_empty());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1476,14 +1393,8 @@ fn scheduled_messages_are_not_leasable_before_their_time() {
     while collected.len() < 3 && Instant::now() < deadline {
         for message in server.lease("later", 10, LONG_LEASE_MS, 3000) {
             let id = message["id"].as_str().unwrap().to_string();
-            let index = ids
-                .iter()
-                .position(|known| *known == id)
-                .expect("leased an unknown id");
-            assert!(
-                now_ms() >= deliver_ats[index],
-                "{id} leased before its deliver_at"
-            );
+            let index = ids.iter().position(|known| *known == id).expect("leased an unknown id");
+            assert!(now_ms() >= deliver_ats[index], "{id} leased before its deliver_at");
             assert_eq!(message["attempt"], json!(1));
             collected.insert(id);
         }
@@ -1493,6 +1404,28 @@ fn scheduled_messages_are_not_leasable_before_their_time() {
         ids[..3].iter().cloned().collect::<BTreeSet<_>>(),
         "scheduled messages never became ready"
     );
+}
+
+#[test]
+fn deliver_at_accepts_rfc3339_numeric_offsets() {
+    let server = Server::start(&[]);
+    let utc = humantime::parse_rfc3339("2030-01-31T09:00:00Z").unwrap();
+    let expected = utc.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    // The same instant in three spellings RFC 3339 allows (section 5.6: "Z" or +hh:mm / -hh:mm).
+    for spelling in
+        ["2030-01-31T09:00:00Z", "2030-01-31T11:00:00+02:00", "2030-01-31T03:30:00-05:30"]
+    {
+        let response = server.enqueue_raw(
+            "offsets",
+            &json!({ "messages": [{ "body": spelling, "deliver_at": spelling }] }).to_string(),
+            None,
+        );
+        assert_eq!(response.status, 201, "deliver_at {spelling:?} is RFC 3339: {response:?}");
+        let id = &string_array(&response.body["ids"])[0];
+        let message = server.get_message(id);
+        assert_eq!(message["state"], json!("scheduled"), "{message}");
+        assert_eq!(message["deliver_at"], json!(expected), "{spelling:?} is 2030-01-31T09:00:00Z");
+    }
 }
 
 #[test]
@@ -1512,21 +1445,10 @@ fn queue_counts_track_every_state() {
     let leased = server.lease("states", 4, LONG_LEASE_MS, 0);
     assert_eq!(leased.len(), 4);
     let by_body = |body: &str| {
-        token(
-            leased
-                .iter()
-                .find(|m| m["body"] == json!(body))
-                .expect("leased by priority"),
-        )
+        token(leased.iter().find(|m| m["body"] == json!(body)).expect("leased by priority"))
     };
-    server.nack(
-        "states",
-        &json!([{ "lease": by_body("retrying"), "delay_ms": 600_000 }]),
-    );
-    server.nack(
-        "states",
-        &json!([{ "lease": by_body("dead"), "dead": true }]),
-    );
+    server.nack("states", &json!([{ "lease": by_body("retrying"), "delay_ms": 600_000 }]));
+    server.nack("states", &json!([{ "lease": by_body("dead"), "dead": true }]));
     server.ack("states", &[&by_body("delivered")]);
 
     assert_eq!(
@@ -1578,25 +1500,14 @@ fn failed_wal_sync_refuses_writes_until_restart_and_retry_stores_once() {
     ]})
     .to_string();
     let failed = server.enqueue_raw("wal", &batch, Some("batch-k1"));
-    assert!(
-        failed.status >= 500,
-        "an enqueue whose fsync failed must not succeed: {failed:?}"
-    );
+    assert!(failed.status >= 500, "an enqueue whose fsync failed must not succeed: {failed:?}");
     assert_error(&failed, 503, "storage_failed");
 
     // Every later write is refused, even once the failpoint is off: only a restart clears it.
     let refused = json!({ "messages": [{ "body": { "batch": "refused" } }] }).to_string();
-    assert_error(
-        &server.enqueue_raw("wal", &refused, None),
-        503,
-        "storage_failed",
-    );
+    assert_error(&server.enqueue_raw("wal", &refused, None), 503, "storage_failed");
     server.set_failpoint("wal.sync", "off");
-    assert_error(
-        &server.enqueue_raw("wal", &refused, None),
-        503,
-        "storage_failed",
-    );
+    assert_error(&server.enqueue_raw("wal", &refused, None), 503, "storage_failed");
 
     // Reads keep working; health reports the failure.
     assert_eq!(server.get_message(&earlier[0])["state"], json!("ready"));
@@ -1604,63 +1515,30 @@ fn failed_wal_sync_refuses_writes_until_restart_and_retry_stores_once() {
     let health = server.get("/healthz");
     assert_eq!(health.status, 503, "{health:?}");
     assert_eq!(health.body["status"], json!("storage_failed"), "{health:?}");
-    assert_eq!(
-        health.body["error"]["code"],
-        json!("storage_failed"),
-        "{health:?}"
-    );
+    assert_eq!(health.body["error"]["code"], json!("storage_failed"), "{health:?}");
 
     server.kill9();
     server.restart();
     assert_eq!(server.get("/healthz").status, 200);
     let retry = server.enqueue_raw("wal", &batch, Some("batch-k1"));
-    assert!(
-        retry.status == 201 || retry.status == 200,
-        "retry after restart: {retry:?}"
-    );
-    assert_eq!(
-        retry.body["duplicate"],
-        json!(retry.status == 200),
-        "{retry:?}"
-    );
+    assert!(retry.status == 201 || retry.status == 200, "retry after restart: {retry:?}");
+    assert_eq!(retry.body["duplicate"], json!(retry.status == 200), "{retry:?}");
     let retry_ids: BTreeSet<String> = string_array(&retry.body["ids"]).into_iter().collect();
     assert_eq!(retry_ids.len(), 3);
 
     let everything = server.lease_all("wal", LONG_LEASE_MS, 0);
-    let copies: Vec<&Value> = everything
-        .iter()
-        .filter(|m| m["body"]["batch"] == json!("k1"))
-        .collect();
-    assert_eq!(
-        copies.len(),
-        3,
-        "exactly one copy of the retried batch: {everything:?}"
-    );
-    let copy_ids: BTreeSet<String> = copies
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        copy_ids, retry_ids,
-        "the stored copy is the one the retry reported"
-    );
-    let indexes: BTreeSet<u64> = copies
-        .iter()
-        .map(|m| m["body"]["i"].as_u64().unwrap())
-        .collect();
+    let copies: Vec<&Value> =
+        everything.iter().filter(|m| m["body"]["batch"] == json!("k1")).collect();
+    assert_eq!(copies.len(), 3, "exactly one copy of the retried batch: {everything:?}");
+    let copy_ids: BTreeSet<String> =
+        copies.iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(copy_ids, retry_ids, "the stored copy is the one the retry reported");
+    let indexes: BTreeSet<u64> = copies.iter().map(|m| m["body"]["i"].as_u64().unwrap()).collect();
     assert_eq!(indexes, BTreeSet::from([0, 1, 2]));
     assert!(
-        everything
-            .iter()
-            .all(|m| m["body"]["batch"] != json!("refused")),
+        everything.iter().all(|m| m["body"]["batch"] != json!("refused")),
         "a write refused with storage_failed was stored: {everything:?}"
     );
-    assert_eq!(
-        everything
-            .iter()
-            .filter(|m| m["id"] == json!(earlier[0]))
-            .count(),
-        1
-    );
+    assert_eq!(everything.iter().filter(|m| m["id"] == json!(earlier[0])).count(), 1);
     assert_eq!(everything.len(), 4, "{everything:?}");
 }

@@ -28,6 +28,8 @@ pub struct ApiError {
     pub details: Vec<Detail>,
     /// Seconds for a `Retry-After` header.
     pub retry_after_s: Option<u32>,
+    /// The methods for an `Allow` header (on 405).
+    pub allow: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -53,6 +55,7 @@ impl ApiError {
             hint: hint.to_string(),
             details: Vec::new(),
             retry_after_s: None,
+            allow: None,
         }
     }
 
@@ -131,10 +134,13 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message, hint)
     }
 
-    pub fn method_not_allowed(method: &str, allowed: &str) -> ApiError {
+    /// `allowed` is the `Allow` header's value, e.g. `GET, PUT`.
+    pub fn method_not_allowed(method: &str, allowed: &'static str) -> ApiError {
         let message = format!("{method} is not allowed here");
         let hint = format!("Use {allowed}.");
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, &hint)
+        let error =
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, &hint);
+        ApiError { allow: Some(allowed), ..error }
     }
 
     pub fn message_not_found(id: &str) -> ApiError {

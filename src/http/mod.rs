@@ -45,6 +45,11 @@ fn error_response(error: &ApiError) -> HttpResponse {
     if let Some(seconds) = error.retry_after_s {
         response.headers_mut().insert(hyper::header::RETRY_AFTER, seconds.into());
     }
+    if let Some(allowed) = error.allow {
+        response
+            .headers_mut()
+            .insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allowed));
+    }
     response
 }
 
@@ -106,7 +111,7 @@ fn match_path(path: &str) -> Option<Route<'_>> {
 }
 
 /// Refuses a method the endpoint does not serve, naming the ones it does.
-fn refuse_method(method: &Method, allowed: &str) -> ApiError {
+fn refuse_method(method: &Method, allowed: &'static str) -> ApiError {
     ApiError::method_not_allowed(method.as_str(), allowed)
 }
 
@@ -124,7 +129,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<HttpRespo
             match method {
                 Method::GET => control::get_queue(state, queue).await,
                 Method::PUT => control::put_queue(state, queue, request).await,
-                _ => Err(refuse_method(&method, "GET or PUT")),
+                _ => Err(refuse_method(&method, "GET, PUT")),
             }
         }
         Route::QueueAction(queue, action) => {
@@ -135,7 +140,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<HttpRespo
             Method::GET => handlers::get_message(state, id).await,
             Method::PATCH => control::edit_message(state, id, request).await,
             Method::DELETE => control::delete_message(state, id).await,
-            _ => Err(refuse_method(&method, "GET, PATCH or DELETE")),
+            _ => Err(refuse_method(&method, "GET, PATCH, DELETE")),
         },
         Route::MessageAction(id, action) if method == Method::POST => match action {
             "retry" => control::retry_message(state, id, &request).await,
@@ -164,7 +169,7 @@ async fn queue_action(
         ("messages", &Method::POST) => handlers::enqueue(state, queue, request).await,
         ("messages", &Method::GET) => control::list_messages(state, queue, &request).await,
         ("messages", &Method::DELETE) => control::purge(state, queue, &request).await,
-        ("messages", _) => Err(refuse_method(&method, "POST, GET or DELETE")),
+        ("messages", _) => Err(refuse_method(&method, "POST, GET, DELETE")),
         (_, &Method::POST) => match action {
             "lease" => handlers::lease(state, queue, request).await,
             "ack" => handlers::ack(state, queue, request).await,

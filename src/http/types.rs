@@ -282,10 +282,39 @@ pub fn deliver_at_ms(at: DeliverAt, now_ms: u64) -> Result<u64, ApiError> {
 }
 
 /// Parses an RFC 3339 time into Unix epoch milliseconds.
+///
+/// humantime reads only UTC (`Z`) times, so a numeric offset (`+02:00`, `-05:30`) is taken off,
+/// the local time is read as UTC, and the offset is subtracted.
 fn parse_rfc3339_ms(text: &str) -> Option<u64> {
-    let time = humantime::parse_rfc3339_weak(text).ok()?;
+    let (local, offset_ms) = split_offset(text)?;
+    let time = humantime::parse_rfc3339_weak(&local).ok()?;
     let since_epoch = time.duration_since(std::time::UNIX_EPOCH).ok()?;
-    u64::try_from(since_epoch.as_millis()).ok()
+    let local_ms = i64::try_from(since_epoch.as_millis()).ok()?;
+    u64::try_from(local_ms.checked_sub(offset_ms)?).ok()
+}
+
+/// Splits `2026-01-31T09:00:00+02:00` into (`2026-01-31T09:00:00Z`, +2 h in ms).
+fn split_offset(text: &str) -> Option<(String, i64)> {
+    if text.ends_with('Z') || text.ends_with('z') {
+        return Some((text.to_string(), 0));
+    }
+    let split = text.len().checked_sub(6)?;
+    let (local, offset) = text.split_at_checked(split)?;
+    let bytes = offset.as_bytes();
+    let sign = match bytes[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return Some((text.to_string(), 0)),
+    };
+    if bytes[3] != b':' || !local.contains('T') && !local.contains('t') && !local.contains(' ') {
+        return None;
+    }
+    let hours: i64 = offset.get(1..3)?.parse().ok()?;
+    let minutes: i64 = offset.get(4..6)?.parse().ok()?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    Some((format!("{local}Z"), sign * (hours * 60 + minutes) * 60_000))
 }
 
 /// A lease request; every field is optional.
@@ -527,6 +556,15 @@ mod tests {
         );
         let bad = r#"{"messages": [{"body": 1, "deliver_at": "tomorrow"}]}"#;
         assert!(parse_enqueue(bad.as_bytes(), &LIMITS, 0).is_err());
+        let offset = r#"{"messages": [{"body": 1, "deliver_at": "2030-01-01T02:30:00+02:30"}]}"#;
+        let messages = parse_enqueue(offset.as_bytes(), &LIMITS, now_ms).unwrap();
+        assert_eq!(messages[0].delivery, Delivery::At { deliver_at_ms: 1_893_456_000_000 });
+        let west = r#"{"messages": [{"body": 1, "deliver_at": "2029-12-31T19:00:00-05:00"}]}"#;
+        let messages = parse_enqueue(west.as_bytes(), &LIMITS, now_ms).unwrap();
+        assert_eq!(messages[0].delivery, Delivery::At { deliver_at_ms: 1_893_456_000_000 });
+        let bad_offset =
+            r#"{"messages": [{"body": 1, "deliver_at": "2030-01-01T00:00:00+25:00"}]}"#;
+        assert!(parse_enqueue(bad_offset.as_bytes(), &LIMITS, now_ms).is_err());
         let too_far = r#"{"messages": [{"body": 1, "deliver_at": "2040-01-01T00:00:00Z"}]}"#;
         assert!(parse_enqueue(too_far.as_bytes(), &LIMITS, now_ms).is_err());
     }

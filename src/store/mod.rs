@@ -47,7 +47,11 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Sled(error) => write!(f, "sled: {error}"),
             StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            StoreError::Corrupt { what, source } => write!(f, "corrupt record {what}: {source}"),
+            StoreError::Corrupt { what, source } => write!(
+                f,
+                "corrupt record {what}: {source} (restore the data directory from a backup, or \
+                 start with --quarantine-corrupt to set damaged message records aside)"
+            ),
             StoreError::Wal(error) => write!(f, "write-ahead log: {error}"),
         }
     }
@@ -85,6 +89,8 @@ pub struct Store {
     queues: sled::Tree,
     terminal: sled::Tree,
     expiry: sled::Tree,
+    /// Damaged records set aside by `--quarantine-corrupt`, kept byte for byte for inspection.
+    quarantine: sled::Tree,
     idempotency: sled::Tree,
     system: sled::Tree,
     sled_dir: PathBuf,
@@ -108,6 +114,7 @@ impl Store {
             queues: db.open_tree("queues")?,
             terminal: db.open_tree("terminal")?,
             expiry: db.open_tree("expiry")?,
+            quarantine: db.open_tree("quarantine")?,
             idempotency: db.open_tree("idempotency")?,
             system: db.open_tree("system")?,
             db,
@@ -342,17 +349,37 @@ impl Store {
     /// Visits every message's scheduling record, oldest first.
     pub fn for_each_meta(
         &self,
+        quarantine: bool,
         mut visit: impl FnMut(MessageId, MessageMeta),
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let mut quarantined_count = 0;
         for entry in self.meta.iter() {
             let (key, value) = entry?;
             let id = keys::decode_message_key(&key).ok_or_else(|| corrupt_key("meta", &key))?;
-            let meta = codec::decode_meta(&value).map_err(|source| StoreError::Corrupt {
-                what: format!("meta of message {id}"),
-                source,
-            })?;
-            visit(id, meta);
+            match codec::decode_meta(&value) {
+                Ok(meta) => visit(id, meta),
+                Err(source) if quarantine => {
+                    tracing::error!(%id, error = %source, "quarantined a damaged message record");
+                    self.quarantine.insert(&key, value)?;
+                    self.meta.remove(&key)?;
+                    quarantined_count += 1;
+                }
+                Err(source) => {
+                    return Err(StoreError::Corrupt {
+                        what: format!("meta of message {id}"),
+                        source,
+                    })
+                }
+            }
         }
+        Ok(quarantined_count)
+    }
+
+    /// Writes raw bytes into a tree, bypassing the codec: tests use it to plant damaged records.
+    #[cfg(feature = "testing")]
+    pub fn put_raw(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.db.open_tree(tree)?.insert(key, value)?;
+        self.db.flush()?;
         Ok(())
     }
 

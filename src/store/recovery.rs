@@ -22,6 +22,8 @@ pub struct RecoverySummary {
     pub queue_count: u64,
     pub message_count: u64,
     pub active_count: u64,
+    /// Damaged message records set aside (with `--quarantine-corrupt`).
+    pub quarantined_count: u64,
 }
 
 /// The recovered state, ready for the storage thread.
@@ -33,11 +35,16 @@ pub struct Recovered {
 }
 
 /// Recovers the data directory (creating it if absent).
+///
+/// A damaged message record (crc mismatch, undecodable) stops recovery with an error naming the
+/// message, unless `quarantine` is set: then the record is moved to the `quarantine` tree, logged,
+/// and recovery goes on without it.
 pub fn recover(
     data_dir: &Path,
     config: BrokerConfig,
     now_ms: u64,
     seed: u64,
+    quarantine: bool,
 ) -> Result<Recovered, StoreError> {
     let io = |source| StoreError::Io { path: data_dir.to_path_buf(), source };
     std::fs::create_dir_all(data_dir).map_err(io)?;
@@ -61,7 +68,7 @@ pub fn recover(
     summary.truncated = replayed
         .truncated
         .map(|tail| (tail.segment_path.display().to_string(), tail.offset, tail.dropped_bytes));
-    let broker = rebuild(&store, config, now_ms, seed, &mut summary)?;
+    let broker = rebuild(&store, config, now_ms, seed, quarantine, &mut summary)?;
     let mut wal = Wal::open(&wal_dir, WAL_SEGMENT_BYTES)?;
     let position = wal.committed_position();
     store.checkpoint(position)?;
@@ -75,6 +82,7 @@ fn rebuild(
     config: BrokerConfig,
     now_ms: u64,
     seed: u64,
+    quarantine: bool,
     summary: &mut RecoverySummary,
 ) -> Result<Broker, StoreError> {
     let mut broker = Broker::new(config, now_ms, seed);
@@ -82,7 +90,7 @@ fn rebuild(
         broker.restore_queue(queue_id, record);
         summary.queue_count += 1;
     })?;
-    store.for_each_meta(|id, meta| {
+    summary.quarantined_count = store.for_each_meta(quarantine, |id, meta| {
         summary.message_count += 1;
         summary.active_count += u64::from(meta.state.is_active());
         broker.restore_message(id, meta);

@@ -55,13 +55,16 @@ impl Server {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let stderr = Arc::new(Mutex::new(String::new()));
         let (child, client) = spawn(data_dir.path(), &extra_args, &stderr);
-        Server {
-            child: Some(child),
-            data_dir,
-            extra_args,
-            stderr,
-            client,
-        }
+        Server { child: Some(child), data_dir, extra_args, stderr, client }
+    }
+
+    /// Like [`Server::start`], with a data directory the test prepared (for example on a small
+    /// tmpfs); it is deleted when the `Server` is dropped.
+    pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Server {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (child, client) = spawn(data_dir.path(), &extra_args, &stderr);
+        Server { child: Some(child), data_dir, extra_args, stderr, client }
     }
 
     /// Starts a new process on the same data directory with the same flags.
@@ -90,10 +93,7 @@ impl Server {
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("terminate: server is not running");
         let pid = child.id().to_string();
-        let sent = Command::new("kill")
-            .arg(&pid)
-            .status()
-            .expect("run kill(1)");
+        let sent = Command::new("kill").arg(&pid).status().expect("run kill(1)");
         assert!(sent.success(), "kill {pid} failed: {sent}");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -206,10 +206,7 @@ fn spawn(
         address.starts_with("127.0.0.1:") && address.rsplit(':').next().unwrap() != "0",
         "unexpected listening address {address:?}"
     );
-    (
-        child,
-        Client::new(&format!("http://{address}"), Arc::clone(stderr)),
-    )
+    (child, Client::new(&format!("http://{address}"), Arc::clone(stderr)))
 }
 
 fn append_stderr(buffer: &Mutex<String>, text: &str) {
@@ -238,10 +235,7 @@ impl Response {
     /// The first value of a header, by case-insensitive name.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| *key == name).map(|(_, value)| value.as_str())
     }
 }
 
@@ -263,11 +257,7 @@ impl Client {
             .timeout_write(Duration::from_secs(30))
             .redirects(0)
             .build();
-        Client {
-            base_url: base_url.to_string(),
-            agent,
-            stderr,
-        }
+        Client { base_url: base_url.to_string(), agent, stderr }
     }
 
     /// Sends a request; panics with the server's stderr on a transport error.
@@ -316,9 +306,7 @@ impl Client {
         body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> Result<Response, String> {
-        let mut request = self
-            .agent
-            .request(method, &format!("{}{}", self.base_url, path));
+        let mut request = self.agent.request(method, &format!("{}{}", self.base_url, path));
         for (name, value) in headers {
             request = request.set(name, value);
         }
@@ -334,9 +322,7 @@ impl Client {
 
     /// Sends a body with chunked transfer encoding (no Content-Length).
     pub fn request_chunked(&self, method: &str, path: &str, body: &[u8]) -> Response {
-        let request = self
-            .agent
-            .request(method, &format!("{}{}", self.base_url, path));
+        let request = self.agent.request(method, &format!("{}{}", self.base_url, path));
         match request.send(std::io::Cursor::new(body.to_vec())) {
             Ok(response) | Err(ureq::Error::Status(_, response)) => read_response(response)
                 .unwrap_or_else(|error| panic!("{method} {path}: reading response: {error}")),
@@ -381,16 +367,9 @@ impl Client {
 
     /// POST /v1/queues/{queue}/messages with a raw body; returns whatever came back.
     pub fn enqueue_raw(&self, queue: &str, body: &str, key: Option<&str>) -> Response {
-        let headers: Vec<(&str, &str)> = key
-            .map(|key| ("Idempotency-Key", key))
-            .into_iter()
-            .collect();
-        self.request(
-            "POST",
-            &format!("/v1/queues/{queue}/messages"),
-            Some(body),
-            &headers,
-        )
+        let headers: Vec<(&str, &str)> =
+            key.map(|key| ("Idempotency-Key", key)).into_iter().collect();
+        self.request("POST", &format!("/v1/queues/{queue}/messages"), Some(body), &headers)
     }
 
     /// POST /v1/queues/{queue}/lease; asserts 200 and returns the messages.
@@ -421,30 +400,21 @@ impl Client {
 
     /// POST /v1/queues/{queue}/ack; asserts 200 and returns the results.
     pub fn ack(&self, queue: &str, leases: &[&str]) -> Vec<Value> {
-        let response = self.post(
-            &format!("/v1/queues/{queue}/ack"),
-            &json!({ "leases": leases }),
-        );
+        let response = self.post(&format!("/v1/queues/{queue}/ack"), &json!({ "leases": leases }));
         assert_eq!(response.status, 200, "ack on {queue}: {response:?}");
         results(&response, leases.len())
     }
 
     /// POST /v1/queues/{queue}/nack with the given items; asserts 200 and returns the results.
     pub fn nack(&self, queue: &str, items: &Value) -> Vec<Value> {
-        let response = self.post(
-            &format!("/v1/queues/{queue}/nack"),
-            &json!({ "items": items }),
-        );
+        let response = self.post(&format!("/v1/queues/{queue}/nack"), &json!({ "items": items }));
         assert_eq!(response.status, 200, "nack on {queue}: {response:?}");
         results(&response, items.as_array().map_or(0, Vec::len))
     }
 
     /// POST /v1/queues/{queue}/extend with the given items; asserts 200 and returns the results.
     pub fn extend(&self, queue: &str, items: &Value) -> Vec<Value> {
-        let response = self.post(
-            &format!("/v1/queues/{queue}/extend"),
-            &json!({ "items": items }),
-        );
+        let response = self.post(&format!("/v1/queues/{queue}/extend"), &json!({ "items": items }));
         assert_eq!(response.status, 200, "extend on {queue}: {response:?}");
         results(&response, items.as_array().map_or(0, Vec::len))
     }
@@ -466,16 +436,8 @@ impl Client {
 
     /// Arms a failpoint (`testing` builds only); asserts the documented 200 reply.
     pub fn set_failpoint(&self, name: &str, action: &str) {
-        let response = self.request(
-            "PUT",
-            &format!("/debug/failpoints/{name}"),
-            Some(action),
-            &[],
-        );
-        assert_eq!(
-            response.status, 200,
-            "arm failpoint {name}={action}: {response:?}"
-        );
+        let response = self.request("PUT", &format!("/debug/failpoints/{name}"), Some(action), &[]);
+        assert_eq!(response.status, 200, "arm failpoint {name}={action}: {response:?}");
         assert_eq!(response.body["name"], json!(name), "{response:?}");
         assert_eq!(response.body["action"], json!(action), "{response:?}");
     }
@@ -491,19 +453,13 @@ fn read_response(response: ureq::Response) -> Result<Response, String> {
             Some((name.to_ascii_lowercase(), value))
         })
         .collect();
-    let text = response
-        .into_string()
-        .map_err(|error| format!("reading body: {error}"))?;
+    let text = response.into_string().map_err(|error| format!("reading body: {error}"))?;
     let body = if text.is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
-    Ok(Response {
-        status,
-        body,
-        headers,
-    })
+    Ok(Response { status, body, headers })
 }
 
 fn results(response: &Response, expected_count: usize) -> Vec<Value> {
@@ -511,31 +467,21 @@ fn results(response: &Response, expected_count: usize) -> Vec<Value> {
         .as_array()
         .unwrap_or_else(|| panic!("response without results array: {response:?}"))
         .clone();
-    assert_eq!(
-        results.len(),
-        expected_count,
-        "one result per item: {response:?}"
-    );
+    assert_eq!(results.len(), expected_count, "one result per item: {response:?}");
     results
 }
 
 /// Asserts the documented error shape: the status, `error.code`, and non-empty
 /// `error.message` and `error.hint` strings.
 pub fn assert_error(response: &Response, status: u16, code: &str) {
-    assert_eq!(
-        response.status, status,
-        "expected {status} {code}, got {response:?}"
-    );
+    assert_eq!(response.status, status, "expected {status} {code}, got {response:?}");
     let error = &response.body["error"];
     assert_eq!(error["code"], json!(code), "error code: {response:?}");
     for field in ["message", "hint"] {
         let text = error[field]
             .as_str()
             .unwrap_or_else(|| panic!("error.{field} is not a string: {response:?}"));
-        assert!(
-            !text.trim().is_empty(),
-            "error.{field} is empty: {response:?}"
-        );
+        assert!(!text.trim().is_empty(), "error.{field} is empty: {response:?}");
     }
 }
 
@@ -554,19 +500,14 @@ pub fn string_array(value: &Value) -> Vec<String> {
         .unwrap_or_else(|| panic!("expected an array of strings, got {value}"))
         .iter()
         .map(|item| {
-            item.as_str()
-                .unwrap_or_else(|| panic!("expected a string, got {item}"))
-                .to_string()
+            item.as_str().unwrap_or_else(|| panic!("expected a string, got {item}")).to_string()
         })
         .collect()
 }
 
 /// Wall-clock time as Unix epoch milliseconds, the unit of every API timestamp.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// Calls `probe` every 20 ms until it returns `Some`, or panics with `what` at the deadline.
@@ -576,10 +517,7 @@ pub fn poll_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> O
         if let Some(value) = probe() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -587,10 +525,7 @@ pub fn poll_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> O
 /// A message id is 16 lowercase hex characters.
 pub fn assert_message_id(id: &str) {
     assert!(
-        id.len() == 16
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "not a 16-lowercase-hex message id: {id:?}"
     );
 }

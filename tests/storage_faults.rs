@@ -1,0 +1,162 @@
+//! Storage faults: damaged records and a full disk.
+//!
+//! Goal: a fault in the storage never makes the server lie or lose what it acknowledged.
+//! Method: the real binary on a temporary data directory. A damaged message record is planted
+//! with the store's raw writer (bypassing the codec) while the server is stopped; the server must
+//! refuse to start and name the message, or, with `--quarantine-corrupt`, set it aside and serve
+//! the rest. A full disk is a real one: the data directory lives on a small tmpfs that the test
+//! mounts (CI runs as root) and fills; enqueues must get 507 with a hint while leases, acks and
+//! reads go on, and must work again once space is freed, with nothing acknowledged lost.
+
+mod common;
+
+use common::{assert_error, Server};
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `serve` on `data_dir` expecting it to exit by itself; returns (success, stderr).
+fn run_expecting_exit(data_dir: &std::path::Path, extra_args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn outboxd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let output = child.wait_with_output().expect("output");
+            return (status.success(), String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("outboxd kept running on a damaged data directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_damaged_record_stops_startup_naming_the_message_or_is_quarantined() {
+    let mut server = Server::start(&[]);
+    let ids = server.enqueue("faults", &json!([{"body": 1}, {"body": 2}, {"body": 3}]));
+    assert!(server.terminate().success());
+    let damaged = u64::from_str_radix(&ids[1], 16).unwrap();
+    {
+        let store = outboxd::store::Store::open(server.data_dir()).expect("open the stopped store");
+        // A record of plausible length whose crc cannot match.
+        store.put_raw("meta", &damaged.to_be_bytes(), &[1, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0]).unwrap();
+    }
+    let (started, stderr) = run_expecting_exit(server.data_dir(), &[]);
+    assert!(!started, "the server must not start on a damaged record");
+    assert!(stderr.contains(&format!("meta of message {}", ids[1])), "{stderr}");
+    assert!(stderr.contains("crc mismatch"), "{stderr}");
+    assert!(stderr.contains("--quarantine-corrupt"), "the error says what to do: {stderr}");
+
+    let copy = tempfile::TempDir::new().unwrap();
+    copy_dir(server.data_dir(), copy.path());
+    let server = Server::start_in(copy, &["--quarantine-corrupt"]);
+    assert_eq!(server.get_message(&ids[0])["state"], "ready");
+    assert_eq!(server.get_message(&ids[2])["state"], "ready");
+    assert_error(&server.get(&format!("/v1/messages/{}", ids[1])), 404, "message_not_found");
+    assert_eq!(server.queue_counts("faults")["ready"], 2);
+    assert!(server.stderr_text().contains("quarantined a damaged message record"));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Free bytes on the filesystem holding `path`, as `df` reports them.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let output = Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().expect("df");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines().nth(1).and_then(|line| line.trim().parse().ok()).expect("df prints a number")
+}
+
+/// A tmpfs mounted for the length of a test, unmounted on drop.
+struct Tmpfs {
+    mount_point: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size_mib: u64) -> Tmpfs {
+        let mount_point = tempfile::TempDir::new().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(mount_point.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Tmpfs { mount_point }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.mount_point.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount_point.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_enqueues_with_507_keeps_serving_and_recovers_when_space_returns() {
+    let tmpfs = Tmpfs::mount(96);
+    let data_dir = tempfile::TempDir::new_in(tmpfs.path()).unwrap();
+    let watermark_bytes: u64 = 32 * 1024 * 1024;
+    let watermark = watermark_bytes.to_string();
+    let mut server = Server::start_in(data_dir, &["--disk-free-min-bytes", &watermark]);
+    let ids = server.enqueue("disk", &json!([{"body": "before"}, {"body": "also before"}]));
+
+    // Fill the disk to half the watermark: room is left for leases and acks, none for new messages.
+    let filler_path = tmpfs.path().join("filler");
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(&filler_path).unwrap();
+        let chunk = vec![0xa5u8; 1024 * 1024];
+        while free_bytes(tmpfs.path()) > watermark_bytes / 2 {
+            filler.write_all(&chunk).unwrap();
+            filler.flush().unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let refused =
+        server.enqueue_raw("disk", r#"{"messages": [{"body": "during"}]}"#, Some("k-during"));
+    assert_error(&refused, 507, "insufficient_storage");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(server.get("/healthz").status, 200, "a full disk is not a storage failure");
+    assert_eq!(server.get_message(&ids[0])["body"], "before");
+    let leased = server.lease("disk", 1, 30_000, 0);
+    let token = leased[0]["lease"].as_str().unwrap().to_string();
+    assert_eq!(server.ack("disk", &[&token])[0]["result"], "acked");
+
+    std::fs::remove_file(&filler_path).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let accepted =
+        server.enqueue_raw("disk", r#"{"messages": [{"body": "during"}]}"#, Some("k-during"));
+    assert_eq!(accepted.status, 201, "{:?}", accepted.body);
+    let later_id = accepted.body["ids"][0].as_str().unwrap().to_string();
+
+    server.kill9();
+    server.restart();
+    assert_eq!(server.get_message(leased[0]["id"].as_str().unwrap())["state"], "delivered");
+    assert_eq!(server.get_message(&later_id)["body"], "during");
+    let counts = server.queue_counts("disk");
+    assert_eq!((counts["ready"].as_u64(), counts["delivered"].as_u64()), (Some(2), Some(1)));
+    drop(server);
+}
