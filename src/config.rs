@@ -123,13 +123,20 @@ fn range<T: PartialOrd + fmt::Display + Copy>(
     }
 }
 
+/// The address to bind: an IP and port, or a host name that resolves (e.g. `localhost:7070`).
+fn resolve_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    let error = |message: String| ConfigError { setting: "--listen", message };
+    let mut addresses = text.to_socket_addrs().map_err(|cause| {
+        error(format!("{text:?} is not host:port, e.g. 127.0.0.1:7070 ({cause})"))
+    })?;
+    addresses.next().ok_or_else(|| error(format!("{text:?} resolves to no address")))
+}
+
 impl Config {
     /// Validates the flags; the error names the setting and its allowed range.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let listen = args.listen.parse().map_err(|_| ConfigError {
-            setting: "--listen",
-            message: format!("{:?} is not host:port, e.g. 127.0.0.1:7070", args.listen),
-        })?;
+        let listen = resolve_listen(&args.listen)?;
         let message_bytes_max =
             range("--message-bytes-max", args.message_bytes_max, 1, MESSAGE_BYTES_MAX)?;
         let request_bytes_max =

@@ -39,11 +39,15 @@ struct Ring {
 }
 
 impl EventLog {
-    /// An empty log holding at most `capacity` events.
-    pub fn new(capacity: usize) -> EventLog {
+    /// An empty log holding at most `capacity` events, whose first event gets `first_id`.
+    ///
+    /// The server starts ids at its start time in microseconds, so ids keep increasing across
+    /// restarts and a `Last-Event-ID` from an earlier process is recognised as too old.
+    pub fn new(capacity: usize, first_id: u64) -> EventLog {
         assert!(capacity > 0, "an event log holds at least one event");
+        assert!(first_id > 0, "event id 0 means no event");
         EventLog {
-            ring: Mutex::new(Ring { events: VecDeque::with_capacity(capacity), next_id: 1 }),
+            ring: Mutex::new(Ring { events: VecDeque::with_capacity(capacity), next_id: first_id }),
             capacity,
             published: Notify::new(),
         }
@@ -73,13 +77,16 @@ impl EventLog {
     pub fn after(&self, after: u64, limit: usize) -> (Vec<Event>, bool) {
         let ring = self.ring.lock();
         let oldest_id = ring.events.front().map_or(ring.next_id, |event| event.id);
-        let missed = after.saturating_add(1) < oldest_id && after < ring.next_id.saturating_sub(1);
+        // An id from the future (another process) counts as missed too: resume at the oldest.
+        let from_future = after >= ring.next_id;
+        let after = if from_future { 0 } else { after };
+        let missed = from_future || after.saturating_add(1) < oldest_id;
         let skip = after.saturating_add(1).saturating_sub(oldest_id) as usize;
         let events = ring.events.iter().skip(skip).take(limit).cloned().collect();
         (events, missed)
     }
 
-    /// The id of the newest event, 0 if none.
+    /// The id just before the next event: a reader starting here gets only new events.
     pub fn last_id(&self) -> u64 {
         self.ring.lock().next_id - 1
     }
@@ -108,11 +115,14 @@ mod tests {
 
     #[test]
     fn readers_resume_after_an_id_and_learn_when_they_missed_events() {
-        let log = EventLog::new(3);
+        let log = EventLog::new(3, 1);
         log.publish((0..5).map(|_| event(NoticeKind::Enqueued)));
         assert_eq!(log.last_id(), 5);
         let (events, missed) = log.after(0, 10);
         assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert!(missed);
+        let (events, missed) = log.after(99, 10);
+        assert_eq!(events.len(), 3, "an id from another process resumes at the oldest");
         assert!(missed);
         let (events, missed) = log.after(3, 10);
         assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![4, 5]);

@@ -107,5 +107,5 @@ const _: () = assert!(HISTORY_EVENT_COUNT_DEFAULT <= HISTORY_EVENT_COUNT_MAX);
 const _: () = assert!(RETENTION_MS_DEFAULT <= RETENTION_MS_MAX);
 // A lease must be able to outlive its message's visibility: the retention window is longer.
 const _: () = assert!(LEASE_MS_MAX <= RETENTION_MS_DEFAULT);
-// A whole WAL frame holds one group: the largest message must fit in a segment many times over.
+// A WAL frame holds one request: the largest message must fit in a segment many times over.
 const _: () = assert!(MESSAGE_BYTES_MAX * 8 <= WAL_SEGMENT_BYTES);

@@ -54,7 +54,8 @@ async fn serve(config: Config) -> Result<(), Error> {
     }
     let store = Arc::new(recovered.store);
     let waiters = Arc::new(Waiters::default());
-    let events = Arc::new(EventLog::new(EVENT_RING_COUNT_MAX));
+    let first_event_id = crate::clock::now_ms().saturating_mul(1000).max(1);
+    let events = Arc::new(EventLog::new(EVENT_RING_COUNT_MAX, first_event_id));
     let shared = Shared { store: store.clone(), waiters: waiters.clone(), events: events.clone() };
     let writer_config = WriterConfig {
         data_dir: config.data_dir.clone(),
@@ -86,6 +87,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         shutdown,
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
+    let state_failure = writer.failure();
     tokio::task::spawn_blocking(move || {
         writer.stop();
         let _ = storage_thread.join();
@@ -95,6 +97,12 @@ async fn serve(config: Config) -> Result<(), Error> {
         context: "stopping".into(),
         source: std::io::Error::other(error),
     })?;
+    if let Some(reason) = state_failure {
+        return Err(Error::Io {
+            context: "stopped after a storage failure; restart to recover from the log".into(),
+            source: std::io::Error::other(reason),
+        });
+    }
     tracing::info!("stopped");
     Ok(())
 }

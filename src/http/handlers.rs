@@ -116,6 +116,7 @@ pub async fn lease(
     let params = types::parse_lease(&bytes)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(params.wait_ms);
     let notify = state.waiters.notifier(queue);
+    let mut shutdown = state.shutdown.clone();
     let grants = loop {
         // Registered before asking, so that a message made ready in between still wakes us.
         let notified = notify.notified();
@@ -135,6 +136,9 @@ pub async fn lease(
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            // A shutting-down server answers waiting consumers at once (with nothing) rather than
+            // holding the shutdown for their whole wait.
+            _ = shutdown.changed() => break grants,
         }
     };
     let mut out = Vec::with_capacity(64 + grants.len() * 256);

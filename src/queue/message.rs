@@ -4,7 +4,8 @@
 //! - [`MessageMeta`]: small and fixed-size, rewritten on every transition (lease, ack, nack, expiry).
 //!   Every active message's meta is also held in memory, so transitions never read the store.
 //! - [`MessageContent`]: headers and body, written once at enqueue. Kept out of memory.
-//! - [`LastError`]: the latest failure text, written on nack and lease expiry.
+//! - [`History`]: what broke the ordinary line (nacks, lease expiries, a person's actions); the
+//!   latest failure in it is the message's last error.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -99,8 +100,8 @@ impl MessageState {
 
 /// The scheduling record of one message: everything a transition reads or writes.
 ///
-/// Fixed-size on purpose: it is rewritten on every transition and every active message keeps one in
-/// memory, so it holds no strings.
+/// Small on purpose (integers only, varint-encoded on disk): it is rewritten on every transition
+/// and every active message keeps one in memory, so it holds no strings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageMeta {
     /// The queue the message belongs to.

@@ -47,10 +47,14 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Sled(error) => write!(f, "sled: {error}"),
             StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            StoreError::Corrupt { what, source } => write!(
+            StoreError::Corrupt { what, source } if what.starts_with("meta of message") => write!(
                 f,
                 "corrupt record {what}: {source} (restore the data directory from a backup, or \
                  start with --quarantine-corrupt to set damaged message records aside)"
+            ),
+            StoreError::Corrupt { what, source } => write!(
+                f,
+                "corrupt record {what}: {source} (restore the data directory from a backup)"
             ),
             StoreError::Wal(error) => write!(f, "write-ahead log: {error}"),
         }

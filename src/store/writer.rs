@@ -37,6 +37,8 @@ use tokio::sync::{oneshot, Notify};
 const TIMER_FRAME_CHANGE_COUNT_MAX: usize = 4096;
 /// The longest the thread sleeps without a command or a due timer (housekeeping granularity).
 const IDLE_WAKE_MS: u64 = 1000;
+/// How often the retention sweep looks for expired dead and delivered messages.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the free space is looked up (a statvfs call).
 const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -277,6 +279,7 @@ pub struct Writer {
     /// Free bytes at the last look, and when that was.
     disk_free_bytes: u64,
     disk_checked_at: Option<Instant>,
+    last_sweep: Instant,
 }
 
 /// A reply waiting for the commit; it is called with the commit's outcome.
@@ -314,6 +317,7 @@ pub fn spawn(
         config,
         disk_free_bytes: u64::MAX,
         disk_checked_at: None,
+        last_sweep: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name("outboxd-storage".into())
@@ -343,7 +347,8 @@ impl Writer {
                 }
             }
             self.run_group(&mut group);
-            if group.is_empty() {
+            if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
+                self.last_sweep = Instant::now();
                 self.sweep();
             }
             self.maybe_checkpoint(false);
