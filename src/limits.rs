@@ -91,6 +91,9 @@ pub const CONNECTION_COUNT_DEFAULT: usize = 4096;
 /// Free space under which enqueues are refused, so the disk never fills under the WAL and sled.
 pub const DISK_FREE_MIN_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 
+/// How long a request body may pause between two pieces.
+pub const BODY_IDLE_TIMEOUT_MS: u64 = 10_000;
+
 /// How long a client may take to send its request headers.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 

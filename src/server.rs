@@ -53,6 +53,10 @@ async fn serve(config: Config) -> Result<(), Error> {
         tracing::warn!(%segment, offset, dropped_bytes, "cut a torn write-ahead log tail");
     }
     let store = Arc::new(recovered.store);
+    let store_for_stop = store.clone();
+    let applier = store
+        .start_applier()
+        .map_err(|source| Error::Io { context: "starting the applier thread".into(), source })?;
     let waiters = Arc::new(Waiters::default());
     let first_event_id = crate::clock::now_ms().saturating_mul(1000).max(1);
     let events = Arc::new(EventLog::new(EVENT_RING_COUNT_MAX, first_event_id));
@@ -88,9 +92,12 @@ async fn serve(config: Config) -> Result<(), Error> {
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
     let state_failure = writer.failure();
+    let store = store_for_stop;
     tokio::task::spawn_blocking(move || {
         writer.stop();
         let _ = storage_thread.join();
+        store.stop_applier();
+        let _ = applier.join();
     })
     .await
     .map_err(|error| Error::Io {

@@ -1258,7 +1258,7 @@ fn nack_with_dead_true_moves_the_message_to_dead() {
         .remove(0);
     assert_eq!(result["result"], json!("dead"), "{result}");
     assert!(
-        result.get("next_attempt_at").map_or(true, Value::is_null),
+        result.get("next_attempt_at").is_none_or(Value::is_null),
         "no next attempt for dead: {result}"
     );
 

@@ -142,13 +142,13 @@ pub async fn pause(state: &AppState, queue: &str, paused: bool) -> Result<HttpRe
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SettingsInput {
+struct SettingsInput<'a> {
     #[serde(default)]
     max_attempts: Option<u32>,
     #[serde(default)]
     lease_ms: Option<u64>,
-    #[serde(default)]
-    backoff: Option<BackoffInput>,
+    #[serde(default, borrow)]
+    backoff: Option<&'a RawValue>,
     #[serde(default)]
     retention_ms: Option<u64>,
     #[serde(default)]
@@ -184,12 +184,10 @@ fn check<T: PartialOrd + std::fmt::Display + Copy>(
 
 fn parse_settings(bytes: &[u8]) -> Result<QueueSettings, ApiError> {
     let input: SettingsInput = parse(bytes)?;
-    let backoff = input.backoff.unwrap_or(BackoffInput {
-        initial_ms: None,
-        multiplier: None,
-        max_ms: None,
-        jitter: None,
-    });
+    let backoff = match input.backoff {
+        Some(raw) if raw.get() != "null" => types::parse_item(raw, "backoff")?,
+        _ => BackoffInput { initial_ms: None, multiplier: None, max_ms: None, jitter: None },
+    };
     let settings = QueueSettings {
         max_attempts: check("max_attempts", input.max_attempts, 1, ATTEMPT_COUNT_MAX)?,
         lease_ms: check("lease_ms", input.lease_ms, LEASE_MS_MIN, LEASE_MS_MAX)?,
@@ -440,7 +438,8 @@ pub async fn edit_message(
         (None, Some(text)) => Some((BodyKind::Bytes, types::decode_base64(text)?)),
         (None, None) => None,
     };
-    if new_body.is_some() || input.headers.is_some() {
+    let headers_given = input.headers.is_some();
+    if new_body.is_some() || headers_given {
         let current = state
             .store
             .content(id)
@@ -457,7 +456,7 @@ pub async fn edit_message(
         if input.body.is_some() || input.body_base64.is_some() {
             edit.fields.push("body");
         }
-        if edit.fields.is_empty() || input.body.is_none() && input.body_base64.is_none() {
+        if headers_given {
             edit.fields.push("headers");
         }
     }

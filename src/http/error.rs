@@ -165,7 +165,8 @@ impl ApiError {
 
     pub fn queue_not_found(name: &str) -> ApiError {
         let message = format!("no queue named {name:?}");
-        let hint = "A queue comes into being with its first enqueued message.";
+        let hint = "A queue comes into being with its first enqueued message or a PUT of its \
+                    settings; GET /v1/queues lists them all.";
         ApiError::new(StatusCode::NOT_FOUND, "queue_not_found", message, hint)
     }
 
@@ -207,6 +208,12 @@ impl ApiError {
         let error =
             ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", message, hint);
         ApiError { retry_after_s: Some(5), ..error }
+    }
+
+    pub fn request_timeout(idle_ms: u64) -> ApiError {
+        let message = format!("the request body stalled for more than {idle_ms} ms");
+        let hint = "Send the whole body without long pauses, then retry.";
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message, hint)
     }
 
     pub fn shutting_down() -> ApiError {

@@ -4,6 +4,7 @@ use super::error::ApiError;
 use super::json;
 use super::types::{self, RequestLimits};
 use super::{json_response, HttpResponse};
+use crate::limits::BODY_IDLE_TIMEOUT_MS;
 use crate::queue::{EnqueueError, FailOutcome, IdempotencyKey, MessageId};
 use crate::store::writer::{Command, Reply, TokenResult, Waiters, WriterHandle};
 use crate::store::Store;
@@ -54,15 +55,34 @@ pub async fn read_body(request: Request<Incoming>, bytes_max: u64) -> Result<Byt
         return Err(ApiError::payload_too_large(bytes_max));
     }
     let limit = usize::try_from(bytes_max).unwrap_or(usize::MAX);
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(bytes_max))
-        }
-        Err(error) => {
-            Err(ApiError::invalid_json(format!("the request body could not be read: {error}")))
+    let capacity = declared.map_or(0, |length| length as usize).min(limit);
+    let mut body = Limited::new(request.into_body(), limit);
+    let mut collected = Vec::with_capacity(capacity);
+    let idle = Duration::from_millis(BODY_IDLE_TIMEOUT_MS);
+    // Each piece of the body must arrive within the idle timeout, so a client that sends its
+    // headers and then stalls cannot hold a connection (and its slot) for ever.
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ApiError::request_timeout(BODY_IDLE_TIMEOUT_MS)),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    collected.extend_from_slice(data);
+                }
+            }
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(ApiError::payload_too_large(bytes_max));
+            }
+            Err(error) => {
+                let message = format!("the request body could not be read: {error}");
+                return Err(ApiError::invalid_json(message));
+            }
         }
     }
+    Ok(Bytes::from(collected))
 }
 
 #[derive(Serialize)]

@@ -63,13 +63,41 @@ pub enum DeliverAt {
 
 /// Parses any request body, mapping syntax errors to `invalid_json` and shape errors to
 /// `invalid_request` with the field's path.
+///
+/// Every request body is a JSON object. serde's derived structs would also take an array of the
+/// fields in order, so anything that does not start with `{` is refused here.
 pub fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|error| ApiError::invalid_json(format!("the body is not UTF-8: {error}")))?;
+    require_object(text, "the request body")?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(shape_error)?;
     deserializer.end().map_err(|error| ApiError::invalid_json(error.to_string()))?;
     Ok(value)
+}
+
+/// Refuses JSON text that is not an object (after leading white space).
+fn require_object(text: &str, what: &str) -> Result<(), ApiError> {
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => Ok(()),
+        Some(_) => Err(ApiError::invalid_request(format!("{what} must be a JSON object"))),
+        None => Err(ApiError::invalid_json(format!("{what} is empty"))),
+    }
+}
+
+/// Parses a nested object item (such as `items[3]`), naming it in errors.
+pub fn parse_item<'a, T: Deserialize<'a>>(raw: &'a RawValue, path: &str) -> Result<T, ApiError> {
+    require_object(raw.get(), &format!("field {path}"))?;
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let inner_path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner_path == "." {
+            ApiError::invalid_request(format!("field {path}: {inner}"))
+        } else {
+            ApiError::invalid_request(format!("field {path}.{inner_path}: {inner}"))
+        }
+    })
 }
 
 fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -133,6 +161,9 @@ fn fault(field: &str, message: impl Into<String>) -> Fault {
 }
 
 fn parse_message(raw: &RawValue, limits: &RequestLimits, now_ms: u64) -> Result<NewMessage, Fault> {
+    if !raw.get().starts_with('{') {
+        return Err(fault("", "a message must be a JSON object"));
+    }
     let mut deserializer = serde_json::Deserializer::from_str(raw.get());
     let input: MessageInput =
         serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -285,12 +316,25 @@ pub fn deliver_at_ms(at: DeliverAt, now_ms: u64) -> Result<u64, ApiError> {
 ///
 /// humantime reads only UTC (`Z`) times, so a numeric offset (`+02:00`, `-05:30`) is taken off,
 /// the local time is read as UTC, and the offset is subtracted.
+///
+/// RFC 3339 allows lowercase `t` and `z`; a time before 1970 is in the past, so it is read as 0
+/// (deliver at once).
 fn parse_rfc3339_ms(text: &str) -> Option<u64> {
-    let (local, offset_ms) = split_offset(text)?;
+    let text = text.to_ascii_uppercase();
+    if let Some(year) = text.get(..4).and_then(|year| year.parse::<u32>().ok()) {
+        if year < 1970 && text.as_bytes().get(4) == Some(&b'-') {
+            // humantime reads no year before 1970: check the rest of the form in a leap year.
+            let probe = format!("1972{}", &text[4..]);
+            return parse_rfc3339_ms(&probe).map(|_| 0);
+        }
+    }
+    let (local, offset_ms) = split_offset(&text)?;
     let time = humantime::parse_rfc3339_weak(&local).ok()?;
-    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).ok()?;
-    let local_ms = i64::try_from(since_epoch.as_millis()).ok()?;
-    u64::try_from(local_ms.checked_sub(offset_ms)?).ok()
+    let local_ms = match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since_epoch) => i64::try_from(since_epoch.as_millis()).ok()?,
+        Err(before_epoch) => -i64::try_from(before_epoch.duration().as_millis()).ok()?,
+    };
+    Some(u64::try_from(local_ms.checked_sub(offset_ms)?).unwrap_or(0))
 }
 
 /// Splits `2026-01-31T09:00:00+02:00` into (`2026-01-31T09:00:00Z`, +2 h in ms).
@@ -381,8 +425,9 @@ pub fn parse_ack(bytes: &[u8]) -> Result<(Vec<String>, Vec<Option<LeaseToken>>),
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NackRequest {
-    items: Vec<NackInput>,
+struct NackRequest<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -403,7 +448,8 @@ pub fn parse_nack(bytes: &[u8]) -> Result<(Vec<String>, Vec<NackItem>), ApiError
     check_item_count("items", request.items.len())?;
     let mut leases = Vec::with_capacity(request.items.len());
     let mut items = Vec::with_capacity(request.items.len());
-    for (index, input) in request.items.into_iter().enumerate() {
+    for (index, raw) in request.items.into_iter().enumerate() {
+        let input: NackInput = parse_item(raw, &format!("items[{index}]"))?;
         if input.delay_ms.is_some_and(|delay_ms| delay_ms > DELAY_MS_MAX) {
             let message = format!("field items[{index}].delay_ms: must be at most {DELAY_MS_MAX}");
             return Err(ApiError::invalid_request(message));
@@ -422,8 +468,9 @@ pub fn parse_nack(bytes: &[u8]) -> Result<(Vec<String>, Vec<NackItem>), ApiError
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExtendRequest {
-    items: Vec<ExtendInput>,
+struct ExtendRequest<'a> {
+    #[serde(borrow)]
+    items: Vec<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -443,7 +490,8 @@ pub fn parse_extend(bytes: &[u8]) -> Result<(Vec<String>, Vec<ExtendItem>), ApiE
     check_item_count("items", request.items.len())?;
     let mut leases = Vec::with_capacity(request.items.len());
     let mut items = Vec::with_capacity(request.items.len());
-    for input in request.items {
+    for (index, raw) in request.items.into_iter().enumerate() {
+        let input: ExtendInput = parse_item(raw, &format!("items[{index}]"))?;
         let lease_ms = validate_lease_ms(input.lease_ms)?;
         items.push((LeaseToken::parse(&input.lease), lease_ms));
         leases.push(input.lease);
@@ -472,8 +520,12 @@ pub fn truncate_to_boundary(mut text: String, bytes_max: usize) -> String {
 }
 
 /// Checks a queue name from a path: 1-128 characters of `[A-Za-z0-9._-]`.
+///
+/// `.` and `..` are refused: clients that normalise URLs cannot address them.
 pub fn valid_queue_name(name: &str) -> bool {
-    !name.is_empty()
+    name != "."
+        && name != ".."
+        && !name.is_empty()
         && name.len() <= QUEUE_NAME_BYTES_MAX
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
@@ -562,6 +614,17 @@ mod tests {
         let west = r#"{"messages": [{"body": 1, "deliver_at": "2029-12-31T19:00:00-05:00"}]}"#;
         let messages = parse_enqueue(west.as_bytes(), &LIMITS, now_ms).unwrap();
         assert_eq!(messages[0].delivery, Delivery::At { deliver_at_ms: 1_893_456_000_000 });
+        let lower = r#"{"messages": [{"body": 1, "deliver_at": "2030-01-01t00:00:00z"}]}"#;
+        let messages = parse_enqueue(lower.as_bytes(), &LIMITS, now_ms).unwrap();
+        assert_eq!(messages[0].delivery, Delivery::At { deliver_at_ms: 1_893_456_000_000 });
+        let old = r#"{"messages": [{"body": 1, "deliver_at": "1969-07-20T20:17:00Z"}]}"#;
+        let messages = parse_enqueue(old.as_bytes(), &LIMITS, now_ms).unwrap();
+        assert_eq!(messages[0].delivery, Delivery::At { deliver_at_ms: 0 });
+        let array = r#"{"messages": [[null, null]]}"#;
+        assert!(parse_enqueue(array.as_bytes(), &LIMITS, now_ms).is_err());
+        assert!(parse_ack(br#"[["x"]]"#).is_err());
+        assert!(parse_nack(br#"{"items": [["x", "y"]]}"#).is_err());
+        assert!(parse_extend(br#"{"items": [["x", 5]]}"#).is_err());
         let bad_offset =
             r#"{"messages": [{"body": 1, "deliver_at": "2030-01-01T00:00:00+25:00"}]}"#;
         assert!(parse_enqueue(bad_offset.as_bytes(), &LIMITS, now_ms).is_err());

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod keys;
+pub mod overlay;
 pub mod recovery;
 pub mod wal;
 pub mod writer;
@@ -17,9 +18,11 @@ use crate::queue::{
 };
 use crate::queue::{QueueId, QueueRecord};
 use codec::CodecError;
+use overlay::{Generation, Op, Overlay, TreeId, Write, ALL_TREES, TREE_COUNT};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use wal::WalPosition;
 
 /// sled's segment size, its largest (sled refuses more than 16 MiB). sled writes a value larger than
@@ -40,6 +43,8 @@ pub enum StoreError {
     Corrupt { what: String, source: CodecError },
     /// The WAL failed or is corrupt.
     Wal(wal::WalError),
+    /// Writing staged changes to sled failed earlier; the text is that failure.
+    Applier(String),
 }
 
 impl fmt::Display for StoreError {
@@ -57,6 +62,7 @@ impl fmt::Display for StoreError {
                 "corrupt record {what}: {source} (restore the data directory from a backup)"
             ),
             StoreError::Wal(error) => write!(f, "write-ahead log: {error}"),
+            StoreError::Applier(failure) => write!(f, "writing to sled: {failure}"),
         }
     }
 }
@@ -68,6 +74,7 @@ impl std::error::Error for StoreError {
             StoreError::Io { source, .. } => Some(source),
             StoreError::Corrupt { source, .. } => Some(source),
             StoreError::Wal(error) => Some(error),
+            StoreError::Applier(_) => None,
         }
     }
 }
@@ -84,21 +91,23 @@ impl From<wal::WalError> for StoreError {
     }
 }
 
-/// The sled database and its trees.
+/// The sled database, its trees, and the overlay of writes not yet in sled.
 pub struct Store {
     db: sled::Db,
-    meta: sled::Tree,
-    content: sled::Tree,
-    history: sled::Tree,
-    queues: sled::Tree,
-    terminal: sled::Tree,
-    expiry: sled::Tree,
+    /// Indexed by `TreeId`.
+    trees: [sled::Tree; TREE_COUNT],
     /// Damaged records set aside by `--quarantine-corrupt`, kept byte for byte for inspection.
     quarantine: sled::Tree,
-    idempotency: sled::Tree,
-    system: sled::Tree,
+    overlay: Overlay,
     sled_dir: PathBuf,
 }
+
+/// Staging waits for the applier once this many writes wait in the overlay (about 30 MiB of
+/// 256-byte messages): the bound on the overlay's memory under a sustained overload.
+const OVERLAY_WRITE_COUNT_MAX: usize = 100_000;
+
+/// Most writes in one sled batch.
+const SLED_BATCH_WRITE_COUNT_MAX: usize = 1000;
 
 impl Store {
     /// Opens (creating if absent) the sled database under `data_dir/sled`.
@@ -111,68 +120,147 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(1000))
             .open()?;
+        let open = |tree: TreeId| db.open_tree(tree.name());
+        let trees = [
+            open(TreeId::Meta)?,
+            open(TreeId::Content)?,
+            open(TreeId::History)?,
+            open(TreeId::Queues)?,
+            open(TreeId::Terminal)?,
+            open(TreeId::Expiry)?,
+            open(TreeId::Idempotency)?,
+            open(TreeId::System)?,
+        ];
         Ok(Store {
-            meta: db.open_tree("meta")?,
-            content: db.open_tree("content")?,
-            history: db.open_tree("history")?,
-            queues: db.open_tree("queues")?,
-            terminal: db.open_tree("terminal")?,
-            expiry: db.open_tree("expiry")?,
+            trees,
             quarantine: db.open_tree("quarantine")?,
-            idempotency: db.open_tree("idempotency")?,
-            system: db.open_tree("system")?,
+            overlay: Overlay::new(OVERLAY_WRITE_COUNT_MAX),
             db,
             sled_dir,
         })
     }
 
-    /// Applies changes that the WAL already holds durably, one sled batch per tree.
+    fn tree(&self, tree: TreeId) -> &sled::Tree {
+        &self.trees[tree as usize]
+    }
+
+    /// A key's current value: the overlay's newest write, else sled's.
+    fn get(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        match self.overlay.get(tree, key) {
+            Some(Op::Put(value)) => Ok(Some(value)),
+            Some(Op::Remove) => Ok(None),
+            None => Ok(self.tree(tree).get(key)?),
+        }
+    }
+
+    /// Applies changes straight to sled (recovery replays the WAL this way, before serving).
     ///
-    /// Atomicity across trees is not needed here: after a crash the WAL is replayed from the last
+    /// Atomicity across trees is not needed: after a crash the WAL is replayed from the last
     /// checkpoint and every change is idempotent (a full value, a removal, or a history event that
     /// is skipped when already recorded), so a half-applied list is completed.
     pub fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let mut batches = Batches::default();
-        let mut histories: HashMap<MessageId, Option<History>> = HashMap::new();
-        for change in changes {
-            self.stage(change, &mut batches, &mut histories)?;
+        let mut generation = Generation::default();
+        for (tree, key, op) in self.writes_for(changes)? {
+            generation.trees[tree as usize].insert(key, op);
         }
-        for (id, history) in histories {
-            match history {
-                Some(history) => {
-                    batches.history.insert(&keys::message_key(id), codec::encode_history(&history))
+        self.write_generation(&generation)
+    }
+
+    /// Stages changes whose WAL frame is synced; the applier writes them to sled later, and every
+    /// read sees them meanwhile.
+    pub fn stage(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let writes = self.writes_for(changes)?;
+        self.overlay.stage(writes).map_err(StoreError::Applier)
+    }
+
+    /// Waits until every staged change is in sled.
+    pub fn sync_overlay(&self) -> Result<(), StoreError> {
+        self.overlay.sync().map_err(StoreError::Applier)
+    }
+
+    /// Starts the applier thread; it runs until `stop_applier`.
+    pub fn start_applier(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let store = self.clone();
+        std::thread::Builder::new().name("outboxd-applier".into()).spawn(move || {
+            store.overlay.run_applier(
+                |generation| store.write_generation(generation).map_err(|error| error.to_string()),
+                |(segment_seq, offset)| {
+                    let position = WalPosition { segment_seq, offset };
+                    store.make_durable(position).map_err(|error| error.to_string())
+                },
+            )
+        })
+    }
+
+    /// Asks the applier to write what is staged and stop.
+    pub fn stop_applier(&self) {
+        self.overlay.stop();
+    }
+
+    /// Writes a generation to sled in batches of at most `SLED_BATCH_WRITE_COUNT_MAX` writes
+    /// per tree (sled holds a whole batch, and its log reservation, in memory at once).
+    fn write_generation(&self, generation: &Generation) -> Result<(), StoreError> {
+        for tree in ALL_TREES {
+            let mut batch = sled::Batch::default();
+            let mut batch_count = 0;
+            for (key, op) in &generation.trees[tree as usize] {
+                match op {
+                    Op::Put(value) => batch.insert(key.as_slice(), value.clone()),
+                    Op::Remove => batch.remove(key.as_slice()),
                 }
-                None => batches.history.remove(&keys::message_key(id)),
+                batch_count += 1;
+                if batch_count == SLED_BATCH_WRITE_COUNT_MAX {
+                    self.tree(tree).apply_batch(std::mem::take(&mut batch))?;
+                    batch_count = 0;
+                }
+            }
+            if batch_count > 0 {
+                self.tree(tree).apply_batch(batch)?;
             }
         }
-        self.content.apply_batch(batches.content)?;
-        self.meta.apply_batch(batches.meta)?;
-        self.history.apply_batch(batches.history)?;
-        self.queues.apply_batch(batches.queues)?;
-        self.terminal.apply_batch(batches.terminal)?;
-        self.expiry.apply_batch(batches.expiry)?;
-        self.idempotency.apply_batch(batches.idempotency)?;
-        self.system.apply_batch(batches.system)?;
         Ok(())
     }
 
-    /// Adds one change to the batches. History events are read-modify-write, so the histories
-    /// touched by this list are kept in `histories` until the end.
-    fn stage(
+    /// The key-level writes of a list of changes. History events are read-modify-write, so the
+    /// histories touched by the list are kept until the end.
+    fn writes_for(&self, changes: &[Change]) -> Result<Vec<Write>, StoreError> {
+        let mut writes = Vec::with_capacity(changes.len() + 4);
+        let mut histories: HashMap<MessageId, Option<History>> = HashMap::new();
+        for change in changes {
+            self.write_for(change, &mut writes, &mut histories)?;
+        }
+        for (id, history) in histories {
+            let op = match history {
+                Some(history) => Op::Put(codec::encode_history(&history).into()),
+                None => Op::Remove,
+            };
+            writes.push((TreeId::History, keys::message_key(id).to_vec(), op));
+        }
+        Ok(writes)
+    }
+
+    fn write_for(
         &self,
         change: &Change,
-        batches: &mut Batches,
+        writes: &mut Vec<Write>,
         histories: &mut HashMap<MessageId, Option<History>>,
     ) -> Result<(), StoreError> {
+        let mut put = |tree: TreeId, key: &[u8], value: sled::IVec| {
+            writes.push((tree, key.to_vec(), Op::Put(value)));
+        };
         match change {
             Change::PutQueue { queue_id, record } => {
-                batches.queues.insert(&keys::queue_key(*queue_id), codec::encode_queue(record));
+                put(
+                    TreeId::Queues,
+                    &keys::queue_key(*queue_id),
+                    codec::encode_queue(record).into(),
+                );
             }
             Change::PutMeta { id, meta } => {
-                batches.meta.insert(&keys::message_key(*id), codec::encode_meta(meta));
+                put(TreeId::Meta, &keys::message_key(*id), codec::encode_meta(meta).into());
             }
             Change::PutContent { id, record } => {
-                batches.content.insert(&keys::message_key(*id), record.as_slice());
+                put(TreeId::Content, &keys::message_key(*id), record.as_slice().into());
             }
             Change::RecordHistory { id, event, keep_count } => {
                 if !histories.contains_key(id) {
@@ -183,33 +271,40 @@ impl Store {
                 history.record(event.clone(), *keep_count as usize);
             }
             Change::DeleteMessage { id, queue_id, state } => {
-                let key = keys::message_key(*id);
-                batches.meta.remove(&key);
-                batches.content.remove(&key);
+                let key = keys::message_key(*id).to_vec();
+                writes.push((TreeId::Meta, key.clone(), Op::Remove));
+                writes.push((TreeId::Content, key, Op::Remove));
                 histories.insert(*id, None);
-                batches.terminal.remove(&keys::terminal_key(*queue_id, *state, *id));
+                let terminal = keys::terminal_key(*queue_id, *state, *id).to_vec();
+                writes.push((TreeId::Terminal, terminal, Op::Remove));
             }
             Change::IndexTerminal { queue_id, state, id } => {
-                batches.terminal.insert(&keys::terminal_key(*queue_id, *state, *id), &[]);
+                put(
+                    TreeId::Terminal,
+                    &keys::terminal_key(*queue_id, *state, *id),
+                    sled::IVec::default(),
+                );
             }
             Change::UnindexTerminal { queue_id, state, id } => {
-                batches.terminal.remove(&keys::terminal_key(*queue_id, *state, *id));
+                let key = keys::terminal_key(*queue_id, *state, *id).to_vec();
+                writes.push((TreeId::Terminal, key, Op::Remove));
             }
             Change::ExpireAt { at_ms, id } => {
-                batches.expiry.insert(&keys::expiry_key(*at_ms, *id), &[]);
+                put(TreeId::Expiry, &keys::expiry_key(*at_ms, *id), sled::IVec::default());
             }
             Change::RemoveExpiry { at_ms, id } => {
-                batches.expiry.remove(&keys::expiry_key(*at_ms, *id));
+                writes.push((TreeId::Expiry, keys::expiry_key(*at_ms, *id).to_vec(), Op::Remove));
             }
             Change::PutIdempotency { queue_id, key, record } => {
                 let key = keys::idempotency_key(*queue_id, key);
-                batches.idempotency.insert(key, codec::encode_idempotency(record));
+                put(TreeId::Idempotency, &key, codec::encode_idempotency(record).into());
             }
             Change::DeleteIdempotency { queue_id, key } => {
-                batches.idempotency.remove(keys::idempotency_key(*queue_id, key));
+                let key = keys::idempotency_key(*queue_id, key);
+                writes.push((TreeId::Idempotency, key, Op::Remove));
             }
             Change::SetNextId { next_id } => {
-                batches.system.insert(keys::NEXT_ID_KEY, &next_id.to_le_bytes());
+                put(TreeId::System, keys::NEXT_ID_KEY, next_id.to_le_bytes().as_slice().into());
             }
         }
         Ok(())
@@ -217,7 +312,7 @@ impl Store {
 
     /// The scheduling record of a message.
     pub fn meta(&self, id: MessageId) -> Result<Option<MessageMeta>, StoreError> {
-        let Some(bytes) = self.meta.get(keys::message_key(id))? else {
+        let Some(bytes) = self.get(TreeId::Meta, &keys::message_key(id))? else {
             return Ok(None);
         };
         codec::decode_meta(&bytes)
@@ -227,7 +322,7 @@ impl Store {
 
     /// The headers and body of a message.
     pub fn content(&self, id: MessageId) -> Result<Option<MessageContent>, StoreError> {
-        let Some(bytes) = self.content.get(keys::message_key(id))? else {
+        let Some(bytes) = self.get(TreeId::Content, &keys::message_key(id))? else {
             return Ok(None);
         };
         codec::decode_content(&bytes).map(Some).map_err(|source| StoreError::Corrupt {
@@ -238,7 +333,9 @@ impl Store {
 
     /// The recorded history of a message.
     pub fn history(&self, id: MessageId) -> Result<Option<History>, StoreError> {
-        let Some(bytes) = self.history.get(keys::message_key(id))? else { return Ok(None) };
+        let Some(bytes) = self.get(TreeId::History, &keys::message_key(id))? else {
+            return Ok(None);
+        };
         codec::decode_history(&bytes).map(Some).map_err(|source| StoreError::Corrupt {
             what: format!("history of message {id}"),
             source,
@@ -255,18 +352,20 @@ impl Store {
         descending: bool,
         limit: usize,
     ) -> Result<Vec<MessageId>, StoreError> {
+        // A range scan reads sled alone, so everything staged must be there first.
+        self.sync_overlay()?;
         let low = keys::terminal_key(queue_id, state, MessageId(0));
         let high = keys::terminal_key(queue_id, state, MessageId(u64::MAX));
         let range = match (descending, after) {
             (false, Some(cursor)) if cursor.0 == u64::MAX => return Ok(Vec::new()),
             (false, Some(cursor)) => {
                 let start = keys::terminal_key(queue_id, state, MessageId(cursor.0 + 1));
-                self.terminal.range(start..=high)
+                self.tree(TreeId::Terminal).range(start..=high)
             }
             (true, Some(cursor)) => {
-                self.terminal.range(low..keys::terminal_key(queue_id, state, cursor))
+                self.tree(TreeId::Terminal).range(low..keys::terminal_key(queue_id, state, cursor))
             }
-            (_, None) => self.terminal.range(low..=high),
+            (_, None) => self.tree(TreeId::Terminal).range(low..=high),
         };
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             if descending { Box::new(range.rev()) } else { Box::new(range) };
@@ -278,11 +377,13 @@ impl Store {
         Ok(ids)
     }
 
-    /// Up to `limit` retention entries due at or before `now_ms`, oldest first.
+    /// Up to `limit` retention entries due at or before `now_ms`, oldest first, from sled alone:
+    /// entries still in the overlay are found by a later sweep, and entries the overlay already
+    /// removed are harmless (the sweep checks the message's current record).
     pub fn expired(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, MessageId)>, StoreError> {
         let end = keys::expiry_key(now_ms, MessageId(u64::MAX));
         let mut due = Vec::new();
-        for entry in self.expiry.range(..=end).take(limit) {
+        for entry in self.tree(TreeId::Expiry).range(..=end).take(limit) {
             let (key, _) = entry?;
             due.push(keys::decode_expiry_key(&key).ok_or_else(|| corrupt_key("expiry", &key))?);
         }
@@ -291,7 +392,9 @@ impl Store {
 
     /// The name of a queue.
     pub fn queue_name(&self, queue_id: QueueId) -> Result<Option<String>, StoreError> {
-        let Some(bytes) = self.queues.get(keys::queue_key(queue_id))? else { return Ok(None) };
+        let Some(bytes) = self.get(TreeId::Queues, &keys::queue_key(queue_id))? else {
+            return Ok(None);
+        };
         let record = codec::decode_queue(&bytes).map_err(|source| StoreError::Corrupt {
             what: format!("queue {}", queue_id.0),
             source,
@@ -301,7 +404,7 @@ impl Store {
 
     /// The WAL position the last checkpoint covers, or the start of the WAL if none was taken.
     pub fn checkpoint_position(&self) -> Result<WalPosition, StoreError> {
-        let Some(bytes) = self.system.get(keys::CHECKPOINT_KEY)? else {
+        let Some(bytes) = self.tree(TreeId::System).get(keys::CHECKPOINT_KEY)? else {
             return Ok(WalPosition { segment_seq: 0, offset: 0 });
         };
         let decoded: Option<[u8; 16]> = bytes.as_ref().try_into().ok();
@@ -319,10 +422,33 @@ impl Store {
     /// The position is written into sled before the flush, so it becomes durable together with the
     /// data it describes. sled's flush alone does not reach the disk, hence the fsync of every file.
     pub fn checkpoint(&self, position: WalPosition) -> Result<(), StoreError> {
+        self.sync_overlay()?;
+        self.make_durable(position)
+    }
+
+    /// Asks the applier for a checkpoint covering the WAL before `position` (which the caller just
+    /// rotated to); it runs once every change staged so far is in sled.
+    pub fn request_checkpoint(&self, position: WalPosition) {
+        self.overlay.request_checkpoint((position.segment_seq, position.offset));
+    }
+
+    /// The position and outcome of the last finished checkpoint, once; `wait` blocks until the
+    /// pending one finishes (at shutdown).
+    pub fn checkpoint_done(&self, wait: bool) -> Option<(WalPosition, Result<(), String>)> {
+        let done = if wait {
+            self.overlay.wait_checkpoint_done()
+        } else {
+            self.overlay.take_checkpoint_done()
+        };
+        done.map(|((segment_seq, offset), result)| (WalPosition { segment_seq, offset }, result))
+    }
+
+    /// Flushes sled, fsyncs its files and records `position`, everything before which is in sled.
+    fn make_durable(&self, position: WalPosition) -> Result<(), StoreError> {
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&position.segment_seq.to_le_bytes());
         raw[8..].copy_from_slice(&position.offset.to_le_bytes());
-        self.system.insert(keys::CHECKPOINT_KEY, &raw)?;
+        self.tree(TreeId::System).insert(keys::CHECKPOINT_KEY, &raw)?;
         self.db.flush()?;
         sync_tree(&self.sled_dir)
     }
@@ -337,7 +463,7 @@ impl Store {
         &self,
         mut visit: impl FnMut(QueueId, QueueRecord),
     ) -> Result<(), StoreError> {
-        for entry in self.queues.iter() {
+        for entry in self.tree(TreeId::Queues).iter() {
             let (key, value) = entry?;
             let queue_id =
                 keys::decode_queue_key(&key).ok_or_else(|| corrupt_key("queues", &key))?;
@@ -357,7 +483,7 @@ impl Store {
         mut visit: impl FnMut(MessageId, MessageMeta),
     ) -> Result<u64, StoreError> {
         let mut quarantined_count = 0;
-        for entry in self.meta.iter() {
+        for entry in self.tree(TreeId::Meta).iter() {
             let (key, value) = entry?;
             let id = keys::decode_message_key(&key).ok_or_else(|| corrupt_key("meta", &key))?;
             match codec::decode_meta(&value) {
@@ -365,7 +491,7 @@ impl Store {
                 Err(source) if quarantine => {
                     tracing::error!(%id, error = %source, "quarantined a damaged message record");
                     self.quarantine.insert(&key, value)?;
-                    self.meta.remove(&key)?;
+                    self.tree(TreeId::Meta).remove(&key)?;
                     quarantined_count += 1;
                 }
                 Err(source) => {
@@ -392,7 +518,7 @@ impl Store {
         &self,
         mut visit: impl FnMut(QueueId, String, IdempotencyRecord),
     ) -> Result<(), StoreError> {
-        for entry in self.idempotency.iter() {
+        for entry in self.tree(TreeId::Idempotency).iter() {
             let (key, value) = entry?;
             let (queue_id, name) = keys::decode_idempotency_key(&key)
                 .ok_or_else(|| corrupt_key("idempotency", &key))?;
@@ -406,7 +532,7 @@ impl Store {
 
     /// The persisted id counter, if any.
     pub fn next_id(&self) -> Result<Option<u64>, StoreError> {
-        let Some(bytes) = self.system.get(keys::NEXT_ID_KEY)? else {
+        let Some(bytes) = self.tree(TreeId::System).get(keys::NEXT_ID_KEY)? else {
             return Ok(None);
         };
         let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
@@ -415,19 +541,6 @@ impl Store {
         })?;
         Ok(Some(u64::from_le_bytes(raw)))
     }
-}
-
-/// One sled batch per tree, filled by `Store::stage`.
-#[derive(Default)]
-struct Batches {
-    meta: sled::Batch,
-    content: sled::Batch,
-    history: sled::Batch,
-    queues: sled::Batch,
-    terminal: sled::Batch,
-    expiry: sled::Batch,
-    idempotency: sled::Batch,
-    system: sled::Batch,
 }
 
 fn corrupt_key(tree: &str, key: &[u8]) -> StoreError {

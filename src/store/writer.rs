@@ -280,6 +280,8 @@ pub struct Writer {
     disk_free_bytes: u64,
     disk_checked_at: Option<Instant>,
     last_sweep: Instant,
+    /// A checkpoint was handed to the applier and has not finished.
+    checkpoint_pending: bool,
 }
 
 /// A reply waiting for the commit; it is called with the commit's outcome.
@@ -318,6 +320,7 @@ pub fn spawn(
         disk_free_bytes: u64::MAX,
         disk_checked_at: None,
         last_sweep: Instant::now(),
+        checkpoint_pending: false,
     };
     let thread = std::thread::Builder::new()
         .name("outboxd-storage".into())
@@ -447,7 +450,7 @@ impl Writer {
             .wal
             .commit()
             .map_err(|error| format!("write-ahead log: {error}"))
-            .and_then(|_| self.store.apply(&self.changes).map_err(|error| error.to_string()));
+            .and_then(|_| self.store.stage(&self.changes).map_err(|error| error.to_string()));
         if let Err(reason) = result {
             tracing::error!(error = %reason, "storage failed; refusing writes until restart");
             *self.failure.write() = Some(reason.clone());
@@ -667,8 +670,16 @@ impl Writer {
         }
     }
 
-    /// Checkpoints when enough WAL accumulated or enough time passed (or `force`d at shutdown).
+    /// Starts a checkpoint when enough WAL accumulated or enough time passed (or `force`d at
+    /// shutdown, where it also waits for it), and deletes the WAL segments a finished one covers.
+    ///
+    /// The storage thread only rotates the WAL and hands the position to the applier, which
+    /// flushes and fsyncs sled once everything before the position is written: the slow part of a
+    /// checkpoint never holds up requests.
     fn maybe_checkpoint(&mut self, force: bool) {
+        if let Some((position, result)) = self.store.checkpoint_done(false) {
+            self.checkpointed(position, result);
+        }
         if self.failed().is_some() {
             return;
         }
@@ -676,26 +687,34 @@ impl Writer {
         let elapsed_ms = self.last_checkpoint.elapsed().as_millis() as u64;
         let due = grown_bytes >= CHECKPOINT_WAL_BYTES
             || (grown_bytes > 0 && elapsed_ms >= CHECKPOINT_INTERVAL_MS);
-        if !(force || due) {
+        if !force && (!due || self.checkpoint_pending) {
             return;
         }
-        let started = Instant::now();
-        let result = self
-            .wal
-            .rotate()
-            .map_err(StoreError::from)
-            .and_then(|position| self.store.checkpoint(position).map(|()| position))
-            .and_then(|position| Ok(self.wal.remove_before(position)?));
-        match result {
-            Ok(removed) => tracing::debug!(
-                removed_segments = removed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "checkpoint"
-            ),
-            Err(error) => tracing::warn!(%error, "checkpoint failed; the WAL is kept and retried"),
+        match self.wal.rotate() {
+            Ok(position) => {
+                self.store.request_checkpoint(position);
+                self.checkpoint_pending = true;
+            }
+            Err(error) => tracing::warn!(%error, "could not rotate the WAL for a checkpoint"),
         }
         self.last_checkpoint = Instant::now();
         self.wal_bytes_at_checkpoint = self.wal.disk_bytes();
+        if force {
+            if let Some((position, result)) = self.store.checkpoint_done(true) {
+                self.checkpointed(position, result);
+            }
+        }
+    }
+
+    fn checkpointed(&mut self, position: super::wal::WalPosition, result: Result<(), String>) {
+        self.checkpoint_pending = false;
+        match result
+            .map_err(|error| error.to_string())
+            .and_then(|()| self.wal.remove_before(position).map_err(|error| error.to_string()))
+        {
+            Ok(removed) => tracing::debug!(removed_segments = removed, "checkpoint"),
+            Err(error) => tracing::warn!(%error, "checkpoint failed; the WAL is kept and retried"),
+        }
     }
 
     /// Turns broker refusals into client results; a token of a message that left memory (delivered,
