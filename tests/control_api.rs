@@ -944,7 +944,6 @@ fn queue_retention_removes_delivered_and_dead_messages_within_seconds() {
 }
 
 #[test]
-#[ignore = "server bug: lowering retention_ms / setting dead_retention_ms does not apply to messages that were already delivered or dead (src/queue/mod.rs enter_terminal arms removal only with the retention of the moment)"]
 fn retention_set_later_applies_to_messages_already_delivered_or_dead() {
     let server = Server::start(&[]);
     let ids = server.enqueue("late", &json!([{ "body": "delivered before the setting" }]));

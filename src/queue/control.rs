@@ -322,6 +322,24 @@ impl Broker {
         }
     }
 
+    /// Arms the removal of a stored dead or delivered message with its queue's current retention.
+    pub fn rearm(
+        &mut self,
+        now_ms: u64,
+        id: MessageId,
+        stored: Option<MessageMeta>,
+        changes: &mut Vec<Change>,
+    ) {
+        let Some(meta) = stored.filter(|meta| !meta.state.is_active()) else { return };
+        if self.active.contains_key(&id) {
+            return;
+        }
+        if let Some(retention_ms) = self.retention_of(meta.queue_id, meta.state) {
+            let at_ms = meta.updated_at_ms.saturating_add(retention_ms).max(now_ms);
+            changes.push(Change::ExpireAt { at_ms, id });
+        }
+    }
+
     /// Handles one due retention entry: removes the message if it is still terminal and its
     /// retention (as configured now) has passed since it last changed, re-arms the entry if the
     /// retention grew, and otherwise only drops the entry (the message moved on since).

@@ -282,6 +282,8 @@ pub struct Writer {
     last_sweep: Instant,
     /// A checkpoint was handed to the applier and has not finished.
     checkpoint_pending: bool,
+    /// Retention re-arming still to do after a settings change: (queue, state, cursor).
+    rearm: Vec<(crate::queue::QueueId, MessageState, Option<MessageId>)>,
 }
 
 /// A reply waiting for the commit; it is called with the commit's outcome.
@@ -321,6 +323,7 @@ pub fn spawn(
         disk_checked_at: None,
         last_sweep: Instant::now(),
         checkpoint_pending: false,
+        rearm: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("outboxd-storage".into())
@@ -354,6 +357,7 @@ impl Writer {
                 self.last_sweep = Instant::now();
                 self.sweep();
             }
+            self.rearm_step();
             self.maybe_checkpoint(false);
             if stopping {
                 break;
@@ -570,7 +574,16 @@ impl Writer {
                 pending(reply, self.broker.set_paused(now_ms, &queue, paused, &mut self.changes))
             }
             Command::Configure { queue, settings, reply } => {
+                let before = self.broker.queue_stats(&queue).map(|stats| stats.settings);
+                let retention = (settings.retention_ms, settings.dead_retention_ms);
                 self.broker.configure(now_ms, &queue, settings, &mut self.changes);
+                let changed = before.is_some_and(|before| {
+                    (before.retention_ms, before.dead_retention_ms) != retention
+                });
+                if let (true, Some(queue_id)) = (changed, self.broker.queue_id(&queue)) {
+                    self.rearm.push((queue_id, MessageState::Delivered, None));
+                    self.rearm.push((queue_id, MessageState::Dead, None));
+                }
                 pending(reply, ())
             }
             Command::Purge { queue, state, reply } => match self.purge(now_ms, &queue, state) {
@@ -644,6 +657,40 @@ impl Writer {
             count += u64::from(result.is_ok());
         }
         Ok(Some(count))
+    }
+
+    /// Re-arms the removal of one chunk of a queue's dead or delivered messages after its
+    /// retention settings changed, so that the new retention applies to them too (the sweep drops
+    /// the entries armed with the old one when they come due).
+    fn rearm_step(&mut self) {
+        let Some((queue_id, state, after)) = self.rearm.pop() else { return };
+        if self.failed().is_some() {
+            return;
+        }
+        let ids = match self.store.list_terminal(
+            queue_id,
+            state,
+            after,
+            false,
+            CONTROL_CHUNK_COUNT_MAX,
+        ) {
+            Ok(ids) => ids,
+            Err(error) => return tracing::warn!(%error, "re-arming retention failed"),
+        };
+        if ids.len() == CONTROL_CHUNK_COUNT_MAX {
+            self.rearm.push((queue_id, state, ids.last().copied()));
+        }
+        let now_ms = self.now_ms();
+        for id in ids {
+            match self.stored(id) {
+                Ok(stored) => self.broker.rearm(now_ms, id, stored, &mut self.changes),
+                Err(error) => return tracing::warn!(%error, %id, "re-arming retention failed"),
+            }
+        }
+        if !self.changes.is_empty() {
+            self.append_frame(0, self.changes.len());
+            self.finish();
+        }
     }
 
     /// Removes dead and delivered messages whose retention passed, one bounded chunk per call.
