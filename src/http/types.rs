@@ -80,8 +80,11 @@ pub fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
 fn require_object(text: &str, what: &str) -> Result<(), ApiError> {
     match text.trim_start().as_bytes().first() {
         Some(b'{') => Ok(()),
-        Some(_) => Err(ApiError::invalid_request(format!("{what} must be a JSON object"))),
         None => Err(ApiError::invalid_json(format!("{what} is empty"))),
+        Some(_) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Err(ApiError::invalid_request(format!("{what} must be a JSON object"))),
+            Err(error) => Err(ApiError::invalid_json(format!("malformed JSON: {error}"))),
+        },
     }
 }
 
