@@ -18,6 +18,9 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// How long the applier lets a generation gather writes before writing it.
+const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The sled trees, as indexes into `Generation::trees`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TreeId {
@@ -77,6 +80,8 @@ pub type Write = (TreeId, Vec<u8>, Op);
 pub struct Generation {
     pub trees: [HashMap<Vec<u8>, Op>; TREE_COUNT],
     pub write_count: usize,
+    /// When the first write arrived.
+    pub opened_at: Option<std::time::Instant>,
 }
 
 impl Generation {
@@ -114,6 +119,8 @@ struct State {
     /// caller's (the WAL position), handed back with the outcome.
     checkpoint: Option<CheckpointRequest>,
     checkpoint_done: Option<(u64, u64, Result<(), String>)>,
+    /// Someone waits in `sync`: the applier does not hold back a young generation.
+    syncing: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -142,6 +149,7 @@ impl Overlay {
                 stopping: false,
                 checkpoint: None,
                 checkpoint_done: None,
+                syncing: false,
             }),
             changed: Condvar::new(),
             open_write_count_max,
@@ -157,6 +165,7 @@ impl Overlay {
         if let Some(failure) = &state.failure {
             return Err(failure.clone());
         }
+        state.open.opened_at.get_or_insert_with(std::time::Instant::now);
         for (tree, key, op) in writes {
             state.open.trees[tree as usize].insert(key, op);
             state.open.write_count += 1;
@@ -180,9 +189,12 @@ impl Overlay {
     pub fn sync(&self) -> Result<(), String> {
         let mut state = self.state.lock();
         let target = state.staged_count;
+        state.syncing = true;
+        self.changed.notify_all();
         while state.applied_count < target && state.failure.is_none() {
             self.changed.wait(&mut state);
         }
+        state.syncing = false;
         match &state.failure {
             Some(failure) => Err(failure.clone()),
             None => Ok(()),
@@ -234,7 +246,19 @@ impl Overlay {
                 }
             }
             if !state.open.is_empty() {
-                break;
+                // A young generation is left to gather more writes, so that a message's writes
+                // from enqueue, lease and ack coalesce; a sync, a checkpoint, a full generation
+                // or a stop does not wait.
+                let age = state.open.opened_at.map_or(COALESCE_WINDOW, |at| at.elapsed());
+                let hurried = state.stopping
+                    || state.syncing
+                    || state.checkpoint.is_some()
+                    || state.open.write_count >= self.open_write_count_max / 2;
+                if age >= COALESCE_WINDOW || hurried {
+                    break;
+                }
+                self.changed.wait_for(&mut state, COALESCE_WINDOW - age);
+                continue;
             }
             if state.stopping {
                 return None;

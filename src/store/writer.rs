@@ -411,13 +411,10 @@ impl Writer {
     /// Commits what is pending, answers its waiters, publishes its events and wakes long polls.
     fn finish(&mut self) {
         let outcome = self.commit();
-        for reply in std::mem::take(&mut self.pending) {
-            reply(self, outcome.clone());
-        }
+        // Events go out before the replies, so a client that sees its 2xx can find the event.
         let notices = self.broker.take_notices();
         if outcome.is_ok() && !notices.is_empty() {
-            let names: HashMap<_, Arc<str>> = HashMap::new();
-            let mut names = names;
+            let mut names: HashMap<_, Arc<str>> = HashMap::new();
             let broker = &self.broker;
             let events = notices.into_iter().map(|notice| {
                 let queue = names
@@ -435,6 +432,9 @@ impl Writer {
                 }
             });
             self.events.publish(events);
+        }
+        for reply in std::mem::take(&mut self.pending) {
+            reply(self, outcome.clone());
         }
         for queue_id in self.broker.take_woken() {
             self.waiters.wake(self.broker.queue_name(queue_id));
