@@ -13,7 +13,8 @@ pub const REQUEST_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// Default and allowed range of one message (body plus headers).
 pub const MESSAGE_BYTES_DEFAULT: u64 = 1024 * 1024;
-/// One message must fit comfortably in a sled segment (see `store::SLED_SEGMENT_BYTES`) and a WAL frame.
+/// A message must fit many times over in a WAL segment; in sled, values over a quarter of a segment
+/// go to blob files (see `store::SLED_SEGMENT_BYTES`).
 pub const MESSAGE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// Default and allowed range of the number of messages in one enqueue batch.

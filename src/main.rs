@@ -40,8 +40,3 @@ fn serve(args: &ServeArgs) -> Result<(), outboxd::Error> {
     outboxd::telemetry::init(config.log_format, &config.log_filter);
     outboxd::server::run(config)
 }
-
-/// sled copies a node on every insert, so allocation speed and fragmentation show directly in
-/// throughput and memory; mimalloc does markedly better than glibc's malloc on both.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
