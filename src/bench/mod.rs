@@ -114,6 +114,17 @@ pub enum PhaseChoice {
     All,
 }
 
+impl PhaseChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            PhaseChoice::Enqueue => "enqueue",
+            PhaseChoice::Consume => "consume",
+            PhaseChoice::Mixed => "mixed",
+            PhaseChoice::All => "all",
+        }
+    }
+}
+
 /// One measured phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -351,10 +362,8 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         return Ok(());
     }
     let plan = Plan::from_args(&args)?;
-    let mut server = match args.spawn {
-        true => Some(SpawnedServer::start(&temp_dir, &args.server_args)?),
-        false => None,
-    };
+    let mut server =
+        if args.spawn { Some(SpawnedServer::start(&temp_dir, &args.server_args)?) } else { None };
     let authority = match &server {
         Some(server) => server.authority.clone(),
         None => authority_of(&args.url)?,
@@ -364,7 +373,8 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         .thread_name("outboxd-bench")
         .build()
         .map_err(|source| BenchError::io("starting the runtime", source))?;
-    let result = runtime.block_on(run_phases(&authority, &plan));
+    let server_pid = server.as_ref().map(SpawnedServer::pid);
+    let result = runtime.block_on(run_phases(&authority, &plan, server_pid));
     let (phases, ledger) = match result {
         Ok(done) => done,
         Err(error) => return Err(with_server_context(error, server.as_mut())),
@@ -390,11 +400,16 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     }
 }
 
-/// Runs the plan's phases in order, feeding every id into one ledger.
+/// Runs the plan's phases in order, feeding every id into one ledger; measures the CPU time the
+/// bench and (when its pid is known) the server spent on each phase.
 async fn run_phases(
     authority: &str,
     plan: &Plan,
+    server_pid: Option<u32>,
 ) -> Result<(Vec<report::PhaseReport>, Ledger), BenchError> {
+    let server_stat = server_pid.map(|pid| format!("/proc/{pid}/stat"));
+    let server_cpu_s = || server_stat.as_deref().and_then(spawn::process_cpu_s);
+    let bench_cpu_s = || spawn::process_cpu_s("/proc/self/stat");
     let mut ledger = Ledger::default();
     let mut reports = Vec::new();
     let mut enqueued_count = 0;
@@ -402,7 +417,15 @@ async fn run_phases(
         if spec.phase == Phase::Consume && spec.goal == ConsumeGoal::AllProduced {
             spec.produced_before = enqueued_count;
         }
-        let outcome = phase::run(authority, plan, spec).await?;
+        let cpu_before = (server_cpu_s(), bench_cpu_s());
+        let mut outcome = phase::run(authority, plan, spec).await?;
+        let used = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+        outcome.report.server_cpu_s = used(cpu_before.0, server_cpu_s());
+        outcome.report.bench_cpu_s = used(cpu_before.1, bench_cpu_s());
+        outcome.report.server_peak_rss_bytes = server_pid.and_then(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            spawn::proc_status_bytes(&status, "VmHWM")
+        });
         enqueued_count = outcome.enqueued_ids.len() as u64;
         ledger.record_enqueued(&outcome.enqueued_ids);
         ledger.record_leased(&outcome.leased_ids);

@@ -284,6 +284,9 @@ fn outcome(spec: &PhaseSpec, shared: &Shared, merged: WorkerOutcome) -> PhaseOut
         empty_leases: merged.empty_lease_count,
         overloaded_retries: merged.overloaded_retry_count,
         acks_refused: merged.ack_refused_count,
+        server_cpu_s: None,
+        bench_cpu_s: None,
+        server_peak_rss_bytes: None,
         stalled: shared.stalled.load(SeqCst),
     };
     PhaseOutcome {

@@ -120,6 +120,13 @@ pub struct PhaseReport {
     pub overloaded_retries: u64,
     /// Acks answered `lease_expired` or `unknown` instead of `acked`.
     pub acks_refused: u64,
+    /// CPU seconds the spawned server used during the phase (`None` with `--url`). Unlike the
+    /// rates, this barely moves when other processes compete for the CPU.
+    pub server_cpu_s: Option<f64>,
+    /// CPU seconds the bench process used during the phase.
+    pub bench_cpu_s: Option<f64>,
+    /// The spawned server's peak resident set size (`VmHWM`) at the end of the phase.
+    pub server_peak_rss_bytes: Option<u64>,
     /// Whether the consumers gave up after `stall_timeout_s` without an ack while messages were
     /// still missing (the verification then counts them).
     pub stalled: bool,
@@ -146,11 +153,10 @@ impl Report {
     /// The report as aligned text tables.
     pub fn to_table(&self) -> String {
         let plan = &self.plan;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "outboxd bench: {} messages of {} bytes, {} producers (batch {}), {} consumers (lease batch {}), \
-             server {}{}",
+        let mut out = format!(
+            "outboxd bench --phase {}: {} messages of {} bytes, {} producers (batch {}), {} consumers \
+             (lease batch {}), server {}{}\n\n",
+            plan.phase.name(),
             plan.messages,
             plan.body_bytes,
             plan.producers,
@@ -160,25 +166,59 @@ impl Report {
             self.server_address,
             if self.spawned { " (spawned)" } else { "" }
         );
-        let _ = writeln!(out);
+        self.write_phase_table(&mut out);
+        out.push('\n');
+        self.write_latency_table(&mut out);
+        out.push('\n');
+        let verdict = if self.verification.ok { "ok" } else { "FAILED" };
+        let _ = writeln!(out, "verification {verdict}: {}", self.verification.summary());
+        if let Some(server) = &self.server {
+            let _ = writeln!(out, "{}", server_line(server));
+        }
         let _ = writeln!(
             out,
-            "{:<8} {:>10} {:>10} {:>12} {:>8} {:>10}",
-            "phase", "messages", "elapsed_s", "msgs/s", "empty", "overloaded"
+            "cpu seconds in total: server {}, bench {}",
+            optional_seconds(self.server.as_ref().and_then(|server| server.cpu_s)),
+            optional_seconds(self.bench_cpu_s)
+        );
+        out
+    }
+
+    /// One line per phase: throughput, counters, CPU and memory.
+    fn write_phase_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "{:<8} {:>10} {:>10} {:>12} {:>8} {:>10} {:>13} {:>12} {:>13}",
+            "phase",
+            "messages",
+            "elapsed_s",
+            "msgs/s",
+            "empty",
+            "overloaded",
+            "server_cpu_s",
+            "bench_cpu_s",
+            "peak_rss_MiB"
         );
         for phase in &self.phases {
+            let peak_rss = phase.server_peak_rss_bytes.map(mib);
             let _ = writeln!(
                 out,
-                "{:<8} {:>10} {:>10.2} {:>12.0} {:>8} {:>10}",
+                "{:<8} {:>10} {:>10.2} {:>12.0} {:>8} {:>10} {:>13} {:>12} {:>13}",
                 phase.phase,
                 phase.messages,
                 phase.elapsed_s,
                 phase.messages_per_s,
                 phase.empty_leases,
-                phase.overloaded_retries
+                phase.overloaded_retries,
+                optional_seconds(phase.server_cpu_s),
+                optional_seconds(phase.bench_cpu_s),
+                peak_rss.map_or("n/a".to_string(), |mib| format!("{mib:.1}"))
             );
         }
-        let _ = writeln!(out);
+    }
+
+    /// One line per phase and request kind: latency percentiles.
+    fn write_latency_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "{:<8} {:<8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -200,25 +240,18 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(out);
-        let verdict = if self.verification.ok { "ok" } else { "FAILED" };
-        let _ = writeln!(out, "verification {verdict}: {}", self.verification.summary());
-        if let Some(server) = &self.server {
-            let _ = writeln!(out, "{}", server_line(server));
-        }
-        let cpu = |seconds: Option<f64>| seconds.map_or("n/a".to_string(), |s| format!("{s:.1} s"));
-        let _ = writeln!(
-            out,
-            "cpu: server {}, bench {}",
-            cpu(self.server.as_ref().and_then(|server| server.cpu_s)),
-            cpu(self.bench_cpu_s)
-        );
-        out
     }
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn optional_seconds(seconds: Option<f64>) -> String {
+    seconds.map_or("n/a".to_string(), |seconds| format!("{seconds:.2}"))
+}
+
 fn server_line(server: &ServerStats) -> String {
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let optional_mib =
         |bytes: Option<u64>| bytes.map_or("n/a".to_string(), |b| format!("{:.1} MiB", mib(b)));
     format!(
@@ -234,7 +267,68 @@ fn server_line(server: &ServerStats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::ledger::{Expectations, Ledger};
+    use crate::bench::PhaseChoice;
     use std::time::Duration;
+
+    fn report() -> Report {
+        let mut latencies = Latencies::default();
+        latencies.record(RequestKind::Enqueue, Duration::from_millis(3));
+        let phase = PhaseReport {
+            phase: "enqueue",
+            queue: "q".into(),
+            messages: 100,
+            elapsed_s: 0.5,
+            messages_per_s: 200.0,
+            requests: latencies.summaries(),
+            empty_leases: 0,
+            overloaded_retries: 0,
+            acks_refused: 0,
+            server_cpu_s: Some(0.25),
+            bench_cpu_s: None,
+            server_peak_rss_bytes: Some(64 << 20),
+            stalled: false,
+        };
+        let plan = Plan {
+            phase: PhaseChoice::Enqueue,
+            queue: "q".into(),
+            messages: 100,
+            body_bytes: 256,
+            producers: 1,
+            consumers: 1,
+            batch: 100,
+            lease_batch: 100,
+            duration_s: None,
+            wait_ms: 1000,
+            lease_ms: 300_000,
+            stall_timeout_s: 10,
+        };
+        let expectations = Expectations { all_consumed: false, only_own: false };
+        Report {
+            plan,
+            server_address: "127.0.0.1:1".into(),
+            spawned: false,
+            phases: vec![phase],
+            verification: Ledger::default().verify(expectations),
+            server: None,
+            bench_cpu_s: None,
+        }
+    }
+
+    #[test]
+    fn table_rows_have_as_many_columns_as_their_headers() {
+        let table = report().to_table();
+        let lines: Vec<&str> = table.lines().collect();
+        let columns = |line: &str| line.split_whitespace().count();
+        let phase_header =
+            lines.iter().position(|line| line.starts_with("phase ")).expect("header");
+        assert_eq!(columns(lines[phase_header]), columns(lines[phase_header + 1]), "{table}");
+        assert!(lines[phase_header + 1].ends_with("64.0"), "{table}");
+        let latency_header = phase_header + 3;
+        assert!(lines[latency_header].contains("p99.9_ms"), "{table}");
+        assert_eq!(columns(lines[latency_header]), columns(lines[latency_header + 1]), "{table}");
+        assert!(table.contains("verification ok"), "{table}");
+    }
 
     #[test]
     fn summaries_skip_unused_kinds_and_report_milliseconds() {

@@ -75,25 +75,36 @@ impl SpawnedServer {
                 BenchError::io(format!("starting {}", executable.display()), source)
             })?;
         let stderr_tail = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            keep_tail(stderr, stderr_tail.clone());
-        }
+        let stderr_thread =
+            child.stderr.take().map(|stderr| keep_tail(stderr, stderr_tail.clone()));
         let (sender, receiver) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             watch_stdout(stdout, sender);
         }
         let mut server = SpawnedServer { child, authority: String::new(), data_dir, stderr_tail };
-        match receiver.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(authority) => server.authority = authority,
-            Err(_) => {
+        let authority = match receiver.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(authority) => authority,
+            Err(error) => {
+                // Stopping reaps the server, so its status is known and its stderr reaches its end.
                 let status = server.stop();
+                if let Some(thread) = stderr_thread {
+                    let _ = thread.join();
+                }
+                let what = match error {
+                    mpsc::RecvTimeoutError::Disconnected => {
+                        format!("exited ({status}) before it listened")
+                    }
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("did not print `{LISTENING_PREFIX}ADDR` within {STARTUP_TIMEOUT:?}")
+                    }
+                };
+                let stderr = server.stderr_tail();
                 return Err(BenchError::Server(format!(
-                    "the spawned server did not print `{LISTENING_PREFIX}ADDR` within {STARTUP_TIMEOUT:?} \
-                     (exit: {status})\n{}",
-                    server.stderr_tail()
+                    "the spawned server {what}; its stderr:\n{stderr}"
                 )));
             }
-        }
+        };
+        server.authority = authority;
         Ok(server)
     }
 
@@ -171,7 +182,10 @@ fn watch_stdout(stdout: impl Read + Send + 'static, sender: mpsc::Sender<String>
 }
 
 /// Keeps the last `STDERR_KEPT_BYTES_MAX` bytes of the server's stderr.
-fn keep_tail(stderr: impl Read + Send + 'static, tail: Arc<Mutex<String>>) {
+fn keep_tail(
+    stderr: impl Read + Send + 'static,
+    tail: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
@@ -186,7 +200,7 @@ fn keep_tail(stderr: impl Read + Send + 'static, tail: Arc<Mutex<String>>) {
                 tail.drain(..cut);
             }
         }
-    });
+    })
 }
 
 /// A `/proc/<pid>/status` field given in kB (such as `VmHWM:   1234 kB`), in bytes.
