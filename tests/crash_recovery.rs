@@ -14,7 +14,7 @@
 //! was given by leasing everything and reading messages back. The kill moments and
 //! batch sizes come from a seed that is printed (`OUTBOXD_CRASH_SEED` replays the same
 //! choices; the interleaving with the server still varies). `OUTBOXD_CRASH_ROUNDS`
-//! sets the number of kill/restart rounds (default 5).
+//! sets the number of kill/restart rounds (default 20).
 
 mod common;
 
@@ -223,7 +223,7 @@ fn sample_messages(batches: &BTreeMap<(u64, u64), SentBatch>) -> Vec<(String, Va
 #[test]
 fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
     let seed = env_u64("OUTBOXD_CRASH_SEED").unwrap_or_else(now_ms);
-    let rounds = env_u64("OUTBOXD_CRASH_ROUNDS").unwrap_or(5);
+    let rounds = env_u64("OUTBOXD_CRASH_ROUNDS").unwrap_or(20);
     println!(
         "crash_recovery seed = {seed} (replay with OUTBOXD_CRASH_SEED={seed}), rounds = {rounds}"
     );
