@@ -386,7 +386,14 @@ async fn ids_in_state(
     let name = queue.to_string();
     let stats = call(&state.writer, |reply| Command::QueueStats { queue: name, reply }).await?;
     let queue_id = stats.ok_or_else(|| ApiError::queue_not_found(queue))?.queue_id;
-    state.store.list_terminal(queue_id, message_state, after, descending, limit).map_err(internal)
+    // The scan first waits for the applier to write what is staged: not on a runtime thread.
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.list_terminal(queue_id, message_state, after, descending, limit)
+    })
+    .await
+    .map_err(|_| ApiError::internal("listing messages"))?
+    .map_err(internal)
 }
 
 fn header_matches(
