@@ -12,7 +12,7 @@
 //! | `decode_key`   | every `store::keys` decoder           | round trips, byte order = numeric order   |
 //! | `http_json`    | every request parser of `http::types` | accepted requests are within the limits   |
 //! | `wal_replay`   | a WAL directory built from the bytes  | frames match a model; replay is idempotent|
-//! | `queue_ops`    | up to 256 broker operations           | counts, lease exclusivity, store = memory |
+//! | `queue_ops`    | up to 256 broker and person's actions | counts, lease exclusivity, store = memory |
 //!
 //! Every target runs in microseconds to a few milliseconds, so that libFuzzer gets thousands of
 //! executions per second and the corpus test stays fast in debug builds.
@@ -111,11 +111,12 @@ fn check_borrowed_content_encoding(content: &MessageContent) {
 // decode_key
 // ---------------------------------------------------------------------------------------------
 
-/// Feeds `data` to every sled key decoder and checks round trips and ordering.
+/// Feeds `data` to every sled key decoder (message, queue, idempotency, terminal, expiry) and
+/// checks round trips and ordering.
 ///
 /// A key decodes exactly when it has the right shape, re-encodes to the same bytes (each id has one
 /// key), and two keys compare as bytes the way their ids compare as numbers, which is what makes
-/// sled's iteration order the enqueue order.
+/// sled's iteration order the enqueue order (and the expiry order the time order).
 pub fn decode_key(data: &[u8]) {
     match keys::decode_message_key(data) {
         Some(id) => assert_eq!(keys::message_key(id).as_slice(), data),
@@ -131,6 +132,19 @@ pub fn decode_key(data: &[u8]) {
             data.len() < 4 || std::str::from_utf8(&data[4..]).is_err(),
             "a well-formed idempotency key was refused"
         ),
+    }
+    match keys::decode_terminal_key(data) {
+        // The id is all a terminal key yields: its queue and state come from the prefix it was
+        // listed under.
+        Some(id) => {
+            assert_eq!(data.len(), 13, "a terminal key of {} bytes", data.len());
+            assert_eq!(&data[5..], keys::message_key(id).as_slice());
+        }
+        None => assert_ne!(data.len(), 13, "a 13-byte terminal key was refused"),
+    }
+    match keys::decode_expiry_key(data) {
+        Some((at_ms, id)) => assert_eq!(keys::expiry_key(at_ms, id).as_slice(), data),
+        None => assert_ne!(data.len(), 16, "a 16-byte expiry key was refused"),
     }
     check_key_order(data);
 }
@@ -154,8 +168,9 @@ fn check_key_order(data: &[u8]) {
 // http_json
 // ---------------------------------------------------------------------------------------------
 
-/// Small limits, so that the fuzzer reaches the "too many" and "too large" branches quickly.
-const FUZZ_LIMITS: RequestLimits =
+/// The request limits `http_json` parses enqueues with: small, so that the fuzzer reaches the
+/// "too many" and "too large" branches quickly.
+pub const FUZZ_LIMITS: RequestLimits =
     RequestLimits { request_bytes_max: 64 * 1024, message_bytes_max: 256, batch_count_max: 8 };
 
 /// Clock readings for enqueue: the epoch, a realistic time, and the end of time (saturation).
@@ -652,6 +667,8 @@ struct Simulation {
     held: HashMap<MessageId, Held>,
     acked: HashSet<MessageId>,
     deleted: HashSet<MessageId>,
+    /// Messages a person retried with their attempts kept.
+    attempts_kept: HashSet<MessageId>,
     /// Every token ever granted, with its queue, to be presented again (often stale).
     tokens: Vec<(usize, LeaseToken)>,
     keys: HashMap<(usize, u8), KeyUse>,
@@ -698,6 +715,7 @@ impl Simulation {
             held: HashMap::new(),
             acked: HashSet::new(),
             deleted: HashSet::new(),
+            attempts_kept: HashSet::new(),
             tokens: Vec::new(),
             keys: HashMap::new(),
         }
@@ -729,8 +747,10 @@ impl Simulation {
                 }
                 _ => {}
             }
+            // One at a time, so that a deletion is checked against the state the changes before
+            // it in the same list left.
+            self.store.apply(std::slice::from_ref(change));
         }
-        self.store.apply(changes);
     }
 
     /// A deletion names the message's stored queue and state, and never a leased message.
@@ -874,7 +894,12 @@ impl Simulation {
         assert_eq!(Some(meta.queue_id), self.broker.queue_id(QUEUE_NAMES[queue]));
         assert_eq!(meta.lease_nonce, grant.token.nonce);
         assert_eq!(meta.due_at_ms, self.now_ms + lease_ms);
-        assert!((1..=meta.attempt_count_max).contains(&meta.attempt_count));
+        assert!(meta.attempt_count >= 1, "a delivery with no attempt counted");
+        // A person may send a dead message back with its attempts kept (see `act`): one more try
+        // past the limit. Otherwise a message is never delivered more often than its limit allows.
+        if !self.attempts_kept.contains(&grant.id) {
+            assert!(meta.attempt_count <= meta.attempt_count_max, "{meta:?}");
+        }
         let held = Held {
             queue,
             nonce: grant.token.nonce,
@@ -1025,8 +1050,9 @@ impl Simulation {
         }
         let mut changes = Vec::new();
         self.broker.expire_due(self.now_ms, &mut changes);
-        self.persist(&changes);
+        // The leases that ran out end first: their messages may be deleted by these changes.
         self.forget_expired();
+        self.persist(&changes);
         if let Some(deadline_ms) = self.broker.next_deadline_ms() {
             assert!(deadline_ms > self.now_ms, "a due timer survived expire_due");
         }
@@ -1185,11 +1211,18 @@ impl Simulation {
             _ => Action::Move,
         };
         check_action(id, action, before.as_ref(), &outcome);
+        // A dead message that a person retries without a reset, or reschedules, keeps its
+        // attempt count, so its next delivery is one past its limit.
+        let was_dead = before.as_ref().is_some_and(|meta| meta.state == MessageState::Dead);
+        let reset = matches!(action, Action::Retry) && detail & 1 == 0;
+        if was_dead && outcome.is_ok() && !reset {
+            self.attempts_kept.insert(id);
+        }
         if outcome.is_ok() && matches!(action, Action::Delete) {
-            assert!(
-                self.deleted.contains(&id)
-                    || changes.iter().any(|change| matches!(change, Change::DeleteMessage { .. }))
+            let deleted = changes.iter().any(
+                |change| matches!(change, Change::DeleteMessage { id: gone, .. } if *gone == id),
             );
+            assert!(deleted, "a delete of {id} that succeeded deleted nothing");
         }
         self.persist(&changes);
         self.check_memory_matches_store(false);
