@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 /// One published event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    /// Increasing from 1 since the server started; the SSE `id:` field.
+    /// Increasing, from the server's start time in microseconds; the SSE `id:` field.
     pub id: u64,
     pub kind: NoticeKind,
     pub queue: Arc<str>,

@@ -1,4 +1,4 @@
-//! End-to-end tests of the HTTP API in docs/api-contract.txt.
+//! End-to-end tests of the HTTP API described in docs/api.md.
 //!
 //! Goal: every documented behaviour and every error code a client can reach is checked
 //! from outside, against the real binary. Method: each test starts its own `outboxd`

@@ -3,7 +3,7 @@
 //!
 //! Property: for every seed, each operation of `outboxd::queue::Broker` (enqueue with idempotency
 //! keys, lease, ack, nack, extend, pause and resume, timer expiry, the retention sweep) returns exactly
-//! what a simple model of the documented semantics returns (docs/api-contract.txt, docs/api.md and
+//! what a simple model of the documented semantics returns (docs/api.md and
 //! `src/queue/lease.rs`): the same ids and duplicate flags, the same idempotency conflicts, the same
 //! leased ids in the same order (priority, then id), the same attempt numbers and deadlines, the same
 //! ack/nack/extend results down to which refusal, and the same notices for the event stream. After

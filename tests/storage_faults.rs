@@ -160,3 +160,26 @@ fn a_full_disk_refuses_enqueues_with_507_keeps_serving_and_recovers_when_space_r
     assert_eq!((counts["ready"].as_u64(), counts["delivered"].as_u64()), (Some(2), Some(1)));
     drop(server);
 }
+
+#[test]
+fn a_damaged_history_record_is_replaced_rather_than_blocking_the_message_or_a_restart() {
+    let mut server = Server::start(&["--backoff-initial-ms", "1", "--backoff-max-ms", "1"]);
+    let ids = server.enqueue("history", &json!([{"body": 1}]));
+    assert!(server.terminate().success());
+    let id = u64::from_str_radix(&ids[0], 16).unwrap();
+    {
+        let store = outboxd::store::Store::open(server.data_dir()).expect("open the stopped store");
+        store.put_raw("history", &id.to_be_bytes(), &[1, 2, 3, 4, 5, 6, 7]).unwrap();
+    }
+    server.restart();
+    let leased = server.lease("history", 1, 30_000, 0);
+    let token = leased[0]["lease"].as_str().unwrap().to_string();
+    let nacked = server.nack("history", &json!([{"lease": token, "error": "after damage"}]));
+    assert_eq!(nacked[0]["result"], "retrying", "{nacked:?}");
+    let view = server.get_message(&ids[0]);
+    assert_eq!(view["last_error"]["message"], "after damage");
+    server.kill9();
+    server.restart();
+    assert_eq!(server.get_message(&ids[0])["last_error"]["message"], "after damage");
+    assert!(server.stderr_text().contains("replacing a damaged history record"));
+}

@@ -342,7 +342,12 @@ pub async fn list_messages(
         if index > 0 {
             out.push(b',');
         }
-        let history = state.store.history(*id).map_err(internal)?.unwrap_or_default();
+        // A damaged history must not take the whole page down: it lists as empty (and is logged).
+        let history = state.store.history(*id).unwrap_or_else(|error| {
+            tracing::error!(%error, %id, "listing a message with an unreadable history");
+            None
+        });
+        let history = history.unwrap_or_default();
         json::message_summary(&mut out, *id, queue, meta, &history);
     }
     out.extend_from_slice(b"],\"next_cursor\":");
@@ -557,20 +562,29 @@ pub async fn schedule_message(
 
 /// Runs a chunked command until a chunk touches nothing; each chunk is its own commit, so other
 /// requests are served in between.
+///
+/// It stops once it has touched as many messages as were in `target_state` when it began, so a
+/// queue that keeps refilling cannot keep the request going for ever.
 async fn repeat_chunks(
     state: &AppState,
     queue: &str,
+    target_state: MessageState,
     command: impl Fn(super::handlers::ReplyOf<Option<u64>>) -> Command,
 ) -> Result<u64, ApiError> {
+    let name = queue.to_string();
+    let stats = call(&state.writer, |reply| Command::QueueStats { queue: name, reply }).await?;
+    let count_max =
+        stats.ok_or_else(|| ApiError::queue_not_found(queue))?.counts[target_state.index()];
     let mut total = 0;
-    loop {
+    while total < count_max {
         let count =
             call(&state.writer, &command).await?.ok_or_else(|| ApiError::queue_not_found(queue))?;
         if count == 0 {
-            return Ok(total);
+            break;
         }
         total += count;
     }
+    Ok(total)
 }
 
 pub async fn purge(
@@ -600,7 +614,7 @@ pub async fn purge(
         ));
     }
     let name = queue.to_string();
-    let deleted = repeat_chunks(state, queue, |reply| Command::Purge {
+    let deleted = repeat_chunks(state, queue, purge_state, |reply| Command::Purge {
         queue: name.clone(),
         state: purge_state,
         reply,
@@ -629,7 +643,7 @@ pub async fn redrive(
         }
     }
     let name = queue.to_string();
-    let redriven = repeat_chunks(state, queue, |reply| Command::Redrive {
+    let redriven = repeat_chunks(state, queue, MessageState::Dead, |reply| Command::Redrive {
         queue: name.clone(),
         reset_attempts,
         reply,

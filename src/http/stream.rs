@@ -169,9 +169,12 @@ async fn stream_events(
         published.as_mut().enable();
         let (events, missed) = log.after(after, EVENT_BATCH_COUNT_MAX);
         if missed {
-            let resume = events.first().map_or(after, |event| event.id);
+            // The stream resumes at the oldest event held, or at the next one if none is held
+            // (a resume from before a restart); either way the reader is told once.
+            let resume = events.first().map_or(log.last_id() + 1, |event| event.id);
             let text = format!("event: missed\ndata: {{\"resumes_at\": {resume}}}\n\n");
             sender.send(Bytes::from(text)).await?;
+            after = resume - 1;
         }
         let full_batch = events.len() == EVENT_BATCH_COUNT_MAX;
         for event in events {

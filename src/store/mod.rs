@@ -265,7 +265,7 @@ impl Store {
             }
             Change::RecordHistory { id, event, keep_count } => {
                 if !histories.contains_key(id) {
-                    histories.insert(*id, Some(self.history(*id)?.unwrap_or_default()));
+                    histories.insert(*id, Some(self.history_or_fresh(*id)?));
                 }
                 let history = histories.get_mut(id).expect("inserted above");
                 let history = history.get_or_insert_with(History::default);
@@ -341,6 +341,20 @@ impl Store {
             what: format!("history of message {id}"),
             source,
         })
+    }
+
+    /// The history to add an event to. A damaged history record is replaced by a fresh one (and
+    /// logged): losing old history events is better than refusing every later write to the
+    /// message, and than a WAL replay that can never get past it.
+    fn history_or_fresh(&self, id: MessageId) -> Result<History, StoreError> {
+        match self.history(id) {
+            Ok(history) => Ok(history.unwrap_or_default()),
+            Err(StoreError::Corrupt { what, source }) => {
+                tracing::error!(%what, error = %source, "replacing a damaged history record");
+                Ok(History::default())
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Up to `limit` ids of a queue's dead or delivered messages, after (or before, when

@@ -18,6 +18,9 @@ use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Staging also waits once the open generation holds this many bytes (large messages).
+const OPEN_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// How long the applier lets a generation gather writes before writing it.
 const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -80,6 +83,8 @@ pub type Write = (TreeId, Vec<u8>, Op);
 pub struct Generation {
     pub trees: [HashMap<Vec<u8>, Op>; TREE_COUNT],
     pub write_count: usize,
+    /// Bytes of the keys and values written (replaced ones included): the memory bound.
+    pub byte_count: usize,
     /// When the first write arrived.
     pub opened_at: Option<std::time::Instant>,
 }
@@ -159,7 +164,10 @@ impl Overlay {
     /// Adds one commit's writes. Waits while the applier is far behind (backpressure).
     pub fn stage(&self, writes: Vec<Write>) -> Result<(), String> {
         let mut state = self.state.lock();
-        while state.open.write_count >= self.open_write_count_max && state.failure.is_none() {
+        while (state.open.write_count >= self.open_write_count_max
+            || state.open.byte_count >= OPEN_BYTES_MAX)
+            && state.failure.is_none()
+        {
             self.changed.wait(&mut state);
         }
         if let Some(failure) = &state.failure {
@@ -167,6 +175,11 @@ impl Overlay {
         }
         state.open.opened_at.get_or_insert_with(std::time::Instant::now);
         for (tree, key, op) in writes {
+            let value_bytes = match &op {
+                Op::Put(value) => value.len(),
+                Op::Remove => 0,
+            };
+            state.open.byte_count += key.len() + value_bytes;
             state.open.trees[tree as usize].insert(key, op);
             state.open.write_count += 1;
         }
@@ -253,7 +266,8 @@ impl Overlay {
                 let hurried = state.stopping
                     || state.syncing
                     || state.checkpoint.is_some()
-                    || state.open.write_count >= self.open_write_count_max / 2;
+                    || state.open.write_count >= self.open_write_count_max / 2
+                    || state.open.byte_count >= OPEN_BYTES_MAX / 2;
                 if age >= COALESCE_WINDOW || hurried {
                     break;
                 }

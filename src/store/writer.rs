@@ -3,8 +3,8 @@
 //! Request handlers send [`Command`]s over a bounded channel. The thread takes every command that is
 //! waiting (up to `GROUP_COMMAND_COUNT_MAX`), runs each against the broker, appends each command's
 //! changes to the WAL as one frame (so one request is atomic), calls fdatasync once for the whole
-//! group, applies the group to sled, and only then answers every waiter and publishes the group's
-//! events. Under load the channel fills while a sync runs, so the next group is larger: the cost of
+//! group, stages the group's writes in the store's overlay (the applier thread writes them to sled
+//! later), publishes the group's events, and only then answers every waiter. Under load the channel fills while a sync runs, so the next group is larger: the cost of
 //! a sync is shared by more requests.
 //!
 //! A person's actions on dead or delivered messages read those messages from sled; such a command
