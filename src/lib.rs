@@ -12,6 +12,7 @@
 //! - `http`: the API: routing, request parsing and validation, handlers, error bodies.
 //! - `events`: the bounded ring of published events behind `GET /v1/events`.
 //! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
+//! - `metrics`: every metric name, the Prometheus recorder, and what `/metrics` sets at a scrape.
 //! - `telemetry`: logging setup.
 //! - `bench`: `outboxd bench`, the load generator.
 //! - `fuzzing`: fuzz target bodies (test builds), shared by `fuzz/` and the corpus replay test.
@@ -25,6 +26,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod queue;
 pub mod server;
 pub mod store;

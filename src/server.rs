@@ -60,7 +60,13 @@ async fn serve(config: Config) -> Result<(), Error> {
     let waiters = Arc::new(Waiters::default());
     let first_event_id = crate::clock::now_ms().saturating_mul(1000).max(1);
     let events = Arc::new(EventLog::new(EVENT_RING_COUNT_MAX, first_event_id));
-    let shared = Shared { store: store.clone(), waiters: waiters.clone(), events: events.clone() };
+    let wal_bytes = Arc::new(std::sync::atomic::AtomicU64::new(recovered.wal.disk_bytes()));
+    let shared = Shared {
+        store: store.clone(),
+        waiters: waiters.clone(),
+        events: events.clone(),
+        wal_bytes: wal_bytes.clone(),
+    };
     let writer_config = WriterConfig {
         data_dir: config.data_dir.clone(),
         disk_free_min_bytes: config.disk_free_min_bytes,
@@ -89,6 +95,8 @@ async fn serve(config: Config) -> Result<(), Error> {
         limits: config.limits,
         clock: crate::clock::now_ms,
         shutdown,
+        metrics: crate::metrics::install(),
+        wal_bytes,
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
     let state_failure = writer.failure();

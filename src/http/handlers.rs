@@ -27,6 +27,10 @@ pub struct AppState {
     pub clock: fn() -> u64,
     /// Turns true when the server begins to shut down; long-lived streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The Prometheus recorder (`None` if another was installed first in this process).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Bytes of WAL on disk, kept current by the storage thread.
+    pub wal_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The reply sender of a command whose answer is a `T`.
@@ -306,6 +310,40 @@ pub async fn get_message(state: &AppState, id_text: &str) -> Result<HttpResponse
             Err(ApiError::internal("reading the message"))
         }
     }
+}
+
+/// `GET /metrics`: sets the state gauges from the broker's counters, then renders everything in
+/// the Prometheus text format.
+pub async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> {
+    use crate::metrics as m;
+    let Some(handle) = &state.metrics else {
+        return Err(ApiError::internal("rendering metrics (no recorder)"));
+    };
+    let queues = call(&state.writer, |reply| Command::Queues { reply }).await?;
+    let now_ms = (state.clock)();
+    for stats in &queues {
+        for message_state in crate::queue::ALL_STATES {
+            let count = stats.counts[message_state.index()] as f64;
+            let labels =
+                [("queue", stats.name.clone()), ("state", message_state.name().to_string())];
+            metrics::gauge!(m::QUEUE_MESSAGES, &labels).set(count);
+        }
+        let age_ms = stats.oldest_ready_enqueued_at_ms.map_or(0, |at| now_ms.saturating_sub(at));
+        metrics::gauge!(m::QUEUE_OLDEST_READY_AGE_SECONDS, "queue" => stats.name.clone())
+            .set(age_ms as f64 / 1000.0);
+        metrics::gauge!(m::QUEUE_PAUSED, "queue" => stats.name.clone())
+            .set(f64::from(u8::from(stats.paused)));
+    }
+    let wal_bytes = state.wal_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(m::STORE_BYTES, "part" => "wal").set(wal_bytes as f64);
+    metrics::gauge!(m::STORE_BYTES, "part" => "sled").set(state.store.disk_bytes() as f64);
+    metrics::gauge!(m::STORAGE_FAILED).set(f64::from(u8::from(state.writer.failure().is_some())));
+    let mut response = super::raw_json_response(StatusCode::OK, handle.render().into_bytes());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(response)
 }
 
 pub fn health(state: &AppState) -> HttpResponse {

@@ -61,6 +61,7 @@ pub async fn serve(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let route_name = route_label(&method, &path);
     let response = match route(&state, request).await {
         Ok(response) => response,
         Err(error) => {
@@ -70,6 +71,9 @@ pub async fn serve(
             error_response(&error)
         }
     };
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION_SECONDS, "route" => route_name, "status" => status)
+        .record(started.elapsed().as_secs_f64());
     tracing::debug!(
         %method,
         path = %path,
@@ -83,6 +87,7 @@ pub async fn serve(
 /// Which endpoint a path names, before the method is checked.
 enum Route<'a> {
     Health,
+    Metrics,
     Queues,
     Queue(&'a str),
     QueueAction(&'a str, &'a str),
@@ -97,6 +102,7 @@ fn match_path(path: &str) -> Option<Route<'_>> {
     let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     Some(match segments.as_slice() {
         ["healthz"] => Route::Health,
+        ["metrics"] => Route::Metrics,
         ["v1", "queues"] => Route::Queues,
         ["v1", "queues", queue] => Route::Queue(queue),
         ["v1", "queues", queue, action @ ("messages" | "lease" | "ack" | "nack" | "extend" | "pause" | "resume"
@@ -108,6 +114,35 @@ fn match_path(path: &str) -> Option<Route<'_>> {
         ["debug", "failpoints", name] => Route::Failpoint(name),
         _ => return None,
     })
+}
+
+/// A low-cardinality name of the endpoint, for metrics (no ids or queue names in it).
+fn route_label(method: &Method, path: &str) -> &'static str {
+    let Some(route) = match_path(path) else { return "unknown" };
+    match (route, method.as_str()) {
+        (Route::Health, _) => "health",
+        (Route::Metrics, _) => "metrics",
+        (Route::Queues, _) => "queues",
+        (Route::Queue(_), "PUT") => "queue_settings",
+        (Route::Queue(_), _) => "queue",
+        (Route::QueueAction(_, "messages"), "POST") => "enqueue",
+        (Route::QueueAction(_, "messages"), "DELETE") => "purge",
+        (Route::QueueAction(_, "messages"), _) => "list",
+        (Route::QueueAction(_, "lease"), _) => "lease",
+        (Route::QueueAction(_, "ack"), _) => "ack",
+        (Route::QueueAction(_, "nack"), _) => "nack",
+        (Route::QueueAction(_, "extend"), _) => "extend",
+        (Route::QueueAction(_, "redrive"), _) => "redrive",
+        (Route::QueueAction(..), _) => "pause",
+        (Route::Message(_), "PATCH") => "edit",
+        (Route::Message(_), "DELETE") => "delete",
+        (Route::Message(_), _) => "message",
+        (Route::MessageAction(_, "retry"), _) => "retry",
+        (Route::MessageAction(..), _) => "schedule",
+        (Route::Events, _) => "events",
+        #[cfg(feature = "testing")]
+        (Route::Failpoint(_), _) => "failpoint",
+    }
 }
 
 /// Refuses a method the endpoint does not serve, naming the ones it does.
@@ -122,6 +157,8 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<HttpRespo
     match route {
         Route::Health if method == Method::GET => Ok(handlers::health(state)),
         Route::Health => Err(refuse_method(&method, "GET")),
+        Route::Metrics if method == Method::GET => handlers::metrics(state).await,
+        Route::Metrics => Err(refuse_method(&method, "GET")),
         Route::Queues if method == Method::GET => control::list_queues(state).await,
         Route::Queues => Err(refuse_method(&method, "GET")),
         Route::Queue(queue) => {

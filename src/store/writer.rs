@@ -21,6 +21,7 @@ use crate::http::types::ExtendItem;
 use crate::limits::{
     CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES, CONTROL_CHUNK_COUNT_MAX, GROUP_COMMAND_COUNT_MAX,
 };
+use crate::metrics as m;
 use crate::queue::{
     Broker, Change, ControlError, Edit, EnqueueError, EnqueueOutcome, FailOutcome, Grant,
     IdempotencyKey, LeaseToken, MessageId, MessageMeta, MessageState, NackItem, NewMessage,
@@ -256,6 +257,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub waiters: Arc<Waiters>,
     pub events: Arc<EventLog>,
+    /// Bytes of WAL on disk, kept current by the storage thread for `/metrics`.
+    pub wal_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The storage thread's own state.
@@ -265,6 +268,7 @@ pub struct Writer {
     wal: Wal,
     waiters: Arc<Waiters>,
     events: Arc<EventLog>,
+    wal_bytes: Arc<std::sync::atomic::AtomicU64>,
     failure: Arc<RwLock<Option<String>>>,
     clock: fn() -> u64,
     last_now_ms: u64,
@@ -310,6 +314,7 @@ pub fn spawn(
         wal,
         waiters: shared.waiters,
         events: shared.events,
+        wal_bytes: shared.wal_bytes,
         failure: failure.clone(),
         clock,
         last_now_ms: 0,
@@ -414,6 +419,7 @@ impl Writer {
         // Events go out before the replies, so a client that sees its 2xx can find the event.
         let notices = self.broker.take_notices();
         if outcome.is_ok() && !notices.is_empty() {
+            self.count_events(&notices);
             let mut names: HashMap<_, Arc<str>> = HashMap::new();
             let broker = &self.broker;
             let events = notices.into_iter().map(|notice| {
@@ -442,6 +448,21 @@ impl Writer {
         self.changes.clear();
     }
 
+    /// Adds a group's notices to the per-queue event counters: one increment per (queue, kind), not
+    /// one per message, so that counting costs little at high rates.
+    fn count_events(&self, notices: &[crate::queue::Notice]) {
+        let mut counts: HashMap<(crate::queue::QueueId, crate::queue::NoticeKind), u64> =
+            HashMap::new();
+        for notice in notices.iter().filter(|notice| notice.id.is_some()) {
+            *counts.entry((notice.queue_id, notice.kind)).or_default() += 1;
+        }
+        for ((queue_id, kind), count) in counts {
+            let queue = self.broker.queue_name(queue_id).to_string();
+            metrics::counter!(m::MESSAGE_EVENTS_TOTAL, "queue" => queue, "event" => kind.name())
+                .increment(count);
+        }
+    }
+
     /// Syncs the WAL and applies the pending changes to sled; on failure stops all further writes.
     fn commit(&mut self) -> Result<(), CommitError> {
         if let Some(reason) = self.failed() {
@@ -450,11 +471,15 @@ impl Writer {
         if self.changes.is_empty() {
             return Ok(());
         }
-        let result = self
-            .wal
-            .commit()
-            .map_err(|error| format!("write-ahead log: {error}"))
-            .and_then(|_| self.store.stage(&self.changes).map_err(|error| error.to_string()));
+        let started = Instant::now();
+        let synced = self.wal.commit().map_err(|error| format!("write-ahead log: {error}"));
+        if synced.is_ok() {
+            metrics::histogram!(m::WAL_SYNC_DURATION_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!(m::COMMIT_GROUP_REQUESTS).record(self.pending.len() as f64);
+        }
+        let result =
+            synced.and_then(|_| self.store.stage(&self.changes).map_err(|error| error.to_string()));
         if let Err(reason) = result {
             tracing::error!(error = %reason, "storage failed; refusing writes until restart");
             *self.failure.write() = Some(reason.clone());
@@ -463,6 +488,7 @@ impl Writer {
         if let Err(error) = self.wal.rotate_if_full() {
             tracing::warn!(%error, "could not start a new WAL segment");
         }
+        self.wal_bytes.store(self.wal.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
