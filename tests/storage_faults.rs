@@ -92,15 +92,21 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    fn mount(size_mib: u64) -> Tmpfs {
+    /// Mounts a tmpfs, or `None` where that is not allowed (not root) outside CI. In CI (`CI`
+    /// set, as `.ci/run` runs) a failed mount fails the test: there it must run.
+    fn mount(size_mib: u64) -> Option<Tmpfs> {
         let mount_point = tempfile::TempDir::new().unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
             .arg(mount_point.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
-        Tmpfs { mount_point }
+            .stderr(Stdio::null())
+            .status();
+        if status.is_ok_and(|status| status.success()) {
+            return Some(Tmpfs { mount_point });
+        }
+        assert!(std::env::var_os("CI").is_none(), "mounting a tmpfs failed; CI must run as root");
+        eprintln!("SKIPPED the full-disk test: mounting a tmpfs needs root (CI runs it as root)");
+        None
     }
 
     fn path(&self) -> &std::path::Path {
@@ -116,7 +122,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_refuses_enqueues_with_507_keeps_serving_and_recovers_when_space_returns() {
-    let tmpfs = Tmpfs::mount(96);
+    let Some(tmpfs) = Tmpfs::mount(96) else { return };
     let data_dir = tempfile::TempDir::new_in(tmpfs.path()).unwrap();
     let watermark_bytes: u64 = 32 * 1024 * 1024;
     let watermark = watermark_bytes.to_string();
