@@ -465,7 +465,9 @@ impl Store {
         raw[8..].copy_from_slice(&position.offset.to_le_bytes());
         self.tree(TreeId::System).insert(keys::CHECKPOINT_KEY, &raw)?;
         self.db.flush()?;
-        sync_tree(&self.sled_dir)
+        sync_tree(&self.sled_dir)?;
+        release_free_memory();
+        Ok(())
     }
 
     /// Bytes on disk under the sled directory.
@@ -564,6 +566,27 @@ fn corrupt_key(tree: &str, key: &[u8]) -> StoreError {
         source: CodecError::TooShort { length: key.len() },
     }
 }
+
+/// Hands memory that glibc's malloc keeps after frees back to the system.
+///
+/// Under a steady write load sled allocates and frees node copies at a high rate and glibc keeps
+/// the freed memory: resident size reached 2.4 GiB right after enqueueing 1,000,000 messages whose
+/// data needs about 370 MiB, and `malloc_trim` returned 2.6 GiB of it. Called after each
+/// checkpoint (every 30 s or 64 MiB of log at most), it costs one heap walk.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim is glibc's, takes no pointers, and may be called from any thread at
+    // any time; it only returns free memory to the kernel.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 /// Fsyncs every file and directory under `dir`, so that what sled wrote survives a power loss.
 fn sync_tree(dir: &Path) -> Result<(), StoreError> {

@@ -781,6 +781,7 @@ impl Writer {
 
     fn checkpointed(&mut self, position: super::wal::WalPosition, result: Result<(), String>) {
         self.checkpoint_pending = false;
+        let bytes_before = self.wal.disk_bytes();
         match result
             .map_err(|error| error.to_string())
             .and_then(|()| self.wal.remove_before(position).map_err(|error| error.to_string()))
@@ -788,6 +789,11 @@ impl Writer {
             Ok(removed) => tracing::debug!(removed_segments = removed, "checkpoint"),
             Err(error) => tracing::warn!(%error, "checkpoint failed; the WAL is kept and retried"),
         }
+        // The growth that triggers the next checkpoint is counted from what is left: without
+        // this, each trigger waited for the previous peak plus the threshold, and the WAL (and the
+        // replay after a crash) ratcheted up under steady load.
+        let removed_bytes = bytes_before.saturating_sub(self.wal.disk_bytes());
+        self.wal_bytes_at_checkpoint = self.wal_bytes_at_checkpoint.saturating_sub(removed_bytes);
     }
 
     /// Turns broker refusals into client results; a token of a message that left memory (delivered,
