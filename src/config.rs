@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Enqueues are refused (507) while the data directory's filesystem has fewer free bytes (0: off).
     #[arg(long, env = "OUTBOXD_DISK_FREE_MIN_BYTES", default_value_t = DISK_FREE_MIN_BYTES_DEFAULT)]
     pub disk_free_min_bytes: u64,
+    /// WAL growth, in bytes, after which a checkpoint lets older log segments go (smaller means
+    /// less log to replay after a crash, and more frequent sled flushes).
+    #[arg(long, env = "OUTBOXD_CHECKPOINT_WAL_BYTES", default_value_t = CHECKPOINT_WAL_BYTES)]
+    pub checkpoint_wal_bytes: u64,
     /// At startup, set damaged message records aside (logged, kept in a `quarantine` tree) instead
     /// of refusing to start.
     #[arg(long, env = "OUTBOXD_QUARANTINE_CORRUPT")]
@@ -87,6 +91,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub connection_count_max: usize,
     pub disk_free_min_bytes: u64,
+    pub checkpoint_wal_bytes: u64,
     pub quarantine_corrupt: bool,
     pub shutdown_timeout_ms: u64,
     pub log_format: LogFormat,
@@ -183,6 +188,12 @@ impl Config {
             broker,
             connection_count_max: range("--max-connections", args.max_connections, 1, 1_000_000)?,
             disk_free_min_bytes: args.disk_free_min_bytes,
+            checkpoint_wal_bytes: range(
+                "--checkpoint-wal-bytes",
+                args.checkpoint_wal_bytes,
+                1024 * 1024,
+                CHECKPOINT_WAL_BYTES_MAX,
+            )?,
             quarantine_corrupt: args.quarantine_corrupt,
             shutdown_timeout_ms: range(
                 "--shutdown-timeout-ms",

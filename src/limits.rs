@@ -84,6 +84,7 @@ pub const GROUP_COMMAND_COUNT_MAX: usize = 1024;
 /// WAL segment size before rotation, and WAL growth that triggers a checkpoint.
 pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub const CHECKPOINT_WAL_BYTES: u64 = 64 * 1024 * 1024;
+pub const CHECKPOINT_WAL_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 pub const CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 
 /// Open connections served at once; more wait in the kernel's accept backlog.

@@ -70,6 +70,7 @@ async fn serve(config: Config) -> Result<(), Error> {
     let writer_config = WriterConfig {
         data_dir: config.data_dir.clone(),
         disk_free_min_bytes: config.disk_free_min_bytes,
+        checkpoint_wal_bytes: config.checkpoint_wal_bytes,
         depth: COMMAND_QUEUE_DEPTH,
     };
     let (writer, storage_thread) =

@@ -18,9 +18,7 @@ use super::wal::Wal;
 use super::{codec, Store, StoreError};
 use crate::events::{Event, EventLog};
 use crate::http::types::ExtendItem;
-use crate::limits::{
-    CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES, CONTROL_CHUNK_COUNT_MAX, GROUP_COMMAND_COUNT_MAX,
-};
+use crate::limits::{CHECKPOINT_INTERVAL_MS, CONTROL_CHUNK_COUNT_MAX, GROUP_COMMAND_COUNT_MAX};
 use crate::metrics as m;
 use crate::queue::{
     Broker, Change, ControlError, Edit, EnqueueError, EnqueueOutcome, FailOutcome, Grant,
@@ -248,6 +246,8 @@ pub struct WriterConfig {
     pub data_dir: std::path::PathBuf,
     /// Below this many free bytes enqueues are refused (0 turns the check off).
     pub disk_free_min_bytes: u64,
+    /// WAL growth that triggers a checkpoint.
+    pub checkpoint_wal_bytes: u64,
     /// Depth of the command channel.
     pub depth: usize,
 }
@@ -758,7 +758,7 @@ impl Writer {
         }
         let grown_bytes = self.wal.disk_bytes().saturating_sub(self.wal_bytes_at_checkpoint);
         let elapsed_ms = self.last_checkpoint.elapsed().as_millis() as u64;
-        let due = grown_bytes >= CHECKPOINT_WAL_BYTES
+        let due = grown_bytes >= self.config.checkpoint_wal_bytes
             || (grown_bytes > 0 && elapsed_ms >= CHECKPOINT_INTERVAL_MS);
         if !force && (!due || self.checkpoint_pending) {
             return;
