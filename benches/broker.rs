@@ -8,9 +8,7 @@
 //! the queue with 100 messages after each iteration (untimed), so it always holds 100k ready ones,
 //! and advances time 1 ms per iteration, firing the (stale) lease timers as the server would.
 
-use clap::Parser;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use outboxd::config::{Config, ServeArgs};
 use outboxd::queue::{BodyKind, Broker, BrokerConfig, Delivery, MessageContent, NewMessage};
 use outboxd::store::codec;
 use std::time::{Duration, Instant};
@@ -22,17 +20,6 @@ const BODY_BYTES: usize = 256;
 /// Batches enqueued into one broker before the enqueue bench starts a fresh one (100k messages).
 const ENQUEUE_RESET_EVERY: u64 = 1000;
 const QUEUE: &str = "bench";
-
-/// The server's default broker settings, read the way `serve` reads them.
-fn default_broker_config() -> BrokerConfig {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-    let flags = Flags::try_parse_from(["outboxd"]).expect("the defaults parse");
-    Config::from_args(&flags.serve).expect("the defaults are valid").broker
-}
 
 fn batch() -> Vec<NewMessage> {
     let content = MessageContent {
@@ -55,12 +42,12 @@ fn enqueue(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH_COUNT as u64));
     group.bench_function("enqueue_100", |b| {
         b.iter_custom(|iterations| {
-            let mut broker = Broker::new(default_broker_config(), NOW_MS, 1);
+            let mut broker = Broker::new(BrokerConfig::default(), NOW_MS, 1);
             let mut changes = Vec::new();
             let mut timed = Duration::ZERO;
             for iteration in 0..iterations {
                 if iteration % ENQUEUE_RESET_EVERY == ENQUEUE_RESET_EVERY - 1 {
-                    broker = Broker::new(default_broker_config(), NOW_MS, 1);
+                    broker = Broker::new(BrokerConfig::default(), NOW_MS, 1);
                 }
                 let messages = template.clone();
                 changes.clear();
@@ -77,7 +64,7 @@ fn enqueue(c: &mut Criterion) {
 
 fn lease_ack(c: &mut Criterion) {
     let template = batch();
-    let mut broker = Broker::new(default_broker_config(), NOW_MS, 1);
+    let mut broker = Broker::new(BrokerConfig::default(), NOW_MS, 1);
     let mut changes = Vec::new();
     for _ in 0..READY_COUNT / BATCH_COUNT {
         broker.enqueue(NOW_MS, QUEUE, template.clone(), None, &mut changes).expect("accepted");

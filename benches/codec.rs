@@ -6,9 +6,7 @@
 //! whatever fields `MessageMeta` gains); criterion times each operation in a loop, and reports
 //! time per operation (and per change for the frame).
 
-use clap::Parser;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use outboxd::config::{Config, ServeArgs};
 use outboxd::queue::{
     BodyKind, Broker, BrokerConfig, Change, Delivery, MessageContent, NewMessage,
 };
@@ -21,24 +19,13 @@ const BODY_BYTES: usize = 256;
 const FRAME_MESSAGE_COUNT: usize = 50;
 const NOW_MS: u64 = 1_700_000_000_000;
 
-/// The server's default broker settings, read the way `serve` reads them.
-fn default_broker_config() -> BrokerConfig {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-    let flags = Flags::try_parse_from(["outboxd"]).expect("the defaults parse");
-    Config::from_args(&flags.serve).expect("the defaults are valid").broker
-}
-
 fn content() -> MessageContent {
     MessageContent { headers: Vec::new(), body_kind: BodyKind::Json, body: vec![b'x'; BODY_BYTES] }
 }
 
 /// The PutMeta and PutContent changes of one enqueue of `count` messages.
 fn enqueue_changes(count: usize) -> Vec<Change> {
-    let mut broker = Broker::new(default_broker_config(), NOW_MS, 1);
+    let mut broker = Broker::new(BrokerConfig::default(), NOW_MS, 1);
     let message = NewMessage {
         content_record: codec::encode_content(&content()),
         priority: 0,

@@ -6,9 +6,7 @@
 //! server does. The store lives under `OUTBOXD_BENCH_DIR`, or cargo's target tmp dir. `apply` does
 //! not flush; sled's background flusher runs as in the server, so its cost shows up as noise.
 
-use clap::Parser;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use outboxd::config::{Config, ServeArgs};
 use outboxd::queue::{
     BodyKind, Broker, BrokerConfig, Change, Delivery, MessageContent, MessageId, NewMessage,
 };
@@ -19,17 +17,6 @@ use std::time::Duration;
 const NOW_MS: u64 = 1_700_000_000_000;
 const MESSAGE_COUNT: usize = 100;
 const BODY_BYTES: usize = 256;
-
-/// The server's default broker settings, read the way `serve` reads them.
-fn default_broker_config() -> BrokerConfig {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-    let flags = Flags::try_parse_from(["outboxd"]).expect("the defaults parse");
-    Config::from_args(&flags.serve).expect("the defaults are valid").broker
-}
 
 /// Where the store lives: `OUTBOXD_BENCH_DIR` if set, else cargo's per-target temp dir.
 fn bench_parent_dir() -> PathBuf {
@@ -51,7 +38,7 @@ fn enqueue_changes() -> Vec<Change> {
         attempt_count_max: None,
         delivery: Delivery::Now,
     };
-    let mut broker = Broker::new(default_broker_config(), NOW_MS, 1);
+    let mut broker = Broker::new(BrokerConfig::default(), NOW_MS, 1);
     let mut changes = Vec::new();
     broker
         .enqueue(NOW_MS, "bench", vec![message; MESSAGE_COUNT], None, &mut changes)

@@ -206,3 +206,42 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let flags = Flags::try_parse_from(std::iter::once("outboxd").chain(args.iter().copied()))
+            .expect("flags parse");
+        Config::from_args(&flags.serve)
+    }
+
+    #[test]
+    fn the_flag_defaults_are_the_broker_defaults() {
+        assert_eq!(config(&[]).unwrap().broker, BrokerConfig::default());
+    }
+
+    #[test]
+    fn an_out_of_range_setting_is_named_with_its_range() {
+        let error = config(&["--lease-ms", "0"]).unwrap_err();
+        assert_eq!(error.setting, "--lease-ms");
+        assert!(error.message.contains("outside 1..="), "{error}");
+        let error =
+            config(&["--backoff-initial-ms", "5000", "--backoff-max-ms", "10"]).unwrap_err();
+        assert_eq!(error.setting, "--backoff-initial-ms");
+        assert_eq!(config(&["--listen", "nowhere"]).unwrap_err().setting, "--listen");
+        assert_eq!(config(&["--log-format", "xml"]).unwrap_err().setting, "--log-format");
+        assert_eq!(
+            config(&["--checkpoint-wal-bytes", "10"]).unwrap_err().setting,
+            "--checkpoint-wal-bytes"
+        );
+    }
+}

@@ -50,6 +50,25 @@ pub struct BrokerConfig {
     pub history_keep_count: u32,
 }
 
+impl Default for BrokerConfig {
+    /// The server's defaults, the same constants `outboxd serve` takes when no flag is given.
+    fn default() -> BrokerConfig {
+        use crate::limits::*;
+        BrokerConfig {
+            attempt_count_max: ATTEMPT_COUNT_DEFAULT,
+            retry: RetryPolicy {
+                initial_ms: BACKOFF_INITIAL_MS_DEFAULT,
+                multiplier: BACKOFF_MULTIPLIER_DEFAULT,
+                max_ms: BACKOFF_MAX_MS_DEFAULT,
+                jitter: BACKOFF_JITTER_DEFAULT,
+            },
+            lease_ms: LEASE_MS_DEFAULT,
+            retention_ms: RETENTION_MS_DEFAULT,
+            history_keep_count: HISTORY_EVENT_COUNT_DEFAULT,
+        }
+    }
+}
+
 /// Counts of messages per state in one queue, indexed by `MessageState::index()`.
 pub type StateCounts = [u64; 6];
 
