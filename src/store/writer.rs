@@ -203,6 +203,12 @@ impl Waiters {
         notify
     }
 
+    /// Drops the notifiers nobody waits on, so that the map does not grow with every queue name
+    /// ever long-polled.
+    fn forget_idle(&self) {
+        self.by_queue.lock().retain(|_, notify| Arc::strong_count(notify) > 1);
+    }
+
     fn wake(&self, queue: &str) {
         if let Some(notify) = self.by_queue.lock().get(queue) {
             notify.notify_waiters();
@@ -361,6 +367,7 @@ impl Writer {
             if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
                 self.last_sweep = Instant::now();
                 self.sweep();
+                self.waiters.forget_idle();
             }
             self.rearm_step();
             self.maybe_checkpoint(false);
@@ -874,5 +881,23 @@ impl Command {
             Command::Redrive { reply, .. } => send(reply, error),
             Command::Stop => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifiers_without_waiters_are_forgotten() {
+        let waiters = Waiters::default();
+        let held = waiters.notifier("busy");
+        drop(waiters.notifier("idle"));
+        waiters.forget_idle();
+        let names: Vec<String> = waiters.by_queue.lock().keys().cloned().collect();
+        assert_eq!(names, vec!["busy".to_string()]);
+        drop(held);
+        waiters.forget_idle();
+        assert!(waiters.by_queue.lock().is_empty());
     }
 }
