@@ -14,9 +14,11 @@
 //! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
 //! - `metrics`: every metric name, the Prometheus recorder, and what `/metrics` sets at a scrape.
 //! - `telemetry`: logging setup.
+//! - `admin`: `outboxd backup`, `restore` and `check` (maintenance of a data directory).
 //! - `bench`: `outboxd bench`, the load generator.
 //! - `fuzzing`: fuzz target bodies (test builds), shared by `fuzz/` and the corpus replay test.
 
+pub mod admin;
 pub mod bench;
 pub mod clock;
 pub mod config;

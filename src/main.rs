@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(outboxd::admin::AdminCommand),
     /// Load a running (or spawned) server and report throughput, latency and lost messages.
     Bench(BenchArgs),
 }
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(args) => serve(&args).map_err(Into::into),
+        Command::Admin(command) => outboxd::admin::run(command),
         Command::Bench(args) => outboxd::bench::run(args).map_err(Into::into),
     };
     match result {

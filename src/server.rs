@@ -86,6 +86,10 @@ async fn serve(config: Config) -> Result<(), Error> {
     let address = listener
         .local_addr()
         .map_err(|source| Error::Io { context: "reading the listen address".into(), source })?;
+    // Before the announcement, so that whoever waits for it finds the file.
+    if let Err(error) = crate::admin::write_address_file(&config.data_dir, address) {
+        tracing::warn!(%error, "could not write the address file; `outboxd backup` needs --url");
+    }
     announce(address);
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
@@ -98,6 +102,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         shutdown,
         metrics: crate::metrics::install(),
         wal_bytes,
+        data_dir: config.data_dir.clone(),
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
     let state_failure = writer.failure();
@@ -119,6 +124,7 @@ async fn serve(config: Config) -> Result<(), Error> {
             source: std::io::Error::other(reason),
         });
     }
+    crate::admin::remove_address_file(&config.data_dir);
     tracing::info!("stopped");
     Ok(())
 }

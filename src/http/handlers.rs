@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Bytes of WAL on disk, kept current by the storage thread.
     pub wal_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// The data directory this server owns.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The reply sender of a command whose answer is a `T`.

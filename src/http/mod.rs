@@ -1,5 +1,6 @@
 //! The HTTP API: connection handling, routing, and response helpers.
 
+pub mod admin;
 pub mod control;
 pub mod error;
 pub mod handlers;
@@ -94,6 +95,7 @@ enum Route<'a> {
     Message(&'a str),
     MessageAction(&'a str, &'a str),
     Events,
+    Backup,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -110,6 +112,7 @@ fn match_path(path: &str) -> Option<Route<'_>> {
         ["v1", "messages", id] => Route::Message(id),
         ["v1", "messages", id, action @ ("retry" | "schedule")] => Route::MessageAction(id, action),
         ["v1", "events"] => Route::Events,
+        ["v1", "admin", "backup"] => Route::Backup,
         #[cfg(feature = "testing")]
         ["debug", "failpoints", name] => Route::Failpoint(name),
         _ => return None,
@@ -140,6 +143,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (Route::MessageAction(_, "retry"), _) => "retry",
         (Route::MessageAction(..), _) => "schedule",
         (Route::Events, _) => "events",
+        (Route::Backup, _) => "backup",
         #[cfg(feature = "testing")]
         (Route::Failpoint(_), _) => "failpoint",
     }
@@ -186,6 +190,8 @@ async fn route(state: &AppState, request: Request<Incoming>) -> Result<HttpRespo
         Route::MessageAction(..) => Err(refuse_method(&method, "POST")),
         Route::Events if method == Method::GET => stream::events(state, request).await,
         Route::Events => Err(refuse_method(&method, "GET")),
+        Route::Backup if method == Method::GET => admin::backup(state, request).await,
+        Route::Backup => Err(refuse_method(&method, "GET")),
         #[cfg(feature = "testing")]
         Route::Failpoint(name) if method == Method::PUT => {
             handlers::set_failpoint(state, name, request).await

@@ -5,7 +5,10 @@
 //! sled's own flush does not fsync (it ends in `sync_file_range`), so [`Store::checkpoint`] flushes
 //! sled, fsyncs every file under its directory (blobs included) and only then may the WAL segments
 //! it covers be deleted. Recovery (`recovery.rs`) replays the WAL from the last checkpoint.
+//! `backup.rs` writes, verifies and restores backup files; `check.rs` verifies a data directory.
 
+pub mod backup;
+pub mod check;
 pub mod codec;
 pub mod keys;
 pub mod overlay;
@@ -19,7 +22,8 @@ use crate::queue::{
 use crate::queue::{QueueId, QueueRecord};
 use codec::CodecError;
 use overlay::{Generation, Op, Overlay, TreeId, Write, ALL_TREES, TREE_COUNT};
-use std::collections::HashMap;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,7 +105,70 @@ pub struct Store {
     quarantine: sled::Tree,
     overlay: Overlay,
     sled_dir: PathBuf,
+    /// WAL segments that running backups still read: no checkpoint deletes them.
+    wal_pins: Arc<WalPins>,
 }
+
+/// The WAL segments running backups still need, by pin number.
+#[derive(Default)]
+struct WalPins {
+    /// Pin number → the first segment seq the backup reads.
+    by_number: Mutex<BTreeMap<u64, u64>>,
+    next_number: std::sync::atomic::AtomicU64,
+}
+
+/// Keeps the WAL from a position on while it lives: checkpoints delete no segment at or after it.
+///
+/// Taken by the storage thread (so that no checkpoint can finish between choosing the position and
+/// pinning it) and dropped when the backup that reads the segments ends, on any thread.
+pub struct WalPin {
+    pins: Arc<WalPins>,
+    number: u64,
+}
+
+impl Drop for WalPin {
+    fn drop(&mut self) {
+        self.pins.by_number.lock().remove(&self.number);
+    }
+}
+
+/// Whether a data directory exists and whether a process has it open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectoryState {
+    /// There is no sled database under it (`DATA_DIR/sled/db` is missing).
+    Missing,
+    /// It holds data and nobody has it open.
+    Free,
+    /// A process (a running server, or a backup or check) holds its lock.
+    InUse,
+}
+
+/// Looks at whether `data_dir` holds data and whether its lock is taken, without opening it.
+///
+/// sled takes an exclusive `flock` on `DATA_DIR/sled/db` for as long as the database is open, so a
+/// lock that cannot be taken means another process is using the directory. The probe's own lock
+/// is released at once.
+pub fn directory_state(data_dir: &Path) -> Result<DirectoryState, StoreError> {
+    use fs2::FileExt;
+    let path = data_dir.join("sled").join("db");
+    let file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(DirectoryState::Missing)
+        }
+        Err(source) => return Err(StoreError::Io { path, source }),
+    };
+    match file.try_lock_exclusive() {
+        Ok(()) => Ok(DirectoryState::Free),
+        Err(error) if error.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+            Ok(DirectoryState::InUse)
+        }
+        Err(source) => Err(StoreError::Io { path, source }),
+    }
+}
+
+/// The name of the tree that holds damaged records set aside by `--quarantine-corrupt`.
+pub const QUARANTINE_TREE: &str = "quarantine";
 
 /// Staging waits for the applier once this many writes wait in the overlay (about 30 MiB of
 /// 256-byte messages): the bound on the overlay's memory under a sustained overload.
@@ -113,6 +180,10 @@ const SLED_BATCH_WRITE_COUNT_MAX: usize = 1000;
 impl Store {
     /// Opens (creating if absent) the sled database under `data_dir/sled`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, Overlay::new(OVERLAY_WRITE_COUNT_MAX))
+    }
+
+    fn open_with(data_dir: &Path, overlay: Overlay) -> Result<Store, StoreError> {
         let sled_dir = data_dir.join("sled");
         let db = sled::Config::new()
             .path(&sled_dir)
@@ -134,10 +205,11 @@ impl Store {
         ];
         Ok(Store {
             trees,
-            quarantine: db.open_tree("quarantine")?,
-            overlay: Overlay::new(OVERLAY_WRITE_COUNT_MAX),
+            quarantine: db.open_tree(QUARANTINE_TREE)?,
+            overlay,
             db,
             sled_dir,
+            wal_pins: Arc::default(),
         })
     }
 
@@ -417,6 +489,24 @@ impl Store {
         Ok(Some(record.name))
     }
 
+    /// Keeps the WAL segments from `position` on until the returned pin is dropped.
+    pub fn pin_wal(&self, position: WalPosition) -> WalPin {
+        let number = self.wal_pins.next_number.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.wal_pins.by_number.lock().insert(number, position.segment_seq);
+        WalPin { pins: self.wal_pins.clone(), number }
+    }
+
+    /// The position before which WAL segments may be deleted: `checkpoint`, or the first pinned
+    /// segment if a backup still reads an earlier one.
+    pub fn wal_removable_before(&self, checkpoint: WalPosition) -> WalPosition {
+        match self.wal_pins.by_number.lock().values().min() {
+            Some(&pinned_seq) if pinned_seq < checkpoint.segment_seq => {
+                WalPosition { segment_seq: pinned_seq, offset: 0 }
+            }
+            _ => checkpoint,
+        }
+    }
+
     /// The WAL position the last checkpoint covers, or the start of the WAL if none was taken.
     pub fn checkpoint_position(&self) -> Result<WalPosition, StoreError> {
         let Some(bytes) = self.tree(TreeId::System).get(keys::CHECKPOINT_KEY)? else {
@@ -604,4 +694,26 @@ fn sync_tree(dir: &Path) -> Result<(), StoreError> {
         }
     }
     std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_wal_segment_outlives_checkpoints_until_the_pin_is_dropped() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let checkpoint = WalPosition::new(7, 16);
+        assert_eq!(store.wal_removable_before(checkpoint), checkpoint);
+        let first = store.pin_wal(WalPosition::new(5, 100));
+        let second = store.pin_wal(WalPosition::new(6, 16));
+        assert_eq!(store.wal_removable_before(checkpoint), WalPosition::new(5, 0));
+        // A pin at or after the checkpoint's segment holds nothing back.
+        assert_eq!(store.wal_removable_before(WalPosition::new(4, 16)), WalPosition::new(4, 16));
+        drop(first);
+        assert_eq!(store.wal_removable_before(checkpoint), WalPosition::new(6, 0));
+        drop(second);
+        assert_eq!(store.wal_removable_before(checkpoint), checkpoint);
+    }
 }

@@ -106,6 +106,8 @@ pub struct Overlay {
     changed: Condvar,
     /// Above this many writes waiting in the open generation, staging waits for the applier.
     open_write_count_max: usize,
+    /// Above this many bytes waiting in the open generation, staging waits too.
+    open_bytes_max: usize,
 }
 
 struct State {
@@ -143,6 +145,11 @@ pub enum Work {
 
 impl Overlay {
     pub fn new(open_write_count_max: usize) -> Overlay {
+        Overlay::with_bytes_max(open_write_count_max, OPEN_BYTES_MAX)
+    }
+
+    /// An overlay whose open generation waits for the applier at `open_bytes_max` bytes.
+    pub fn with_bytes_max(open_write_count_max: usize, open_bytes_max: usize) -> Overlay {
         Overlay {
             state: Mutex::new(State {
                 open: Generation::default(),
@@ -158,6 +165,7 @@ impl Overlay {
             }),
             changed: Condvar::new(),
             open_write_count_max,
+            open_bytes_max,
         }
     }
 
@@ -165,7 +173,7 @@ impl Overlay {
     pub fn stage(&self, writes: Vec<Write>) -> Result<(), String> {
         let mut state = self.state.lock();
         while (state.open.write_count >= self.open_write_count_max
-            || state.open.byte_count >= OPEN_BYTES_MAX)
+            || state.open.byte_count >= self.open_bytes_max)
             && state.failure.is_none()
         {
             self.changed.wait(&mut state);
@@ -242,6 +250,12 @@ impl Overlay {
         Some(((segment, offset), result))
     }
 
+    /// Takes the open generation out, leaving the overlay empty (for a reader that runs no
+    /// applier and looks the writes up itself).
+    pub fn take_open(&self) -> Generation {
+        std::mem::take(&mut self.state.lock().open)
+    }
+
     /// Asks the applier to write what is left and stop.
     pub fn stop(&self) {
         self.state.lock().stopping = true;
@@ -267,7 +281,7 @@ impl Overlay {
                     || state.syncing
                     || state.checkpoint.is_some()
                     || state.open.write_count >= self.open_write_count_max / 2
-                    || state.open.byte_count >= OPEN_BYTES_MAX / 2;
+                    || state.open.byte_count >= self.open_bytes_max / 2;
                 if age >= COALESCE_WINDOW || hurried {
                     break;
                 }

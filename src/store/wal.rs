@@ -473,6 +473,94 @@ where
     Ok(summary)
 }
 
+/// What [`read_range`] read: how many frames it visited, and a torn tail it stopped at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeSummary {
+    /// Frames passed to the callback.
+    pub frame_count: u64,
+    /// Damage at the end of the newest segment, where a crash can leave it (only when reading to
+    /// the end of the log): the segment, the offset of the damaged frame and why. A server would
+    /// cut it off at its next start; the frames before it are complete.
+    pub torn_tail: Option<(PathBuf, u64, String)>,
+    /// Position just after the last frame read (visited or not), if any.
+    pub end_position: Option<WalPosition>,
+}
+
+/// Reads the frames from `from` up to `to` (or to the end of the log when `None`) without
+/// changing any file, calling `visit(position_after_frame, payload)` for each.
+///
+/// Unlike [`replay`] it is safe on a log that a running server appends to: it opens segments
+/// read-only and stops exactly at `to`, which the caller got as a committed position, so frames
+/// being written after it are never looked at. Frames in `from`'s segment before `from.offset`
+/// are verified but not visited. Damage is [`WalError::Corrupt`], except at the end of the last
+/// segment when reading to the end of the log, where it is reported as a torn tail.
+pub fn read_range<E>(
+    dir: &Path,
+    from: WalPosition,
+    to: Option<WalPosition>,
+    mut visit: impl FnMut(WalPosition, &[u8]) -> Result<(), E>,
+) -> Result<RangeSummary, E>
+where
+    E: From<WalError>,
+{
+    let mut segments = select_replay_segments(dir, list_segments(dir)?, from)?;
+    if let Some(to) = to {
+        segments.retain(|(seq, _)| *seq <= to.segment_seq);
+        let reaches_end = segments.last().is_some_and(|(seq, _)| *seq == to.segment_seq);
+        if to > from && !reaches_end {
+            let reason =
+                format!("segment {} holding the end of the range is missing", to.segment_seq);
+            return Err(WalError::corrupt(dir, to.offset, reason).into());
+        }
+    }
+    let last_seq = segments.last().map(|(seq, _)| *seq);
+    let mut summary = RangeSummary::default();
+    let mut payload = Vec::new();
+    for (seq, path) in &segments {
+        let start_offset = if *seq == from.segment_seq { from.offset } else { 0 };
+        let end_offset = to.filter(|to| to.segment_seq == *seq).map(|to| to.offset);
+        let mut reader = SegmentReader::open(path, *seq, false)?;
+        loop {
+            let frame_offset = reader.offset;
+            if end_offset == Some(frame_offset) {
+                break;
+            }
+            match reader.next_frame(&mut payload)? {
+                FrameRead::End if end_offset.is_some() => {
+                    let reason =
+                        format!("the segment ends at {frame_offset}, before the range end");
+                    return Err(WalError::corrupt(path, frame_offset, reason).into());
+                }
+                FrameRead::End => break,
+                FrameRead::Damaged(reason) if to.is_none() && Some(*seq) == last_seq => {
+                    summary.torn_tail = Some((path.clone(), frame_offset, reason));
+                    break;
+                }
+                FrameRead::Damaged(reason) => {
+                    return Err(WalError::corrupt(path, frame_offset, reason).into());
+                }
+                FrameRead::Frame => {
+                    let position = WalPosition::new(*seq, reader.offset);
+                    summary.end_position = Some(position);
+                    if end_offset.is_some_and(|end| reader.offset > end) {
+                        let reason = "the range end is inside a frame".to_string();
+                        return Err(WalError::corrupt(path, frame_offset, reason).into());
+                    }
+                    if frame_offset >= start_offset {
+                        visit(position, &payload)?;
+                        summary.frame_count += 1;
+                    } else if reader.offset > start_offset {
+                        let reason =
+                            format!("the range start is inside the frame at {frame_offset}");
+                        return Err(WalError::corrupt(path, start_offset, reason).into());
+                    }
+                }
+            }
+        }
+    }
+    Ok(summary)
+}
+
 /// One segment as seen by [`replay`].
 struct ReplaySegment<'a> {
     path: &'a Path,
@@ -916,6 +1004,59 @@ mod tests {
         assert_eq!(summary.truncated, None);
         assert_eq!(summary.last_position, Some(committed));
         assert_eq!(segment_files(&dir).len(), rotations + 2);
+    }
+
+    fn read_range_frames(
+        dir: &Path,
+        from: WalPosition,
+        to: Option<WalPosition>,
+    ) -> Result<(Frames, RangeSummary), WalError> {
+        let mut frames = Vec::new();
+        let summary = read_range(dir, from, to, |position, bytes: &[u8]| {
+            frames.push((position, bytes.to_vec()));
+            Ok::<(), WalError>(())
+        })?;
+        Ok((frames, summary))
+    }
+
+    #[test]
+    fn read_range_stops_at_the_end_position_and_changes_nothing() {
+        let _g = shared();
+        let tmp = TempDir::new().unwrap();
+        let mut wal = Wal::open(tmp.path(), SEGMENT_BYTES_MAX_DEFAULT).unwrap();
+        let mut written = write_frames(&mut wal, 0, 3);
+        wal.rotate().unwrap();
+        written.extend(write_frames(&mut wal, 3, 3));
+        // A later append that the range must not look at, as on a live log.
+        wal.append(b"uncommitted");
+        let (frames, summary) =
+            read_range_frames(tmp.path(), written[0].0, Some(written[4].0)).unwrap();
+        assert_eq!(frames, written[1..5].to_vec());
+        assert_eq!(summary.frame_count, 4);
+        assert_eq!(summary.end_position, Some(written[4].0));
+        // An empty range reads nothing.
+        let (frames, _) = read_range_frames(tmp.path(), written[2].0, Some(written[2].0)).unwrap();
+        assert!(frames.is_empty());
+        let inside = WalPosition::new(1, written[4].0.offset - 1);
+        let err = read_range_frames(tmp.path(), written[0].0, Some(inside)).unwrap_err();
+        assert!(err.to_string().contains("inside a frame"), "{err}");
+        let beyond = WalPosition::new(1, written[5].0.offset + 100);
+        let err = read_range_frames(tmp.path(), written[0].0, Some(beyond)).unwrap_err();
+        assert!(err.to_string().contains("before the range end"), "{err}");
+        drop(wal);
+
+        // To the end of the log: a torn tail is reported and left in place.
+        let path = segment_files(tmp.path()).pop().unwrap();
+        let last = written.last().unwrap().0.offset;
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(last + 5).unwrap();
+        let (frames, summary) = read_range_frames(tmp.path(), WalPosition::START, None).unwrap();
+        assert_eq!(frames, written);
+        assert_eq!(summary.torn_tail.as_ref().map(|tail| tail.1), Some(last));
+        assert_eq!(fs::metadata(&path).unwrap().len(), last + 5, "read_range never truncates");
+        // The same damage in an earlier segment is corruption.
+        flip_byte(&segment_files(tmp.path())[0], written[0].0.offset + 9);
+        let err = read_range_frames(tmp.path(), WalPosition::START, None).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { .. }), "{err}");
     }
 
     #[test]

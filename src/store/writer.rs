@@ -135,6 +135,16 @@ pub enum Command {
         reset_attempts: bool,
         reply: Reply<Option<u64>>,
     },
+    /// Starts a backup: the WAL position up to which every commit is staged (acknowledged writes
+    /// all lie before it), with the WAL pinned from there so that no checkpoint deletes what the
+    /// backup still has to copy.
+    BackupStart {
+        reply: Reply<(super::wal::WalPosition, super::WalPin)>,
+    },
+    /// The WAL position up to which everything is durable (the end of a backup's log copy).
+    WalEnd {
+        reply: Reply<super::wal::WalPosition>,
+    },
     /// Finish the commands sent before this one, checkpoint, and stop.
     Stop,
 }
@@ -144,7 +154,11 @@ impl Command {
     fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Command::QueueStats { .. } | Command::Queues { .. } | Command::ListActive { .. }
+            Command::QueueStats { .. }
+                | Command::Queues { .. }
+                | Command::ListActive { .. }
+                | Command::BackupStart { .. }
+                | Command::WalEnd { .. }
         )
     }
 
@@ -561,6 +575,15 @@ impl Writer {
                     .map(|queue_id| broker.list_active(queue_id, state, after, descending, limit));
                 return drop(reply.send(Ok(ids)));
             }
+            Command::BackupStart { reply } => {
+                // Every commit before this position was staged by `commit` right after its sync.
+                let position = self.wal.committed_position();
+                let pin = self.store.pin_wal(position);
+                return drop(reply.send(Ok((position, pin))));
+            }
+            Command::WalEnd { reply } => {
+                return drop(reply.send(Ok(self.wal.committed_position())));
+            }
             Command::Stop => return,
             control => return self.execute_control(control, now_ms),
         };
@@ -789,10 +812,10 @@ impl Writer {
     fn checkpointed(&mut self, position: super::wal::WalPosition, result: Result<(), String>) {
         self.checkpoint_pending = false;
         let bytes_before = self.wal.disk_bytes();
-        match result
-            .map_err(|error| error.to_string())
-            .and_then(|()| self.wal.remove_before(position).map_err(|error| error.to_string()))
-        {
+        match result.map_err(|error| error.to_string()).and_then(|()| {
+            let removable = self.store.wal_removable_before(position);
+            self.wal.remove_before(removable).map_err(|error| error.to_string())
+        }) {
             Ok(removed) => tracing::debug!(removed_segments = removed, "checkpoint"),
             Err(error) => tracing::warn!(%error, "checkpoint failed; the WAL is kept and retried"),
         }
@@ -853,6 +876,8 @@ impl Command {
             Command::Configure { .. } => "configure",
             Command::Purge { .. } => "purge",
             Command::Redrive { .. } => "redrive",
+            Command::BackupStart { .. } => "backup_start",
+            Command::WalEnd { .. } => "wal_end",
             Command::Stop => "stop",
         }
     }
@@ -879,6 +904,8 @@ impl Command {
             Command::Configure { reply, .. } => send(reply, error),
             Command::Purge { reply, .. } => send(reply, error),
             Command::Redrive { reply, .. } => send(reply, error),
+            Command::BackupStart { reply } => send(reply, error),
+            Command::WalEnd { reply } => send(reply, error),
             Command::Stop => {}
         }
     }

@@ -1,0 +1,415 @@
+//! Backup, restore and check, end to end.
+//!
+//! Goal: a backup taken while the server works holds every write acknowledged before it started
+//! and restores to a state the server starts from; damaged backups and damaged records are found
+//! and named, never silently used; nothing fights a running server over its data directory.
+//! Method: the real binary. Producers and a consumer keep a server busy while `outboxd backup
+//! --data-dir` (which goes through the server's `GET /v1/admin/backup`) runs; the backup is
+//! restored with `outboxd restore`, checked with `outboxd check`, and a server started on it must
+//! return every message enqueued (and every ack made) before the backup began. Damage is made by
+//! hand: bytes of a backup file cut off or flipped, a stored record's byte flipped (or an index
+//! entry removed) through sled. A server with API tokens must get the token from `--token` or
+//! `OUTBOXD_TOKEN`.
+
+mod common;
+
+use common::{string_array, Server};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// Runs `outboxd ARGS...` to completion.
+fn outboxd(args: &[&str]) -> Output {
+    outboxd_with_token(args, None)
+}
+
+/// Runs `outboxd ARGS...` with `OUTBOXD_TOKEN` set to `token` (or unset).
+fn outboxd_with_token(args: &[&str], token: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outboxd"));
+    command.args(args).env_remove("OUTBOXD_TOKEN");
+    if let Some(token) = token {
+        command.env("OUTBOXD_TOKEN", token);
+    }
+    command.output().expect("run outboxd")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `outboxd ARGS...` and asserts it succeeded; returns its stdout.
+fn outboxd_ok(args: &[&str]) -> String {
+    let output = outboxd(args);
+    assert!(
+        output.status.success(),
+        "outboxd {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+/// Runs `outboxd ARGS...` expecting it to fail; returns (stdout, stderr).
+fn outboxd_fails(args: &[&str]) -> (String, String) {
+    let output = outboxd(args);
+    assert!(
+        !output.status.success(),
+        "outboxd {args:?} should have failed\nstdout:\n{}\nstderr:\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    (text(&output.stdout), text(&output.stderr))
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// A stopped server's directory with a few messages in two queues, one of them delivered.
+fn stopped_server_with_messages() -> (Server, Vec<String>) {
+    let mut server = Server::start(&[]);
+    let ids = server
+        .enqueue("orders", &json!([{"body": {"n": 1}}, {"body": {"n": 2}}, {"body": {"n": 3}}]));
+    server.enqueue("emails", &json!([{"body": "hello"}]));
+    let leased = server.lease("orders", 1, 30_000, 0);
+    let token = leased[0]["lease"].as_str().unwrap().to_string();
+    server.ack("orders", &[&token]);
+    assert!(server.terminate().success());
+    (server, ids)
+}
+
+/// What the load threads saw acknowledged, in order.
+#[derive(Default)]
+struct Acknowledged {
+    /// Enqueued message id → the `n` of its body.
+    enqueued: HashMap<String, u64>,
+    /// Ids whose ack was answered `acked`.
+    acked: HashSet<String>,
+}
+
+#[test]
+fn a_backup_under_load_holds_every_write_acknowledged_before_it_started() {
+    // A small checkpoint threshold, so that checkpoints (which delete log segments) run while the
+    // backup copies the log.
+    let server = Server::start(&["--checkpoint-wal-bytes", "1048576"]);
+    let seen = Arc::new(Mutex::new(Acknowledged::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for producer in 0..2u64 {
+        let (client, seen, stop) = (server.client(), seen.clone(), stop.clone());
+        threads.push(thread::spawn(move || {
+            let pad = "x".repeat(1000);
+            let mut n = producer * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<Value> =
+                    (n..n + 5).map(|k| json!({"body": {"n": k, "pad": pad}})).collect();
+                let response =
+                    client.enqueue_raw("load", &json!({ "messages": batch }).to_string(), None);
+                if response.status == 201 {
+                    let ids = string_array(&response.body["ids"]);
+                    let mut seen = seen.lock().unwrap();
+                    for (offset, id) in ids.into_iter().enumerate() {
+                        seen.enqueued.insert(id, n + offset as u64);
+                    }
+                }
+                n += 5;
+            }
+        }));
+    }
+    {
+        let (client, seen, stop) = (server.client(), seen.clone(), stop.clone());
+        threads.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let leased = client.lease("load", 10, 60_000, 0);
+                let tokens: Vec<&str> =
+                    leased.iter().map(|message| message["lease"].as_str().unwrap()).collect();
+                if tokens.is_empty() {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                let results = client.ack("load", &tokens);
+                let mut seen = seen.lock().unwrap();
+                for (message, result) in leased.iter().zip(results) {
+                    if result["result"] == "acked" {
+                        seen.acked.insert(message["id"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+        }));
+    }
+    thread::sleep(Duration::from_millis(700));
+    let (enqueued_before, acked_before) = {
+        let seen = seen.lock().unwrap();
+        (seen.enqueued.clone(), seen.acked.clone())
+    };
+    let work = tempfile::TempDir::new().unwrap();
+    let backup_file = work.path().join("live.backup");
+    let stdout =
+        outboxd_ok(&["backup", "--data-dir", path(server.data_dir()), "--out", path(&backup_file)]);
+    assert!(stdout.contains("taken through the server"), "{stdout}");
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().expect("load thread");
+    }
+    assert!(enqueued_before.len() >= 50, "the load made too little: {}", enqueued_before.len());
+    assert!(!acked_before.is_empty(), "the consumer acked nothing before the backup");
+
+    let restored = tempfile::TempDir::new().unwrap();
+    outboxd_ok(&["restore", "--backup", path(&backup_file), "--data-dir", path(restored.path())]);
+    let report = outboxd_ok(&["check", "--data-dir", path(restored.path())]);
+    assert!(report.contains("no problems found"), "{report}");
+
+    let copy = Server::start_in(restored, &[]);
+    for (id, n) in &enqueued_before {
+        let message = copy.get_message(id);
+        assert_eq!(message["body"]["n"], json!(n), "message {id}: {message}");
+        if acked_before.contains(id) {
+            assert_eq!(message["state"], "delivered", "acked before the backup: {message}");
+        }
+    }
+    // Sane states: every message counted once, and nothing acked before the backup comes back.
+    let counts = copy.queue_counts("load");
+    let total: u64 = counts.as_object().unwrap().values().filter_map(Value::as_u64).sum();
+    let leased = copy.lease_all("load", 60_000, 0);
+    let leased_ids: Vec<&str> =
+        leased.iter().map(|message| message["id"].as_str().unwrap()).collect();
+    let distinct: HashSet<&str> = leased_ids.iter().copied().collect();
+    assert_eq!(distinct.len(), leased_ids.len(), "a message was leased twice");
+    assert!(leased_ids.iter().all(|id| !acked_before.contains(*id)), "an acked message came back");
+    assert!(total >= enqueued_before.len() as u64, "counts {counts} < {}", enqueued_before.len());
+    let enqueued_after = seen.lock().unwrap().enqueued.len() as u64;
+    assert!(total <= enqueued_after, "counts {counts} > every enqueue made ({enqueued_after})");
+}
+
+#[test]
+fn a_stopped_servers_directory_is_backed_up_and_restored_only_into_an_empty_place() {
+    let (server, ids) = stopped_server_with_messages();
+    let work = tempfile::TempDir::new().unwrap();
+    let backup_file = work.path().join("stopped.backup");
+    let stdout =
+        outboxd_ok(&["backup", "--data-dir", path(server.data_dir()), "--out", path(&backup_file)]);
+    assert!(stdout.contains("read directly"), "{stdout}");
+
+    let target = work.path().join("restored");
+    outboxd_ok(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
+    // A non-empty target is refused, and left as it was.
+    let marker = target.join("keep-me");
+    std::fs::write(&marker, b"mine").unwrap();
+    let (_, stderr) =
+        outboxd_fails(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
+    assert!(stderr.contains("is not empty") && stderr.contains("--force"), "{stderr}");
+    assert!(marker.exists(), "a refused restore must not touch the target");
+    outboxd_ok(&[
+        "restore",
+        "--backup",
+        path(&backup_file),
+        "--data-dir",
+        path(&target),
+        "--force",
+    ]);
+    assert!(!marker.exists(), "--force replaces the directory");
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary directories left behind: {leftovers:?}");
+
+    let moved = tempfile::TempDir::new().unwrap();
+    std::fs::remove_dir(moved.path()).unwrap();
+    std::fs::rename(&target, moved.path()).unwrap();
+    let copy = Server::start_in(moved, &[]);
+    assert_eq!(copy.get_message(&ids[0])["state"], "delivered");
+    assert_eq!(copy.get_message(&ids[1])["body"], json!({"n": 2}));
+    assert_eq!(copy.queue_counts("orders")["ready"], 2);
+    assert_eq!(copy.queue_counts("emails")["ready"], 1);
+}
+
+#[test]
+fn a_truncated_or_damaged_backup_is_refused_naming_the_offset() {
+    let (server, _) = stopped_server_with_messages();
+    let work = tempfile::TempDir::new().unwrap();
+    let backup_file = work.path().join("good.backup");
+    outboxd_ok(&["backup", "--data-dir", path(server.data_dir()), "--out", path(&backup_file)]);
+    let bytes = std::fs::read(&backup_file).unwrap();
+
+    let truncated = work.path().join("truncated.backup");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    let target = work.path().join("from-truncated");
+    let (_, stderr) =
+        outboxd_fails(&["restore", "--backup", path(&truncated), "--data-dir", path(&target)]);
+    assert!(stderr.contains("truncated at byte offset"), "{stderr}");
+    assert!(!target.exists(), "a failed restore must leave nothing behind");
+
+    let damaged = work.path().join("damaged.backup");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x40;
+    std::fs::write(&damaged, &flipped).unwrap();
+    let (_, stderr) =
+        outboxd_fails(&["restore", "--backup", path(&damaged), "--data-dir", path(&target)]);
+    assert!(stderr.contains("damaged at byte offset"), "{stderr}");
+    assert!(!target.exists(), "a failed restore must leave nothing behind");
+    let (_, stderr) = outboxd_fails(&["check", "--backup", path(&damaged)]);
+    assert!(stderr.contains("damaged at byte offset"), "{stderr}");
+
+    let report = outboxd_ok(&["check", "--backup", path(&backup_file)]);
+    assert!(report.contains("no problems found"), "{report}");
+}
+
+#[test]
+fn check_prints_a_summary_of_a_healthy_directory() {
+    let (server, _) = stopped_server_with_messages();
+    let report = outboxd_ok(&["check", "--data-dir", path(server.data_dir())]);
+    assert!(report.contains("no problems found"), "{report}");
+    assert!(report.contains("orders: ") && report.contains("emails: "), "{report}");
+    let json: Value = serde_json::from_str(&outboxd_ok(&[
+        "check",
+        "--data-dir",
+        path(server.data_dir()),
+        "--json",
+    ]))
+    .expect("--json prints JSON");
+    assert_eq!(json["ok"], true, "{json}");
+    assert_eq!(json["queues"]["orders"]["ready"], 2, "{json}");
+    assert_eq!(json["queues"]["orders"]["delivered"], 1, "{json}");
+    assert_eq!(json["queues"]["emails"]["ready"], 1, "{json}");
+    assert_eq!(json["trees"]["meta"], 4, "{json}");
+    assert_eq!(json["trees"]["content"], 4, "{json}");
+    assert_eq!(json["trees"]["terminal"], 1, "{json}");
+    assert_eq!(json["problems"], json!([]), "{json}");
+}
+
+#[test]
+fn check_finds_a_damaged_record_and_says_what_to_do() {
+    let (server, ids) = stopped_server_with_messages();
+    {
+        let db = open_sled(server.data_dir());
+        let meta = db.open_tree("meta").unwrap();
+        let key = u64::from_str_radix(&ids[1], 16).unwrap().to_be_bytes();
+        let mut value = meta.get(key).unwrap().expect("the message's record").to_vec();
+        let middle = value.len() / 2;
+        value[middle] ^= 0x01;
+        meta.insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+    let (stdout, stderr) = outboxd_fails(&["check", "--data-dir", path(server.data_dir())]);
+    assert!(stdout.contains(&format!("meta {}: crc mismatch", ids[1])), "{stdout}");
+    assert!(stdout.contains("what to do: restore the data directory from a backup"), "{stdout}");
+    assert!(stderr.contains("check found 1 problem"), "{stderr}");
+
+    let output = outboxd(&["check", "--data-dir", path(server.data_dir()), "--json"]);
+    assert!(!output.status.success());
+    let json: Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+    assert_eq!(json["ok"], false, "{json}");
+    let problems = json["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{json}");
+    assert_eq!(problems[0]["tree"], "meta");
+    assert_eq!(problems[0]["key"], json!(ids[1]));
+}
+
+#[test]
+fn check_refuses_a_directory_a_server_runs_on_and_backup_goes_through_the_server() {
+    let mut server = Server::start(&[]);
+    let ids = server.enqueue("live", &json!([{"body": "a"}, {"body": "b"}]));
+    let (_, stderr) = outboxd_fails(&["check", "--data-dir", path(server.data_dir())]);
+    assert!(stderr.contains("in use by a running server"), "{stderr}");
+    assert!(stderr.contains("outboxd check --backup"), "the refusal says what to do: {stderr}");
+    assert!(server.data_dir().join("outboxd.addr").exists());
+
+    let work = tempfile::TempDir::new().unwrap();
+    let backup_file = work.path().join("by-url.backup");
+    let url = server.base_url.clone();
+    let stdout = outboxd_ok(&["backup", "--url", &url, "--out", path(&backup_file)]);
+    assert!(stdout.contains("taken through the server"), "{stdout}");
+    let json: Value =
+        serde_json::from_str(&outboxd_ok(&["check", "--backup", path(&backup_file), "--json"]))
+            .expect("--json prints JSON");
+    assert_eq!(json["queues"]["live"]["ready"], 2, "{json}");
+    assert_eq!(json["backup"]["entry_count"].as_u64().map(|count| count > 0), Some(true), "{json}");
+
+    assert!(server.terminate().success());
+    assert!(!server.data_dir().join("outboxd.addr").exists(), "removed at a clean shutdown");
+    let _ = ids;
+}
+
+/// Opens a stopped server's sled with the server's own settings (sled refuses another segment size).
+fn open_sled(data_dir: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(data_dir.join("sled"))
+        .segment_size(outboxd::store::SLED_SEGMENT_BYTES)
+        .open()
+        .expect("open the stopped server's sled")
+}
+
+#[test]
+fn check_finds_indexes_that_disagree_with_the_records() {
+    let (server, ids) = stopped_server_with_messages();
+    {
+        let db = open_sled(server.data_dir());
+        // ids[0] was delivered: drop its entry in the terminal index; drop ids[2]'s content.
+        let terminal = db.open_tree("terminal").unwrap();
+        let delivered = u64::from_str_radix(&ids[0], 16).unwrap();
+        let entries: Vec<_> = terminal.iter().keys().map(Result::unwrap).collect();
+        assert_eq!(entries.len(), 1);
+        assert!(entries[0].ends_with(&delivered.to_be_bytes()));
+        terminal.remove(&entries[0]).unwrap();
+        let content = db.open_tree("content").unwrap();
+        content.remove(u64::from_str_radix(&ids[2], 16).unwrap().to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let output = outboxd(&["check", "--data-dir", path(server.data_dir()), "--json"]);
+    assert!(!output.status.success());
+    let json: Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+    let problems: Vec<(String, String)> = json["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|problem| {
+            (
+                problem["tree"].as_str().unwrap().to_string(),
+                problem["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        problems,
+        vec![("terminal".to_string(), ids[0].clone()), ("content".to_string(), ids[2].clone())],
+        "{json}"
+    );
+}
+
+#[test]
+fn check_sees_the_log_a_killed_server_left_to_replay() {
+    let mut server = Server::start(&[]);
+    server.enqueue("crashed", &json!([{"body": 1}, {"body": 2}, {"body": 3}]));
+    server.kill9();
+    let json: Value = serde_json::from_str(&outboxd_ok(&[
+        "check",
+        "--data-dir",
+        path(server.data_dir()),
+        "--json",
+    ]))
+    .expect("--json prints JSON");
+    assert!(json["wal"]["pending_frame_count"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(json["queues"]["crashed"]["ready"], 3, "{json}");
+    assert_eq!(json["ok"], true, "{json}");
+    // A backup of the directory copies that log too, and restores it.
+    let work = tempfile::TempDir::new().unwrap();
+    let backup_file = work.path().join("crashed.backup");
+    outboxd_ok(&["backup", "--data-dir", path(server.data_dir()), "--out", path(&backup_file)]);
+    let json: Value =
+        serde_json::from_str(&outboxd_ok(&["check", "--backup", path(&backup_file), "--json"]))
+            .expect("--json prints JSON");
+    assert!(json["backup"]["frame_count"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(json["queues"]["crashed"]["ready"], 3, "{json}");
+    // Neither changed anything: the server still replays and serves the messages.
+    server.restart();
+    assert_eq!(server.queue_counts("crashed")["ready"], 3);
+}
