@@ -2,7 +2,8 @@
 //!
 //! Layout (one concept per file; the core does no I/O and reads no clock):
 //! - `limits`: every bound, with its default and the relationships between them.
-//! - `config`: command-line flags validated into `Config`.
+//! - `config`: settings from flags, `OUTBOXD_*` variables and the config file, validated into `Config`.
+//! - `auth`: API tokens, their roles and queue patterns.
 //! - `error`: the top-level `Error` (why the server could not start or had to stop).
 //! - `clock`: the wall clock, read only by the I/O shell.
 //! - `timer`: the hierarchical timer wheel that drives scheduled delivery, backoff and lease expiry.
@@ -19,6 +20,7 @@
 //! - `fuzzing`: fuzz target bodies (test builds), shared by `fuzz/` and the corpus replay test.
 
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod clock;
 pub mod config;

@@ -90,6 +90,9 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 30_000;
 /// Open connections served at once; more wait in the kernel's accept backlog.
 pub const CONNECTION_COUNT_DEFAULT: usize = 4096;
 
+/// How long shutdown waits for in-flight requests before it closes them.
+pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
 /// Free space under which enqueues are refused, so the disk never fills under the WAL and sled.
 pub const DISK_FREE_MIN_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
 

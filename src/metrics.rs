@@ -18,6 +18,9 @@ pub const QUEUE_OLDEST_READY_AGE_SECONDS: &str = "outboxd_queue_oldest_ready_age
 pub const QUEUE_PAUSED: &str = "outboxd_queue_paused";
 /// Histogram, labels `route`, `status`: request duration in seconds.
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "outboxd_http_request_duration_seconds";
+/// Counter, label `reason` (`missing`, `invalid`, `forbidden`): requests refused by access
+/// control (no token, an unknown token, a token without the role or queue needed).
+pub const HTTP_AUTH_FAILURES_TOTAL: &str = "outboxd_http_auth_failures_total";
 /// Histogram: requests committed together by one WAL sync (group commit).
 pub const COMMIT_GROUP_REQUESTS: &str = "outboxd_commit_group_requests";
 /// Histogram: WAL write plus fdatasync time of one group, in seconds.

@@ -103,6 +103,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         metrics: crate::metrics::install(),
         wal_bytes,
         data_dir: config.data_dir.clone(),
+        tokens: config.tokens.clone(),
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
     let state_failure = writer.failure();

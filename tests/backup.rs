@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{string_array, Server};
+use common::{string_array, ConfigFile, Server};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -412,4 +412,37 @@ fn check_sees_the_log_a_killed_server_left_to_replay() {
     // Neither changed anything: the server still replays and serves the messages.
     server.restart();
     assert_eq!(server.queue_counts("crashed")["ready"], 3);
+}
+
+#[test]
+fn a_backup_through_a_server_with_tokens_sends_the_token() {
+    let config = ConfigFile::new(
+        r#"
+[[tokens]]
+name = "ops"
+secret = "ops-secret-5e2b8d1f9a"
+roles = ["admin", "produce"]
+
+[[tokens]]
+name = "producer"
+secret = "producer-secret-3c7a0e4b6d"
+roles = ["produce"]
+"#,
+    );
+    let server = Server::start(&["--config", config.path()]);
+    let work = tempfile::TempDir::new().unwrap();
+    let out = work.path().join("tokens.backup");
+    let args = ["backup", "--data-dir", path(server.data_dir()), "--out", path(&out)];
+    let (_, stderr) = outboxd_fails(&args);
+    assert!(stderr.contains("status 401") && stderr.contains("--token"), "{stderr}");
+    let refused = outboxd_with_token(&args, Some("producer-secret-3c7a0e4b6d"));
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("status 403"), "{}", text(&refused.stderr));
+    assert!(!out.exists(), "a refused backup writes no file");
+    let taken = outboxd_with_token(&args, Some("ops-secret-5e2b8d1f9a"));
+    assert!(taken.status.success(), "{}", text(&taken.stderr));
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--token", "ops-secret-5e2b8d1f9a"]);
+    outboxd_ok(&with_flag);
+    outboxd_ok(&["check", "--backup", path(&out)]);
 }

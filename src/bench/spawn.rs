@@ -67,6 +67,9 @@ impl SpawnedServer {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir.path())
             .args(extra_args)
+            // One access line per request would cost the server time and flood the stderr tail
+            // kept for errors; a --server-arg=--log=... still wins over the variable.
+            .env("OUTBOXD_LOG", "info,outboxd::access=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -5,6 +5,7 @@ use super::error::ApiError;
 use super::handlers::{call, read_body, AppState};
 use super::types::{self, parse};
 use super::{json, json_response, raw_json_response, HttpResponse};
+use crate::auth::QueuePattern;
 use crate::limits::{
     ATTEMPT_COUNT_MAX, DELAY_MS_MAX, LEASE_MS_MAX, LEASE_MS_MIN, LIST_COUNT_MAX, RETENTION_MS_MAX,
 };
@@ -111,11 +112,18 @@ pub fn queue_view(stats: &QueueStats, now_ms: u64) -> serde_json::Value {
     })
 }
 
-pub async fn list_queues(state: &AppState) -> Result<HttpResponse, ApiError> {
+/// `GET /v1/queues`; with `visible` (the caller's token pattern), only the queues it matches.
+pub async fn list_queues(
+    state: &AppState,
+    visible: Option<&QueuePattern>,
+) -> Result<HttpResponse, ApiError> {
     let all = call(&state.writer, |reply| Command::Queues { reply }).await?;
     let now_ms = (state.clock)();
-    let queues: Vec<serde_json::Value> =
-        all.iter().map(|stats| queue_view(stats, now_ms)).collect();
+    let queues: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|stats| visible.is_none_or(|pattern| pattern.matches(&stats.name)))
+        .map(|stats| queue_view(stats, now_ms))
+        .collect();
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "queues": queues })))
 }
 

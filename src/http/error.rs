@@ -30,6 +30,11 @@ pub struct ApiError {
     pub retry_after_s: Option<u32>,
     /// The methods for an `Allow` header (on 405).
     pub allow: Option<&'static str>,
+    /// Whether to send `WWW-Authenticate: Bearer` (on 401).
+    pub authenticate: bool,
+    /// Whether to send `Connection: close`: the refusal came before a request body was read, so
+    /// the connection cannot carry another request.
+    pub close_connection: bool,
 }
 
 #[derive(Serialize)]
@@ -56,6 +61,8 @@ impl ApiError {
             details: Vec::new(),
             retry_after_s: None,
             allow: None,
+            authenticate: false,
+            close_connection: false,
         }
     }
 
@@ -141,6 +148,36 @@ impl ApiError {
         let error =
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, &hint);
         ApiError { allow: Some(allowed), ..error }
+    }
+
+    /// A request without an `Authorization: Bearer` header to a server that has API tokens.
+    pub fn unauthorized() -> ApiError {
+        let message = "this server requires an API token; send it as the header \
+                       `Authorization: Bearer <secret>`"
+            .to_string();
+        let hint = "Ask the server's operator for a token (the [[tokens]] entries of its config \
+                    file) and send its secret with every request.";
+        let error = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message, hint);
+        ApiError { authenticate: true, ..error }
+    }
+
+    /// A bearer secret that matches no configured token. The secret is not repeated.
+    pub fn invalid_token() -> ApiError {
+        let message = "the API token sent in the Authorization header is not one this server \
+                       knows"
+            .to_string();
+        let hint = "Check the secret (the whole value after `Bearer `, without quotes or spaces); \
+                    tokens are read from the config file when the server starts.";
+        let error = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", message, hint);
+        ApiError { authenticate: true, ..error }
+    }
+
+    /// A known token that lacks the role or the queue the request needs; `message` names the
+    /// token, what it holds and what was needed.
+    pub fn forbidden(message: String) -> ApiError {
+        let hint = "Use a token whose roles and queues cover this request, or widen this token's \
+                    [[tokens]] entry in the server's config file and restart the server.";
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message, hint)
     }
 
     pub fn message_not_found(id: &str) -> ApiError {

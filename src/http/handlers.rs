@@ -33,6 +33,8 @@ pub struct AppState {
     pub wal_bytes: Arc<std::sync::atomic::AtomicU64>,
     /// The data directory this server owns.
     pub data_dir: std::path::PathBuf,
+    /// The API tokens; when there are none, every request is allowed.
+    pub tokens: crate::auth::Tokens,
 }
 
 /// The reply sender of a command whose answer is a `T`.
@@ -111,6 +113,7 @@ pub async fn enqueue(
     };
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let messages = types::parse_enqueue(&bytes, &state.limits, (state.clock)())?;
+    let message_count = messages.len();
     let idempotency =
         key.clone().map(|key| IdempotencyKey { key, request_hash: types::request_hash(&bytes) });
     let queue_name = queue.to_string();
@@ -125,7 +128,9 @@ pub async fn enqueue(
         Ok(outcome) => {
             let ids = outcome.ids().map(|id| id.to_string()).collect();
             let status = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-            Ok(json_response(status, &EnqueueReply { ids, duplicate: outcome.duplicate }))
+            let response =
+                json_response(status, &EnqueueReply { ids, duplicate: outcome.duplicate });
+            Ok(super::with_batch_count(response, message_count))
         }
         Err(EnqueueError::IdempotencyConflict) => {
             Err(ApiError::idempotency_conflict(key.as_deref().unwrap_or_default()))
@@ -169,7 +174,7 @@ pub async fn lease(
     };
     let mut out = Vec::with_capacity(64 + grants.len() * 256);
     out.extend_from_slice(b"{\"messages\":[");
-    let mut first = true;
+    let mut granted_count = 0;
     for grant in &grants {
         // A message whose content cannot be read is left out of the reply (and logged); its lease
         // then expires and it retries until it goes dead, where a person sees it. One damaged record
@@ -182,14 +187,14 @@ pub async fn lease(
                 continue;
             }
         };
-        if !first {
+        if granted_count > 0 {
             out.push(b',');
         }
-        first = false;
+        granted_count += 1;
         json::write_grant(&mut out, grant.id, &grant.token.to_string(), &grant.meta, &content);
     }
     out.extend_from_slice(b"]}");
-    Ok(super::raw_json_response(StatusCode::OK, out))
+    Ok(super::with_batch_count(super::raw_json_response(StatusCode::OK, out), granted_count))
 }
 
 #[derive(Serialize)]
@@ -243,8 +248,10 @@ pub async fn ack(
         .into_iter()
         .zip(results)
         .map(|(lease, result)| token_item(lease, result, |()| plain("acked")))
-        .collect();
-    Ok(json_response(StatusCode::OK, &TokenReply { results }))
+        .collect::<Vec<_>>();
+    let item_count = results.len();
+    let response = json_response(StatusCode::OK, &TokenReply { results });
+    Ok(super::with_batch_count(response, item_count))
 }
 
 pub async fn nack(
@@ -267,8 +274,10 @@ pub async fn nack(
                 FailOutcome::Dead => plain("dead"),
             })
         })
-        .collect();
-    Ok(json_response(StatusCode::OK, &TokenReply { results }))
+        .collect::<Vec<_>>();
+    let item_count = results.len();
+    let response = json_response(StatusCode::OK, &TokenReply { results });
+    Ok(super::with_batch_count(response, item_count))
 }
 
 pub async fn extend(
@@ -289,8 +298,10 @@ pub async fn extend(
                 ..plain("extended")
             })
         })
-        .collect();
-    Ok(json_response(StatusCode::OK, &TokenReply { results }))
+        .collect::<Vec<_>>();
+    let item_count = results.len();
+    let response = json_response(StatusCode::OK, &TokenReply { results });
+    Ok(super::with_batch_count(response, item_count))
 }
 
 pub async fn get_message(state: &AppState, id_text: &str) -> Result<HttpResponse, ApiError> {

@@ -1,6 +1,7 @@
 //! The HTTP API: connection handling, routing, and response helpers.
 
 pub mod admin;
+pub mod auth;
 pub mod control;
 pub mod error;
 pub mod handlers;
@@ -43,6 +44,17 @@ pub fn raw_json_response(status: StatusCode, body: Vec<u8>) -> HttpResponse {
 
 fn error_response(error: &ApiError) -> HttpResponse {
     let mut response = raw_json_response(error.status, error.body());
+    if error.close_connection {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    }
+    if error.authenticate {
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer realm=\"outboxd\""),
+        );
+    }
     if let Some(seconds) = error.retry_after_s {
         response.headers_mut().insert(hyper::header::RETRY_AFTER, seconds.into());
     }
@@ -54,7 +66,25 @@ fn error_response(error: &ApiError) -> HttpResponse {
     response
 }
 
-/// Serves one request: route, run the handler, turn refusals into error responses, log.
+/// The tracing target of the access log: one line per request. A filter such as
+/// `info,outboxd::access=warn` silences it without touching other lines.
+pub const ACCESS_LOG_TARGET: &str = "outboxd::access";
+
+/// How many messages (enqueue, lease) or items (ack, nack, extend) a request carried.
+///
+/// A handler sets it on its response, and [`serve`] takes it off again for the access log, so the
+/// handler does not have to know about logging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchCount(pub usize);
+
+/// Marks a response with the request's batch size, for the access log.
+pub fn with_batch_count(mut response: HttpResponse, count: usize) -> HttpResponse {
+    response.extensions_mut().insert(BatchCount(count));
+    response
+}
+
+/// Serves one request: route, check access, run the handler, turn refusals into error
+/// responses, and write one access-log line.
 pub async fn serve(
     state: Arc<AppState>,
     request: Request<Incoming>,
@@ -63,26 +93,92 @@ pub async fn serve(
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let route_name = route_label(&method, &path);
-    let response = match route(&state, request).await {
+    let mut token_name = None;
+    let mut response = match handle(&state, request, &path, &mut token_name).await {
         Ok(response) => response,
         Err(error) => {
             if error.status.is_server_error() {
-                tracing::warn!(code = error.code, message = %error.message, "request failed");
+                // The client's message goes in `error`: a field named `message` would clash with
+                // the line's own message in JSON logs.
+                tracing::warn!(code = error.code, error = %error.message, "request failed");
             }
+            count_auth_failure(&error);
             error_response(&error)
         }
     };
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION_SECONDS, "route" => route_name, "status" => status)
-        .record(started.elapsed().as_secs_f64());
-    tracing::debug!(
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        duration_us = started.elapsed().as_micros() as u64,
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION_SECONDS, "route" => route_name, "status" => status.to_string())
+        .record(elapsed.as_secs_f64());
+    let batch = response.extensions_mut().remove::<BatchCount>().map(|BatchCount(count)| count);
+    // Only a valid queue name is logged: the path is the client's text.
+    let queue = match_path(&path)
+        .and_then(|route| route.queue())
+        .filter(|queue| types::valid_queue_name(queue));
+    tracing::info!(
+        target: ACCESS_LOG_TARGET,
+        method = %method,
+        route = route_name,
+        status,
+        // Whole microseconds, so the text form stays short (0.114, not 0.11424100000000001).
+        duration_ms = elapsed.as_micros() as f64 / 1000.0,
+        queue,
+        batch = batch.map(|count| count as u64),
+        token = token_name.as_deref(),
         "request"
     );
     Ok(response)
+}
+
+/// Routes, authenticates, authorizes, and runs the handler. Unknown paths and methods are
+/// answered (404, 405) before the token is checked; everything else only after, and before the
+/// request body is read. `token_name` is set as soon as the token is known, so that a refused
+/// request is logged with it too.
+async fn handle(
+    state: &AppState,
+    request: Request<Incoming>,
+    path: &str,
+    token_name: &mut Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let body_unread = !hyper::body::Body::is_end_stream(request.body());
+    let admitted = admit(state, &request, path, token_name);
+    let (endpoint, token) = admitted.map_err(|error| {
+        // hyper drops a connection whose request body was left unread; saying so lets the
+        // client open a new one for its next request instead of failing on this one.
+        ApiError { close_connection: body_unread, ..error }
+    })?;
+    dispatch(state, endpoint, token, request).await
+}
+
+/// Everything decided before the body is read: the endpoint, the caller's token and its
+/// permission (for message endpoints this reads the message's queue), and the queue name's
+/// validity.
+fn admit<'a, 's>(
+    state: &'s AppState,
+    request: &Request<Incoming>,
+    path: &'a str,
+    token_name: &mut Option<String>,
+) -> Result<(Endpoint<'a>, Option<&'s crate::auth::Token>), ApiError> {
+    let route = match_path(path).ok_or_else(|| ApiError::not_found(path))?;
+    let endpoint = endpoint(route, request.method())?;
+    let token = auth::authenticate(&state.tokens, endpoint, request.headers())?;
+    *token_name = token.map(|token| token.name.clone());
+    auth::authorize(state, token, endpoint)?;
+    if let Some(queue) = endpoint.queue() {
+        check_queue_name(queue)?;
+    }
+    Ok((endpoint, token))
+}
+
+/// Counts refusals by access control, by reason.
+fn count_auth_failure(error: &ApiError) {
+    let reason = match error.code {
+        "unauthorized" => "missing",
+        "invalid_token" => "invalid",
+        "forbidden" => "forbidden",
+        _ => return,
+    };
+    metrics::counter!(crate::metrics::HTTP_AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Which endpoint a path names, before the method is checked.
@@ -98,6 +194,16 @@ enum Route<'a> {
     Backup,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
+}
+
+impl<'a> Route<'a> {
+    /// The queue the path names, if it names one.
+    fn queue(&self) -> Option<&'a str> {
+        match self {
+            Route::Queue(queue) | Route::QueueAction(queue, _) => Some(queue),
+            _ => None,
+        }
+    }
 }
 
 fn match_path(path: &str) -> Option<Route<'_>> {
@@ -154,75 +260,144 @@ fn refuse_method(method: &Method, allowed: &'static str) -> ApiError {
     ApiError::method_not_allowed(method.as_str(), allowed)
 }
 
-async fn route(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let path = request.uri().path().to_string();
-    let method = request.method().clone();
-    let route = match_path(&path).ok_or_else(|| ApiError::not_found(&path))?;
-    match route {
-        Route::Health if method == Method::GET => Ok(handlers::health(state)),
-        Route::Health => Err(refuse_method(&method, "GET")),
-        Route::Metrics if method == Method::GET => handlers::metrics(state).await,
-        Route::Metrics => Err(refuse_method(&method, "GET")),
-        Route::Queues if method == Method::GET => control::list_queues(state).await,
-        Route::Queues => Err(refuse_method(&method, "GET")),
-        Route::Queue(queue) => {
-            check_queue_name(queue)?;
-            match method {
-                Method::GET => control::get_queue(state, queue).await,
-                Method::PUT => control::put_queue(state, queue, request).await,
-                _ => Err(refuse_method(&method, "GET, PUT")),
-            }
+/// One operation of the API: a path with a method it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Health,
+    Metrics,
+    ListQueues,
+    GetQueue(&'a str),
+    PutQueue(&'a str),
+    Enqueue(&'a str),
+    ListMessages(&'a str),
+    Purge(&'a str),
+    Lease(&'a str),
+    Ack(&'a str),
+    Nack(&'a str),
+    Extend(&'a str),
+    Pause(&'a str),
+    Resume(&'a str),
+    Redrive(&'a str),
+    GetMessage(&'a str),
+    EditMessage(&'a str),
+    DeleteMessage(&'a str),
+    Retry(&'a str),
+    Schedule(&'a str),
+    Events,
+    Backup,
+    #[cfg(feature = "testing")]
+    Failpoint(&'a str),
+}
+
+impl<'a> Endpoint<'a> {
+    /// The queue the path names, if it names one.
+    fn queue(self) -> Option<&'a str> {
+        use Endpoint as E;
+        match self {
+            E::GetQueue(queue)
+            | E::PutQueue(queue)
+            | E::Enqueue(queue)
+            | E::ListMessages(queue)
+            | E::Purge(queue)
+            | E::Lease(queue)
+            | E::Ack(queue)
+            | E::Nack(queue)
+            | E::Extend(queue)
+            | E::Pause(queue)
+            | E::Resume(queue)
+            | E::Redrive(queue) => Some(queue),
+            _ => None,
         }
-        Route::QueueAction(queue, action) => {
-            check_queue_name(queue)?;
-            queue_action(state, queue, action, method, request).await
-        }
-        Route::Message(id) => match method {
-            Method::GET => handlers::get_message(state, id).await,
-            Method::PATCH => control::edit_message(state, id, request).await,
-            Method::DELETE => control::delete_message(state, id).await,
-            _ => Err(refuse_method(&method, "GET, PATCH, DELETE")),
-        },
-        Route::MessageAction(id, action) if method == Method::POST => match action {
-            "retry" => control::retry_message(state, id, &request).await,
-            _ => control::schedule_message(state, id, request).await,
-        },
-        Route::MessageAction(..) => Err(refuse_method(&method, "POST")),
-        Route::Events if method == Method::GET => stream::events(state, request).await,
-        Route::Events => Err(refuse_method(&method, "GET")),
-        Route::Backup if method == Method::GET => admin::backup(state, request).await,
-        Route::Backup => Err(refuse_method(&method, "GET")),
-        #[cfg(feature = "testing")]
-        Route::Failpoint(name) if method == Method::PUT => {
-            handlers::set_failpoint(state, name, request).await
-        }
-        #[cfg(feature = "testing")]
-        Route::Failpoint(_) => Err(refuse_method(&method, "PUT")),
     }
 }
 
-async fn queue_action(
+/// The endpoint a route and method name, or 405 with the methods the route serves.
+fn endpoint<'a>(route: Route<'a>, method: &Method) -> Result<Endpoint<'a>, ApiError> {
+    use Endpoint as E;
+    let get_only = |endpoint| {
+        if method == Method::GET {
+            Ok(endpoint)
+        } else {
+            Err(refuse_method(method, "GET"))
+        }
+    };
+    match route {
+        Route::Health => get_only(E::Health),
+        Route::Metrics => get_only(E::Metrics),
+        Route::Queues => get_only(E::ListQueues),
+        Route::Events => get_only(E::Events),
+        Route::Backup => get_only(E::Backup),
+        Route::Queue(queue) => match *method {
+            Method::GET => Ok(E::GetQueue(queue)),
+            Method::PUT => Ok(E::PutQueue(queue)),
+            _ => Err(refuse_method(method, "GET, PUT")),
+        },
+        Route::QueueAction(queue, "messages") => match *method {
+            Method::POST => Ok(E::Enqueue(queue)),
+            Method::GET => Ok(E::ListMessages(queue)),
+            Method::DELETE => Ok(E::Purge(queue)),
+            _ => Err(refuse_method(method, "POST, GET, DELETE")),
+        },
+        Route::QueueAction(_, _) if method != Method::POST => Err(refuse_method(method, "POST")),
+        Route::QueueAction(queue, action) => Ok(match action {
+            "lease" => E::Lease(queue),
+            "ack" => E::Ack(queue),
+            "nack" => E::Nack(queue),
+            "extend" => E::Extend(queue),
+            "pause" => E::Pause(queue),
+            "resume" => E::Resume(queue),
+            _ => E::Redrive(queue),
+        }),
+        Route::Message(id) => match *method {
+            Method::GET => Ok(E::GetMessage(id)),
+            Method::PATCH => Ok(E::EditMessage(id)),
+            Method::DELETE => Ok(E::DeleteMessage(id)),
+            _ => Err(refuse_method(method, "GET, PATCH, DELETE")),
+        },
+        Route::MessageAction(_, _) if method != Method::POST => Err(refuse_method(method, "POST")),
+        Route::MessageAction(id, "retry") => Ok(E::Retry(id)),
+        Route::MessageAction(id, _) => Ok(E::Schedule(id)),
+        #[cfg(feature = "testing")]
+        Route::Failpoint(name) if method == Method::PUT => Ok(E::Failpoint(name)),
+        #[cfg(feature = "testing")]
+        Route::Failpoint(_) => Err(refuse_method(method, "PUT")),
+    }
+}
+
+/// Runs the endpoint's handler. `token` is the caller's token when access control is on: the
+/// queue list and the event stream show only the queues its pattern matches.
+async fn dispatch(
     state: &AppState,
-    queue: &str,
-    action: &str,
-    method: Method,
+    endpoint: Endpoint<'_>,
+    token: Option<&crate::auth::Token>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
-    match (action, &method) {
-        ("messages", &Method::POST) => handlers::enqueue(state, queue, request).await,
-        ("messages", &Method::GET) => control::list_messages(state, queue, &request).await,
-        ("messages", &Method::DELETE) => control::purge(state, queue, &request).await,
-        ("messages", _) => Err(refuse_method(&method, "POST, GET, DELETE")),
-        (_, &Method::POST) => match action {
-            "lease" => handlers::lease(state, queue, request).await,
-            "ack" => handlers::ack(state, queue, request).await,
-            "nack" => handlers::nack(state, queue, request).await,
-            "extend" => handlers::extend(state, queue, request).await,
-            "pause" => control::pause(state, queue, true).await,
-            "resume" => control::pause(state, queue, false).await,
-            _ => control::redrive(state, queue, &request).await,
-        },
-        _ => Err(refuse_method(&method, "POST")),
+    use Endpoint as E;
+    match endpoint {
+        E::Health => Ok(handlers::health(state)),
+        E::Metrics => handlers::metrics(state).await,
+        E::ListQueues => control::list_queues(state, token.map(|token| &token.queues)).await,
+        E::GetQueue(queue) => control::get_queue(state, queue).await,
+        E::PutQueue(queue) => control::put_queue(state, queue, request).await,
+        E::Enqueue(queue) => handlers::enqueue(state, queue, request).await,
+        E::ListMessages(queue) => control::list_messages(state, queue, &request).await,
+        E::Purge(queue) => control::purge(state, queue, &request).await,
+        E::Lease(queue) => handlers::lease(state, queue, request).await,
+        E::Ack(queue) => handlers::ack(state, queue, request).await,
+        E::Nack(queue) => handlers::nack(state, queue, request).await,
+        E::Extend(queue) => handlers::extend(state, queue, request).await,
+        E::Pause(queue) => control::pause(state, queue, true).await,
+        E::Resume(queue) => control::pause(state, queue, false).await,
+        E::Redrive(queue) => control::redrive(state, queue, &request).await,
+        E::GetMessage(id) => handlers::get_message(state, id).await,
+        E::EditMessage(id) => control::edit_message(state, id, request).await,
+        E::DeleteMessage(id) => control::delete_message(state, id).await,
+        E::Retry(id) => control::retry_message(state, id, &request).await,
+        E::Schedule(id) => control::schedule_message(state, id, request).await,
+        E::Events => stream::events(state, request, token).await,
+        E::Backup => admin::backup(state, request).await,
+        #[cfg(feature = "testing")]
+        E::Failpoint(name) => handlers::set_failpoint(state, name, request).await,
     }
 }
 

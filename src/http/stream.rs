@@ -9,6 +9,7 @@
 use super::error::ApiError;
 use super::handlers::AppState;
 use super::HttpResponse;
+use crate::auth::{QueuePattern, Role, Token};
 use crate::events::Event;
 use crate::queue::NoticeKind;
 use bytes::Bytes;
@@ -44,22 +45,25 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-/// Which events a reader wants.
+/// Which events a reader wants, and may see.
 struct Filter {
     queues: Option<HashSet<String>>,
     kinds: Option<HashSet<NoticeKind>>,
+    /// The queues the reader's token covers (`None`: every queue).
+    visible: Option<QueuePattern>,
 }
 
 impl Filter {
     fn admits(&self, event: &Event) -> bool {
         self.queues.as_ref().is_none_or(|queues| queues.contains(&*event.queue))
             && self.kinds.as_ref().is_none_or(|kinds| kinds.contains(&event.kind))
+            && self.visible.as_ref().is_none_or(|pattern| pattern.matches(&event.queue))
     }
 }
 
 /// Parses `?queue=a,b&kind=dead,retrying&last_event_id=N`.
 fn parse_query(query: &str) -> Result<(Filter, Option<u64>), ApiError> {
-    let mut filter = Filter { queues: None, kinds: None };
+    let mut filter = Filter { queues: None, kinds: None, visible: None };
     let mut last_event_id = None;
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -128,12 +132,22 @@ fn format_event(event: &Event) -> String {
     format!("id: {}\nevent: {}\ndata: {}\n\n", event.id, event.kind.name(), data)
 }
 
-/// Opens an event stream.
+/// Opens an event stream. With a `token` whose pattern is not `*`, the stream holds only events
+/// of the queues it matches, and naming another queue in `?queue=` is refused (403).
 pub async fn events(
     state: &AppState,
     request: Request<Incoming>,
+    token: Option<&Token>,
 ) -> Result<HttpResponse, ApiError> {
-    let (filter, query_id) = parse_query(request.uri().query().unwrap_or(""))?;
+    let (mut filter, query_id) = parse_query(request.uri().query().unwrap_or(""))?;
+    if let Some(token) = token.filter(|token| token.queues.as_str() != "*") {
+        let mut named: Vec<&String> = filter.queues.iter().flatten().collect();
+        named.sort();
+        for queue in named {
+            super::auth::check_queue(token, Some(Role::Admin), "read events of", queue)?;
+        }
+        filter.visible = Some(token.queues.clone());
+    }
     let header_id = match request.headers().get("last-event-id") {
         Some(value) => Some(parse_event_id(value.to_str().unwrap_or("x"))?),
         None => None,

@@ -38,6 +38,8 @@ pub struct Server {
     data_dir: tempfile::TempDir,
     /// Flags appended after `serve --listen ... --data-dir ...`, reused on restart.
     extra_args: Vec<String>,
+    /// Environment variables set for the process (on top of the test's), reused on restart.
+    env: Vec<(String, String)>,
     /// The tail of everything the server wrote to stderr, across restarts.
     stderr: Arc<Mutex<String>>,
     /// A client for the current process.
@@ -52,10 +54,22 @@ impl Server {
             .prefix("outboxd-test-")
             .tempdir()
             .expect("create temporary data directory");
+        Server::start_in(data_dir, extra_args)
+    }
+
+    /// Like [`Server::start`], with environment variables set for the server process (for
+    /// example the variable a token's `secret_env` names).
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Server {
+        let data_dir = tempfile::Builder::new()
+            .prefix("outboxd-test-")
+            .tempdir()
+            .expect("create temporary data directory");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> =
+            env.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
         let stderr = Arc::new(Mutex::new(String::new()));
-        let (child, client) = spawn(data_dir.path(), &extra_args, &stderr);
-        Server { child: Some(child), data_dir, extra_args, stderr, client }
+        let (child, client) = spawn(data_dir.path(), &extra_args, &env, &stderr);
+        Server { child: Some(child), data_dir, extra_args, env, stderr, client }
     }
 
     /// Like [`Server::start`], with a data directory the test prepared (for example on a small
@@ -63,8 +77,8 @@ impl Server {
     pub fn start_in(data_dir: tempfile::TempDir, extra_args: &[&str]) -> Server {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let stderr = Arc::new(Mutex::new(String::new()));
-        let (child, client) = spawn(data_dir.path(), &extra_args, &stderr);
-        Server { child: Some(child), data_dir, extra_args, stderr, client }
+        let (child, client) = spawn(data_dir.path(), &extra_args, &[], &stderr);
+        Server { child: Some(child), data_dir, extra_args, env: Vec::new(), stderr, client }
     }
 
     /// Starts a new process on the same data directory with the same flags.
@@ -76,7 +90,8 @@ impl Server {
             self.kill9();
         }
         append_stderr(&self.stderr, "\n----- outboxd restarted -----\n");
-        let (child, client) = spawn(self.data_dir.path(), &self.extra_args, &self.stderr);
+        let (child, client) =
+            spawn(self.data_dir.path(), &self.extra_args, &self.env, &self.stderr);
         self.child = Some(child);
         self.client = client;
     }
@@ -145,6 +160,7 @@ impl Drop for Server {
 fn spawn(
     data_dir: &std::path::Path,
     extra_args: &[String],
+    env: &[(String, String)],
     stderr: &Arc<Mutex<String>>,
 ) -> (Child, Client) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_outboxd"))
@@ -154,6 +170,7 @@ fn spawn(
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra_args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -246,6 +263,9 @@ pub struct Client {
     agent: ureq::Agent,
     /// The server's stderr, quoted when a request fails at the transport level.
     stderr: Arc<Mutex<String>>,
+    /// An API token secret sent as `Authorization: Bearer` with every request that does not set
+    /// its own `Authorization` header.
+    token: Option<String>,
 }
 
 impl Client {
@@ -257,7 +277,12 @@ impl Client {
             .timeout_write(Duration::from_secs(30))
             .redirects(0)
             .build();
-        Client { base_url: base_url.to_string(), agent, stderr }
+        Client { base_url: base_url.to_string(), agent, stderr, token: None }
+    }
+
+    /// A copy of this client that sends `secret` as its API token.
+    pub fn with_token(&self, secret: &str) -> Client {
+        Client { token: Some(secret.to_string()), ..self.clone() }
     }
 
     /// Sends a request; panics with the server's stderr on a transport error.
@@ -307,6 +332,9 @@ impl Client {
         headers: &[(&str, &str)],
     ) -> Result<Response, String> {
         let mut request = self.agent.request(method, &format!("{}{}", self.base_url, path));
+        if let Some(secret) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {secret}"));
+        }
         for (name, value) in headers {
             request = request.set(name, value);
         }
@@ -322,7 +350,10 @@ impl Client {
 
     /// Sends a body with chunked transfer encoding (no Content-Length).
     pub fn request_chunked(&self, method: &str, path: &str, body: &[u8]) -> Response {
-        let request = self.agent.request(method, &format!("{}{}", self.base_url, path));
+        let mut request = self.agent.request(method, &format!("{}{}", self.base_url, path));
+        if let Some(secret) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {secret}"));
+        }
         match request.send(std::io::Cursor::new(body.to_vec())) {
             Ok(response) | Err(ureq::Error::Status(_, response)) => read_response(response)
                 .unwrap_or_else(|error| panic!("{method} {path}: reading response: {error}")),
@@ -549,5 +580,29 @@ impl Rng {
     /// A value in `low..=high`.
     pub fn range(&mut self, low: u64, high: u64) -> u64 {
         low + self.next_u64() % (high - low + 1)
+    }
+}
+
+/// A config file in its own temporary directory (deleted on drop), for `--config`.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `text` (TOML) to `outboxd.toml` in a fresh temporary directory.
+    pub fn new(text: &str) -> ConfigFile {
+        let dir = tempfile::Builder::new()
+            .prefix("outboxd-config-")
+            .tempdir()
+            .expect("create temporary config directory");
+        let path = dir.path().join("outboxd.toml");
+        std::fs::write(&path, text).expect("write the config file");
+        ConfigFile { _dir: dir, path }
+    }
+
+    /// The file's path, as a flag value.
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("temporary paths are UTF-8")
     }
 }
