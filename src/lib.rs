@@ -16,12 +16,15 @@
 //! - `metrics`: every metric name, the Prometheus recorder, and what `/metrics` sets at a scrape.
 //! - `telemetry`: logging setup.
 //! - `admin`: `outboxd backup`, `restore` and `check` (maintenance of a data directory).
+//! - `cli`: the command-line client (`send`, `lease`, `ack`, `nack`, `queues`, `messages`, `message`,
+//!   `retry`, `delete`, `tail`).
 //! - `bench`: `outboxd bench`, the load generator.
 //! - `fuzzing`: fuzz target bodies (test builds), shared by `fuzz/` and the corpus replay test.
 
 pub mod admin;
 pub mod auth;
 pub mod bench;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -20,6 +20,8 @@ enum Command {
     Config(ConfigArgs),
     #[command(flatten)]
     Admin(outboxd::admin::AdminCommand),
+    #[command(flatten)]
+    Client(outboxd::cli::ClientCommand),
     /// Load a running (or spawned) server and report throughput, latency and lost messages.
     Bench(BenchArgs),
 }
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args).map_err(Into::into),
         Command::Config(args) => config(&args).map_err(Into::into),
         Command::Admin(command) => outboxd::admin::run(command),
+        Command::Client(command) => outboxd::cli::run(command),
         Command::Bench(args) => outboxd::bench::run(args).map_err(Into::into),
     };
     match result {
