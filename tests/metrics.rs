@@ -43,6 +43,8 @@ fn metrics_move_as_messages_flow() {
     assert_eq!(events("leased"), Some(3.0), "{text}");
     assert_eq!(events("acked"), Some(1.0), "{text}");
     assert_eq!(events("retrying"), Some(1.0), "{text}");
+    assert_eq!(events("nacked"), Some(1.0), "{text}");
+    assert_eq!(events("expired"), None, "{text}");
 
     let state = |name: &str| {
         let prefix = format!("outboxd_queue_messages{{queue=\"metered\",state=\"{name}\"}}");
@@ -63,4 +65,24 @@ fn metrics_move_as_messages_flow() {
             && line.contains("status=\"201\"")),
         "{text}"
     );
+}
+
+#[test]
+fn lease_expiries_and_dead_messages_are_counted_by_cause() {
+    let server = Server::start(&["--backoff-initial-ms", "60000", "--backoff-max-ms", "60000"]);
+    server.enqueue("lapsed", &json!([{"body": 1, "max_attempts": 1}, {"body": 2}]));
+    let leased = server.lease("lapsed", 2, 50, 0);
+    assert_eq!(leased.len(), 2);
+    let counted = common::poll_until(std::time::Duration::from_secs(10), "two expiries", || {
+        let text = scrape(&server);
+        let value = |event: &str| {
+            let labels = [
+                format!("outboxd_message_events_total{{queue=\"lapsed\",event=\"{event}\"}}"),
+                format!("outboxd_message_events_total{{event=\"{event}\",queue=\"lapsed\"}}"),
+            ];
+            labels.iter().find_map(|prefix| sample(&text, prefix))
+        };
+        (value("expired") == Some(2.0)).then(|| (value("dead"), value("retrying"), value("nacked")))
+    });
+    assert_eq!(counted, (Some(1.0), Some(1.0), None), "one went dead, one will retry");
 }

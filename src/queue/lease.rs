@@ -212,6 +212,7 @@ impl Broker {
         let attempt = meta.attempt_count;
         let queue_id = meta.queue_id;
         let dead = failure.dead || attempt >= meta.attempt_count_max;
+        let cause = Some(failure.kind);
         let event = HistoryEvent {
             seq: meta.event_seq,
             kind: failure.kind,
@@ -234,7 +235,8 @@ impl Broker {
                 changes,
                 count_event,
             );
-            self.notices.push(Notice::about(NoticeKind::Dead, id, &meta, now_ms, detail));
+            let notice = Notice::about(NoticeKind::Dead, id, &meta, now_ms, detail);
+            self.notices.push(Notice { cause, ..notice });
             return FailOutcome::Dead;
         }
         let random = self.random_unit();
@@ -244,7 +246,8 @@ impl Broker {
         let event = Event::Fail { dead: false };
         let meta =
             self.transition_with(id, event, now_ms, next_attempt_at_ms, changes, count_event);
-        self.notices.push(Notice::about(NoticeKind::Retrying, id, &meta, now_ms, detail));
+        let notice = Notice::about(NoticeKind::Retrying, id, &meta, now_ms, detail);
+        self.notices.push(Notice { cause, ..notice });
         FailOutcome::Retrying { next_attempt_at_ms }
     }
 }

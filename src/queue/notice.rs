@@ -1,5 +1,6 @@
 //! Notices: what happened to messages and queues, for the event stream (`GET /v1/events`).
 
+use super::message::HistoryKind;
 use super::{MessageId, MessageMeta, QueueId};
 
 /// The kind of a notice; its wire name is in [`NoticeKind::name`].
@@ -75,6 +76,8 @@ pub struct Notice {
     pub at_ms: u64,
     /// For failures: the error text.
     pub detail: Option<String>,
+    /// For failures: what failed the delivery (a nack, or a lease that ran out).
+    pub cause: Option<HistoryKind>,
 }
 
 impl Notice {
@@ -93,11 +96,12 @@ impl Notice {
             attempt: meta.attempt_count,
             at_ms,
             detail,
+            cause: None,
         }
     }
 
     /// A notice about a queue.
     pub fn about_queue(kind: NoticeKind, queue_id: QueueId, at_ms: u64) -> Notice {
-        Notice { kind, queue_id, id: None, attempt: 0, at_ms, detail: None }
+        Notice { kind, queue_id, id: None, attempt: 0, at_ms, detail: None, cause: None }
     }
 }

@@ -469,17 +469,25 @@ impl Writer {
         self.changes.clear();
     }
 
-    /// Adds a group's notices to the per-queue event counters: one increment per (queue, kind), not
-    /// one per message, so that counting costs little at high rates.
+    /// Adds a group's notices to the per-queue event counters: one increment per (queue, event), not
+    /// one per message, so that counting costs little at high rates. A failed delivery counts
+    /// twice: once for its cause (`nacked` or `expired`) and once for where it went (`retrying`
+    /// or `dead`).
     fn count_events(&self, notices: &[crate::queue::Notice]) {
-        let mut counts: HashMap<(crate::queue::QueueId, crate::queue::NoticeKind), u64> =
-            HashMap::new();
+        use crate::queue::HistoryKind;
+        let mut counts: HashMap<(crate::queue::QueueId, &'static str), u64> = HashMap::new();
         for notice in notices.iter().filter(|notice| notice.id.is_some()) {
-            *counts.entry((notice.queue_id, notice.kind)).or_default() += 1;
+            *counts.entry((notice.queue_id, notice.kind.name())).or_default() += 1;
+            let cause = match notice.cause {
+                Some(HistoryKind::Nacked) => "nacked",
+                Some(HistoryKind::LeaseExpired) => "expired",
+                _ => continue,
+            };
+            *counts.entry((notice.queue_id, cause)).or_default() += 1;
         }
-        for ((queue_id, kind), count) in counts {
+        for ((queue_id, event), count) in counts {
             let queue = self.broker.queue_name(queue_id).to_string();
-            metrics::counter!(m::MESSAGE_EVENTS_TOTAL, "queue" => queue, "event" => kind.name())
+            metrics::counter!(m::MESSAGE_EVENTS_TOTAL, "queue" => queue, "event" => event)
                 .increment(count);
         }
     }
