@@ -99,3 +99,31 @@ fn fsync_baseline_measures_syncs_in_the_given_directory() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").collect();
     assert!(left.is_empty(), "the scratch file is removed: {left:?}");
 }
+
+#[test]
+fn a_server_with_tokens_is_measured_with_one_and_refuses_a_run_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("outboxd.toml");
+    std::fs::write(
+        &config,
+        "[[tokens]]\nname = \"loader\"\nsecret = \"bench-secret-0123456789\"\nroles = [\"produce\", \"consume\"]\n",
+    )
+    .unwrap();
+    let server_arg = format!("--server-arg=--config={}", config.display());
+    let common = ["--spawn", &server_arg, "--messages", "200", "--phase", "enqueue", "--json"];
+    let (success, report, stderr) =
+        bench(&[&common[..], &["--token", "bench-secret-0123456789"]].concat());
+    assert!(success, "report: {report:#}\nstderr:\n{stderr}");
+    assert_eq!(report["verification"]["enqueued"], 200, "{report:#}");
+    assert_eq!(report["plan"]["token"], Value::Bool(true), "the secret is never echoed");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .arg("bench")
+        .args(common)
+        .env_remove("OUTBOXD_TOKEN")
+        .output()
+        .expect("run outboxd bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("401"), "{stderr}");
+}

@@ -90,11 +90,18 @@ pub struct Connection {
     /// Reused to assemble each request.
     request: Vec<u8>,
     timeout: Duration,
+    /// `Authorization: Bearer <token>\r\n`, or empty.
+    authorization: String,
 }
 
 impl Connection {
-    /// Connects to `authority` (`host:port`); each request must complete within `timeout`.
-    pub async fn connect(authority: &str, timeout: Duration) -> Result<Connection, ClientError> {
+    /// Connects to `authority` (`host:port`); each request must complete within `timeout` and
+    /// carries `token`, if given, as a bearer token.
+    pub async fn connect(
+        authority: &str,
+        timeout: Duration,
+        token: Option<&str>,
+    ) -> Result<Connection, ClientError> {
         let mut connection = Connection {
             authority: authority.to_string(),
             stream: None,
@@ -102,6 +109,9 @@ impl Connection {
             filled: 0,
             request: Vec::with_capacity(64 * 1024),
             timeout,
+            authorization: token
+                .map(|token| format!("Authorization: Bearer {token}\r\n"))
+                .unwrap_or_default(),
         };
         connection.reconnect().await?;
         Ok(connection)
@@ -136,8 +146,9 @@ impl Connection {
         self.request.clear();
         self.request.extend_from_slice(
             format!(
-                "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 self.authority,
+                self.authorization,
                 body.len()
             )
             .as_bytes(),

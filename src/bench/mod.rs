@@ -102,6 +102,10 @@ pub struct BenchArgs {
     /// Measure the disk's raw 4 KiB append + fdatasync rate in --temp-dir and exit.
     #[arg(long)]
     pub fsync_baseline: bool,
+    /// API token for a server with access control (needs produce and consume on the queue),
+    /// sent as `Authorization: Bearer <token>`.
+    #[arg(long, env = "OUTBOXD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// The `--phase` choices.
@@ -158,6 +162,16 @@ pub struct Plan {
     pub wait_ms: u64,
     pub lease_ms: u64,
     pub stall_timeout_s: u64,
+    /// Never echoed: the JSON output shows only whether a token is used.
+    #[serde(rename = "token", serialize_with = "serialize_token_presence")]
+    pub token: Option<String>,
+}
+
+fn serialize_token_presence<S: serde::Serializer>(
+    token: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bool(token.is_some())
 }
 
 impl Plan {
@@ -219,6 +233,12 @@ impl Plan {
             wait_ms: args.wait_ms,
             lease_ms: args.lease_ms,
             stall_timeout_s: args.stall_timeout_s,
+            token: match &args.token {
+                Some(token) if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                    return usage("--token (or OUTBOXD_TOKEN) must be visible ASCII".into());
+                }
+                token => token.clone(),
+            },
         })
     }
 

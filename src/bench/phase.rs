@@ -181,11 +181,11 @@ pub async fn run(
     let timeout = plan.request_timeout();
     let mut producer_connections = Vec::new();
     for _ in 0..spec.producer_count {
-        producer_connections.push(connect(authority, timeout).await?);
+        producer_connections.push(connect(authority, timeout, plan).await?);
     }
     let mut consumer_connections = Vec::new();
     for _ in 0..spec.consumer_count {
-        consumer_connections.push(connect(authority, timeout).await?);
+        consumer_connections.push(connect(authority, timeout, plan).await?);
     }
     let shared = Arc::new(new_shared(plan, &spec));
     let mut producers = JoinSet::new();
@@ -204,8 +204,12 @@ pub async fn run(
     Ok(outcome(&spec, &shared, merged))
 }
 
-async fn connect(authority: &str, timeout: Duration) -> Result<Connection, BenchError> {
-    Connection::connect(authority, timeout)
+async fn connect(
+    authority: &str,
+    timeout: Duration,
+    plan: &Plan,
+) -> Result<Connection, BenchError> {
+    Connection::connect(authority, timeout, plan.token.as_deref())
         .await
         .map_err(|source| BenchError::Http { request: "connect", source })
 }

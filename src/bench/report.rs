@@ -302,6 +302,7 @@ mod tests {
             wait_ms: 1000,
             lease_ms: 300_000,
             stall_timeout_s: 10,
+            token: None,
         };
         let expectations = Expectations { all_consumed: false, only_own: false };
         Report {
