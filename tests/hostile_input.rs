@@ -999,3 +999,29 @@ fn rfc3339_times_before_1970_are_ready_at_once() {
     }
     target.assert_intact();
 }
+
+/// A refusal that leaves the request body unread (a bad Idempotency-Key, a Content-Length over the
+/// limit) says `Connection: close`: the server does not read the rest, so a keep-alive client must
+/// not send its next request on this connection.
+#[test]
+fn a_refusal_that_leaves_the_body_unread_closes_the_connection() {
+    let target = Target::start(&[]);
+    let body = format!(r#"{{"messages": [{{"body": "{}"}}]}}"#, "x".repeat(100_000));
+    let bad_key = format!(
+        "POST /v1/queues/{ATTACK_QUEUE}/messages HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a b\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let too_long = format!(
+        "POST /v1/queues/{ATTACK_QUEUE}/messages HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        64 * 1024 * 1024
+    );
+    for (request, status) in [(bad_key, 400), (too_long, 413)] {
+        let Outcome::Answered(response) = target.send(request.as_bytes()) else {
+            panic!("no answer to {}", &request[..60]);
+        };
+        assert_eq!(response.status, status);
+        let connection = response.headers.iter().find(|(name, _)| name == "connection");
+        assert_eq!(connection.map(|(_, value)| value.as_str()), Some("close"), "{response:?}");
+    }
+    target.assert_intact();
+}

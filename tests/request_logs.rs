@@ -131,3 +131,23 @@ fn a_filter_silences_access_lines_but_not_failures() {
     assert!(access_lines(&server).is_empty(), "access lines despite the filter:\n{stderr}");
     assert!(stderr.contains("\"listening\""), "other info lines stay:\n{stderr}");
 }
+
+#[test]
+fn a_client_that_leaves_a_long_poll_is_logged_with_status_499() {
+    let server = Server::start(&["--log-format", "json"]);
+    let address = server.client().base_url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let body = r#"{"max": 1, "wait_ms": 20000}"#;
+    let request = format!(
+        "POST /v1/queues/idle/lease HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    let lines = wait_for_access_lines(&server, 1);
+    assert_eq!(lines[0]["status"], json!(499), "{lines:?}");
+    assert_eq!(lines[0]["route"], json!("lease"), "{lines:?}");
+    let waited = lines[0]["duration_ms"].as_f64().unwrap_or(0.0);
+    assert!((250.0..15_000.0).contains(&waited), "logged when the client left: {lines:?}");
+}

@@ -54,6 +54,7 @@ pub async fn call<T>(
 /// Reads the whole body, refusing (413) from `Content-Length` alone when it is over the limit, and
 /// stopping as soon as a body without one grows past it.
 pub async fn read_body(request: Request<Incoming>, bytes_max: u64) -> Result<Bytes, ApiError> {
+    let consumed = request.extensions().get::<super::BodyConsumed>().cloned();
     let declared = request
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -89,6 +90,9 @@ pub async fn read_body(request: Request<Incoming>, bytes_max: u64) -> Result<Byt
                 return Err(ApiError::invalid_json(message));
             }
         }
+    }
+    if let Some(consumed) = consumed {
+        consumed.set();
     }
     Ok(Bytes::from(collected))
 }

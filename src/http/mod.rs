@@ -89,12 +89,9 @@ pub async fn serve(
     state: Arc<AppState>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, Infallible> {
-    let started = Instant::now();
-    let method = request.method().clone();
+    let mut line = AccessLine::start(&request);
     let path = request.uri().path().to_string();
-    let route_name = route_label(&method, &path);
-    let mut token_name = None;
-    let mut response = match handle(&state, request, &path, &mut token_name).await {
+    let response = match handle(&state, request, &path, &mut line.token).await {
         Ok(response) => response,
         Err(error) => {
             if error.status.is_server_error() {
@@ -106,28 +103,77 @@ pub async fn serve(
             error_response(&error)
         }
     };
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION_SECONDS, "route" => route_name, "status" => status.to_string())
-        .record(elapsed.as_secs_f64());
-    let batch = response.extensions_mut().remove::<BatchCount>().map(|BatchCount(count)| count);
-    // Only a valid queue name is logged: the path is the client's text.
-    let queue = match_path(&path)
-        .and_then(|route| route.queue())
-        .filter(|queue| types::valid_queue_name(queue));
-    tracing::info!(
-        target: ACCESS_LOG_TARGET,
-        method = %method,
-        route = route_name,
-        status,
-        // Whole microseconds, so the text form stays short (0.114, not 0.11424100000000001).
-        duration_ms = elapsed.as_micros() as f64 / 1000.0,
-        queue,
-        batch = batch.map(|count| count as u64),
-        token = token_name.as_deref(),
-        "request"
-    );
-    Ok(response)
+    Ok(line.finish(response))
+}
+
+/// Status logged for a request whose client left before the response (nginx's convention).
+const CLIENT_CLOSED_STATUS: u16 = 499;
+
+/// One request's access-log line and duration sample. Written when the response starts; if the
+/// client leaves first (hyper then drops the request's future, e.g. during a long poll), written
+/// on drop with status 499.
+struct AccessLine {
+    started: Instant,
+    method: Method,
+    route: &'static str,
+    /// Only a valid queue name is logged: the path is the client's text.
+    queue: Option<String>,
+    /// The token's name, set as soon as the token is known, so a refusal is logged with it too.
+    token: Option<String>,
+    batch: Option<usize>,
+    written: bool,
+}
+
+impl AccessLine {
+    fn start(request: &Request<Incoming>) -> AccessLine {
+        let path = request.uri().path();
+        let queue = match_path(path)
+            .and_then(|route| route.queue())
+            .filter(|queue| types::valid_queue_name(queue))
+            .map(str::to_string);
+        AccessLine {
+            started: Instant::now(),
+            method: request.method().clone(),
+            route: route_label(request.method(), path),
+            queue,
+            token: None,
+            batch: None,
+            written: false,
+        }
+    }
+
+    fn finish(mut self, mut response: HttpResponse) -> HttpResponse {
+        self.batch = response.extensions_mut().remove::<BatchCount>().map(|BatchCount(n)| n);
+        self.write(response.status().as_u16());
+        response
+    }
+
+    fn write(&mut self, status: u16) {
+        self.written = true;
+        let elapsed = self.started.elapsed();
+        metrics::histogram!(crate::metrics::HTTP_REQUEST_DURATION_SECONDS, "route" => self.route, "status" => status.to_string())
+            .record(elapsed.as_secs_f64());
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            method = %self.method,
+            route = self.route,
+            status,
+            // Whole microseconds, so the text form stays short (0.114, not 0.11424100000000001).
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
+            queue = self.queue.as_deref(),
+            batch = self.batch.map(|count| count as u64),
+            token = self.token.as_deref(),
+            "request"
+        );
+    }
+}
+
+impl Drop for AccessLine {
+    fn drop(&mut self) {
+        if !self.written {
+            self.write(CLIENT_CLOSED_STATUS);
+        }
+    }
 }
 
 /// Routes, authenticates, authorizes, and runs the handler. Unknown paths and methods are
@@ -136,18 +182,51 @@ pub async fn serve(
 /// request is logged with it too.
 async fn handle(
     state: &AppState,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     path: &str,
     token_name: &mut Option<String>,
 ) -> Result<HttpResponse, ApiError> {
+    // hyper drops a connection whose request body was left unread (by a refusal before the body
+    // is read, or a body over the limit); saying so in the response lets the client open a new
+    // connection for its next request instead of failing on this one.
     let body_unread = !hyper::body::Body::is_end_stream(request.body());
+    let consumed = BodyConsumed::default();
+    request.extensions_mut().insert(consumed.clone());
     let admitted = admit(state, &request, path, token_name);
-    let (endpoint, token) = admitted.map_err(|error| {
-        // hyper drops a connection whose request body was left unread; saying so lets the
-        // client open a new one for its next request instead of failing on this one.
-        ApiError { close_connection: body_unread, ..error }
-    })?;
-    dispatch(state, endpoint, token, request).await
+    let (endpoint, token) =
+        admitted.map_err(|error| ApiError { close_connection: body_unread, ..error })?;
+    let result = dispatch(state, endpoint, token, request).await;
+    let left_unread = body_unread && !consumed.get();
+    match result {
+        Ok(mut response) => {
+            if left_unread {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(response)
+        }
+        Err(error) => {
+            let close_connection = error.close_connection || left_unread;
+            Err(ApiError { close_connection, ..error })
+        }
+    }
+}
+
+/// Set by [`handlers::read_body`] once it has read a request's whole body; a response to a
+/// request whose body was not read closes the connection.
+#[derive(Clone, Default)]
+pub struct BodyConsumed(Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyConsumed {
+    pub fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Everything decided before the body is read: the endpoint, the caller's token and its
