@@ -33,8 +33,8 @@ impl fmt::Display for Role {
     }
 }
 
-/// One `[[tokens]]` entry of the config file, as written.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// One `[[tokens]]` entry of the config file, as written. Its `Debug` form hides the secret.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// A name for logs and errors (e.g. `billing-producer`).
@@ -51,6 +51,18 @@ pub struct TokenConfig {
     /// (`orders.*`, `*`). Default `*`.
     #[serde(default = "every_queue")]
     pub queues: String,
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
+            .field("secret_env", &self.secret_env)
+            .field("roles", &self.roles)
+            .field("queues", &self.queues)
+            .finish()
+    }
 }
 
 fn every_queue() -> String {

@@ -319,10 +319,22 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|cause| {
         error(format!("cannot read the config file {}: {cause}", path.display()))
     })?;
-    toml::from_str(&text).map_err(|cause| {
+    toml::from_str(&text).map_err(|cause: toml::de::Error| {
+        // toml's own text quotes the offending line, which may hold a token's secret: say where
+        // and what, not the line itself.
+        let at = match cause.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+                format!(" at line {line}, column {column}")
+            }
+            None => String::new(),
+        };
         error(format!(
-            "the config file {} is not valid: {cause}(docs/outboxd.example.toml lists every key)",
-            path.display()
+            "the config file {} is not valid{at}: {} (docs/outboxd.example.toml lists every key)",
+            path.display(),
+            cause.message().trim_end()
         ))
     })
 }
@@ -393,7 +405,8 @@ impl Config {
             limits,
             broker,
             connection_count_max: range(&s.max_connections, 1, 1_000_000)?,
-            disk_free_min_bytes: s.disk_free_min_bytes.value,
+            // A TOML integer is signed: the range keeps every value writable in the file.
+            disk_free_min_bytes: range(&s.disk_free_min_bytes, 0, i64::MAX as u64)?,
             checkpoint_wal_bytes: range(
                 &s.checkpoint_wal_bytes,
                 1024 * 1024,
@@ -431,9 +444,7 @@ impl Config {
         }
         for entry in &self.settings.tokens {
             let mut shown = entry.clone();
-            if shown.secret.is_some() {
-                shown.secret = Some("<hidden>".to_string());
-            }
+            let hidden = shown.secret.take().is_some();
             let mut table = toml::Table::new();
             table.insert(
                 "tokens".into(),
@@ -443,6 +454,11 @@ impl Config {
             );
             out.push('\n');
             out.push_str(&toml::to_string(&table).unwrap_or_default());
+            if hidden {
+                out.push_str(
+                    "# secret = \"...\"  (hidden: fill it in, or better, move it to secret_env)\n",
+                );
+            }
         }
         out
     }
@@ -496,6 +512,8 @@ mod tests {
         assert_eq!(config(&["--listen", "nowhere"]).unwrap_err().setting, "listen");
         assert_eq!(config(&["--log-format", "xml"]).unwrap_err().setting, "log_format");
         assert_eq!(config(&["--log", "a=b=c"]).unwrap_err().setting, "log");
+        let error = config(&["--disk-free-min-bytes", "18446744073709551615"]).unwrap_err();
+        assert_eq!(error.setting, "disk_free_min_bytes", "every value must fit a TOML integer");
         assert_eq!(
             config(&["--checkpoint-wal-bytes", "10"]).unwrap_err().setting,
             "checkpoint_wal_bytes"
@@ -550,7 +568,8 @@ mod tests {
         assert!(ops.allows(Role::Admin, Some("anything")));
         let printed = config.to_toml();
         assert!(!printed.contains("producer-secret-0123456789"), "{printed}");
-        assert!(printed.contains("<hidden>"), "{printed}");
+        assert!(printed.contains("# secret = \"...\"  (hidden"), "{printed}");
+        assert!(!format!("{config:?}").contains("producer-secret-0123456789"));
         assert!(printed.contains("secret_env = \"TEST_SECRET\""), "{printed}");
         let error =
             with_file(&[], "[[tokens]]\nname = \"x\"\nsecret = \"short\"\nroles = [\"admin\"]\n")
@@ -563,11 +582,18 @@ mod tests {
         let config = with_file(&["--lease-ms", "4321"], "retention_ms = 99\n").unwrap();
         let printed = config.to_toml();
         assert!(printed.contains("lease_ms = 4321"), "{printed}");
+        let with_token =
+            "[[tokens]]\nname = \"ops\"\nsecret_env = \"TEST_SECRET\"\nroles = [\"admin\"]\n";
+        let printed =
+            with_file(&["--lease-ms", "4321"], &format!("retention_ms = 99\n{with_token}"))
+                .unwrap()
+                .to_toml();
         let again = with_file(&[], &printed).unwrap();
         assert_eq!(again.broker, config.broker);
         assert_eq!(again.limits.request_bytes_max, config.limits.request_bytes_max);
         assert_eq!(again.listen, config.listen);
         assert_eq!(again.data_dir, config.data_dir);
+        assert_eq!(again.tokens.len(), 1, "{printed}");
     }
 
     #[test]

@@ -76,6 +76,15 @@ fn a_bad_setting_stops_startup_naming_it_its_source_and_its_range() {
     assert!(!ok);
     assert!(stderr.contains("lease_msec") && stderr.contains("line 2"), "{stderr}");
 
+    let config = write_config(
+        &dir,
+        "[[tokens]]\nname = \"ops\"\nsecret = \"an-ops\\Qsecret-0123456789\"\nroles = [\"admin\"]\n",
+    );
+    let (ok, _, stderr) = run(outboxd().args(["config", "--config", &config]));
+    assert!(!ok);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(!stderr.contains("secret-0123456789"), "a parse error never quotes the line: {stderr}");
+
     let (ok, _, stderr) = run(outboxd().args(["config", "--config", "/nonexistent/outboxd.toml"]));
     assert!(!ok);
     assert!(stderr.contains("cannot read the config file /nonexistent/outboxd.toml"), "{stderr}");
