@@ -133,8 +133,13 @@ pub(super) fn authorize(
         }
         Scope::Message(id) => {
             let queue = message_queue(state, id)?;
-            let action = format!("{} message {id} of", need.action);
-            check_queue(token, need.role, &action, &queue)
+            if token.queues.matches(&queue) {
+                return Ok(());
+            }
+            // The queue is not named: a token must not learn the names of queues it cannot see.
+            let action =
+                format!("{} message {id}, which is in a queue outside its pattern", need.action);
+            Err(forbidden(token, &action, &needed(need.role, Some("the message's queue"))))
         }
         Scope::EveryQueue if role_held && every_queue => Ok(()),
         Scope::EveryQueue => {
