@@ -102,6 +102,11 @@ pub const BODY_IDLE_TIMEOUT_MS: u64 = 10_000;
 /// How long a client may take to send its request headers.
 pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 
+/// How long an online backup waits for its client to take the next chunk before it gives up.
+/// A backup pins the write-ahead log from where it started, so a client that stops reading
+/// would otherwise keep every later log segment on disk until it disconnects.
+pub const BACKUP_CLIENT_STALL_MS: u64 = 60_000;
+
 const _: () = assert!(LEASE_MS_MIN <= LEASE_MS_DEFAULT && LEASE_MS_DEFAULT <= LEASE_MS_MAX);
 const _: () = assert!(MESSAGE_BYTES_DEFAULT <= MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX <= REQUEST_BYTES_MAX);

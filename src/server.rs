@@ -104,18 +104,21 @@ async fn serve(config: Config) -> Result<(), Error> {
         wal_bytes,
         data_dir: config.data_dir.clone(),
         tokens: config.tokens.clone(),
+        backup_running: Arc::default(),
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
     let state_failure = writer.failure();
     let store = store_for_stop;
-    tokio::task::spawn_blocking(move || {
+    let stopped = tokio::task::spawn_blocking(move || {
         writer.stop();
         let _ = storage_thread.join();
         store.stop_applier();
         let _ = applier.join();
     })
-    .await
-    .map_err(|error| Error::Io {
+    .await;
+    // Whatever the outcome, nothing listens at the address any more.
+    crate::admin::remove_address_file(&config.data_dir);
+    stopped.map_err(|error| Error::Io {
         context: "stopping".into(),
         source: std::io::Error::other(error),
     })?;
@@ -125,7 +128,6 @@ async fn serve(config: Config) -> Result<(), Error> {
             source: std::io::Error::other(reason),
         });
     }
-    crate::admin::remove_address_file(&config.data_dir);
     tracing::info!("stopped");
     Ok(())
 }

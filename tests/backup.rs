@@ -16,12 +16,13 @@ mod common;
 use common::{string_array, ConfigFile, Server};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Runs `outboxd ARGS...` to completion.
 fn outboxd(args: &[&str]) -> Output {
@@ -199,22 +200,24 @@ fn a_stopped_servers_directory_is_backed_up_and_restored_only_into_an_empty_plac
 
     let target = work.path().join("restored");
     outboxd_ok(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
-    // A non-empty target is refused, and left as it was.
-    let marker = target.join("keep-me");
-    std::fs::write(&marker, b"mine").unwrap();
+    // A data directory is refused without --force, and left as it was.
+    let old_log = target.join("wal").join("from-before");
+    std::fs::write(&old_log, b"old").unwrap();
     let (_, stderr) =
         outboxd_fails(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
     assert!(stderr.contains("is not empty") && stderr.contains("--force"), "{stderr}");
-    assert!(marker.exists(), "a refused restore must not touch the target");
-    outboxd_ok(&[
-        "restore",
-        "--backup",
-        path(&backup_file),
-        "--data-dir",
-        path(&target),
-        "--force",
-    ]);
-    assert!(!marker.exists(), "--force replaces the directory");
+    assert!(old_log.exists(), "a refused restore must not touch the target");
+    let force = ["restore", "--backup", path(&backup_file), "--data-dir", path(&target), "--force"];
+    // --force replaces a data directory only: anything else in it is named and kept.
+    let marker = target.join("keep-me");
+    std::fs::write(&marker, b"mine").unwrap();
+    let (_, stderr) = outboxd_fails(&force);
+    assert!(stderr.contains("is not an outboxd data directory"), "{stderr}");
+    assert!(stderr.contains("keep-me"), "the refusal names what is in the way: {stderr}");
+    assert!(marker.exists() && old_log.exists(), "a refused restore must not touch the target");
+    std::fs::remove_file(&marker).unwrap();
+    outboxd_ok(&force);
+    assert!(!old_log.exists(), "--force replaces the data directory");
     let leftovers: Vec<PathBuf> = std::fs::read_dir(work.path())
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -445,4 +448,224 @@ roles = ["produce"]
     with_flag.extend(["--token", "ops-secret-5e2b8d1f9a"]);
     outboxd_ok(&with_flag);
     outboxd_ok(&["check", "--backup", path(&out)]);
+}
+
+/// Makes a file or directory look as old as an interrupted run's leftover.
+fn age(path: &Path) {
+    let old = SystemTime::now() - Duration::from_secs(600);
+    std::fs::File::open(path).unwrap().set_modified(old).unwrap();
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn restore_fills_the_target_in_place_so_a_mount_point_works() {
+    let (server, ids) = stopped_server_with_messages();
+    let work = tempfile::TempDir::new().unwrap();
+    let backup_file = work.path().join("in-place.backup");
+    outboxd_ok(&["backup", "--data-dir", path(server.data_dir()), "--out", path(&backup_file)]);
+    // An existing directory stands for a mount point: it cannot be renamed or replaced, so the
+    // restore must fill it rather than swap a new directory in (which changes its inode).
+    let target = tempfile::TempDir::new().unwrap();
+    let inode = std::fs::metadata(target.path()).unwrap().ino();
+    let restore = ["restore", "--backup", path(&backup_file), "--data-dir", path(target.path())];
+    outboxd_ok(&restore);
+    assert_eq!(std::fs::metadata(target.path()).unwrap().ino(), inode, "the target was replaced");
+    assert_eq!(entries(target.path()), ["sled", "wal"], "nothing else is left in the target");
+    let mut with_force = restore.to_vec();
+    with_force.push("--force");
+    std::fs::write(target.path().join("outboxd.addr"), "127.0.0.1:1\n").unwrap();
+    outboxd_ok(&with_force);
+    assert_eq!(std::fs::metadata(target.path()).unwrap().ino(), inode, "the target was replaced");
+    assert_eq!(entries(target.path()), ["sled", "wal"], "a stale address file goes too");
+    let parent = target.path().parent().unwrap();
+    let beside: Vec<String> = entries(parent)
+        .into_iter()
+        .filter(|name| name.starts_with(".outboxd-restore-") || name.contains(".replaced-"))
+        .collect();
+    assert!(beside.is_empty(), "nothing is built beside the target: {beside:?}");
+
+    let copy = Server::start_in(target, &[]);
+    assert_eq!(copy.get_message(&ids[0])["state"], "delivered");
+    assert_eq!(copy.queue_counts("orders")["ready"], 2);
+}
+
+#[test]
+fn restore_refuses_to_replace_a_running_servers_directory() {
+    let (stopped, _) = stopped_server_with_messages();
+    let work = tempfile::TempDir::new().unwrap();
+    let backup_file = work.path().join("for-running.backup");
+    outboxd_ok(&["backup", "--data-dir", path(stopped.data_dir()), "--out", path(&backup_file)]);
+    let running = Server::start(&[]);
+    let ids = running.enqueue("kept", &json!([{"body": "still here"}]));
+    let (_, stderr) = outboxd_fails(&[
+        "restore",
+        "--backup",
+        path(&backup_file),
+        "--data-dir",
+        path(running.data_dir()),
+        "--force",
+    ]);
+    assert!(stderr.contains("in use by a running server"), "{stderr}");
+    assert_eq!(running.get_message(&ids[0])["body"], json!("still here"));
+    let leftovers: Vec<String> = entries(running.data_dir())
+        .into_iter()
+        .filter(|name| name.starts_with(".outboxd-"))
+        .collect();
+    assert!(leftovers.is_empty(), "a refused restore leaves nothing: {leftovers:?}");
+}
+
+#[test]
+fn leftovers_of_interrupted_runs_are_removed_and_those_of_running_ones_kept() {
+    let (server, _) = stopped_server_with_messages();
+    let work = tempfile::TempDir::new().unwrap();
+    // Backups: an old unlocked temporary is a leftover; a young one, or one a running backup
+    // holds locked, is not.
+    let stale_backup = work.path().join(".outboxd-backup-interrupted");
+    let young_backup = work.path().join(".outboxd-backup-young");
+    let locked_backup = work.path().join(".outboxd-backup-running");
+    for file in [&stale_backup, &young_backup, &locked_backup] {
+        std::fs::write(file, b"OUTBOXD-BACKUP 1\n").unwrap();
+    }
+    age(&stale_backup);
+    age(&locked_backup);
+    let lock = std::fs::File::open(&locked_backup).unwrap();
+    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
+    let backup_file = work.path().join("fresh.backup");
+    let output =
+        outboxd(&["backup", "--data-dir", path(server.data_dir()), "--out", path(&backup_file)]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!stale_backup.exists(), "an interrupted backup's file must be removed");
+    assert!(text(&output.stderr).contains("left by an interrupted backup"), "it says so");
+    assert!(young_backup.exists() && locked_backup.exists(), "a running backup's file is kept");
+    drop(lock);
+
+    // Restores: the same inside the target, which counts as empty with only those in it.
+    let target = work.path().join("target");
+    let stale_restore = target.join(".outboxd-restore-interrupted");
+    let young_restore = target.join(".outboxd-restore-young");
+    std::fs::create_dir_all(stale_restore.join("sled")).unwrap();
+    std::fs::write(stale_restore.join("sled").join("db"), b"half").unwrap();
+    std::fs::create_dir_all(&young_restore).unwrap();
+    age(&stale_restore);
+    let output = outboxd(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("left by an interrupted restore"), "it says so");
+    assert_eq!(entries(&target), [".outboxd-restore-young", "sled", "wal"]);
+}
+
+#[test]
+fn a_stale_address_file_never_leads_a_backup_to_another_server() {
+    let other = Server::start(&[]);
+    other.enqueue("elsewhere", &json!([{"body": "not this one"}]));
+    let server = Server::start(&[]);
+    // As if the server's address file were left by an earlier server, and another one now
+    // listened at that address.
+    let address = other.base_url.trim_start_matches("http://");
+    std::fs::write(server.data_dir().join("outboxd.addr"), format!("{address}\n")).unwrap();
+    let work = tempfile::TempDir::new().unwrap();
+    let out = work.path().join("wrong.backup");
+    let (_, stderr) =
+        outboxd_fails(&["backup", "--data-dir", path(server.data_dir()), "--out", path(&out)]);
+    assert!(stderr.contains("serves the data directory"), "{stderr}");
+    assert!(stderr.contains("may be stale"), "{stderr}");
+    assert!(!out.exists(), "a refused backup writes no file");
+    let (_, stderr) = outboxd_fails(&[
+        "backup",
+        "--url",
+        &other.base_url,
+        "--data-dir",
+        path(server.data_dir()),
+        "--out",
+        path(&out),
+    ]);
+    assert!(stderr.contains("serves the data directory"), "{stderr}");
+    // The right pairing passes, through a path that is not canonical too.
+    let indirect = other.data_dir().join("wal").join("..");
+    outboxd_ok(&[
+        "backup",
+        "--url",
+        &other.base_url,
+        "--data-dir",
+        path(&indirect),
+        "--out",
+        path(&out),
+    ]);
+    let json: Value =
+        serde_json::from_str(&outboxd_ok(&["check", "--backup", path(&out), "--json"])).unwrap();
+    assert_eq!(json["queues"]["elsewhere"]["ready"], 1, "{json}");
+}
+
+/// Sends `GET /v1/admin/backup` on a raw connection, reads the status line and stops reading.
+#[cfg(feature = "testing")]
+fn start_a_backup_and_stop_reading(server: &Server) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let address = server.base_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"GET /v1/admin/backup HTTP/1.1\r\nHost: outboxd\r\n\r\n").unwrap();
+    let mut start = [0u8; 12];
+    stream.read_exact(&mut start).unwrap();
+    assert_eq!(&start, b"HTTP/1.1 200", "the first backup starts");
+    stream
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn one_backup_at_a_time_and_a_client_that_stops_reading_is_dropped() {
+    let server = Server::start(&[]);
+    // More data than the socket buffers and the stream's channel hold together, so a client that
+    // reads nothing stalls the backup.
+    let pad = "x".repeat(2000);
+    for batch in 0..10 {
+        let messages: Vec<Value> =
+            (0..1000).map(|n| json!({"body": {"batch": batch, "n": n, "pad": pad}})).collect();
+        server.enqueue("big", &json!(messages));
+    }
+    server.set_failpoint("backup.client_stall_ms", "return(500)");
+    let stalled = start_a_backup_and_stop_reading(&server);
+
+    let second = server.get("/v1/admin/backup");
+    assert_eq!(second.status, 409, "{second:?}");
+    assert_eq!(second.body["error"]["code"], "backup_in_progress", "{second:?}");
+    assert!(second.body["error"]["hint"].as_str().unwrap().contains("wait"), "{second:?}");
+
+    // The stalled backup is abandoned after the stall timeout, which frees the slot.
+    let work = tempfile::TempDir::new().unwrap();
+    let out = work.path().join("after.backup");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = outboxd(&["backup", "--url", &server.base_url, "--out", path(&out)]);
+        if output.status.success() {
+            break;
+        }
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("status 409 (another backup of it is running"), "{stderr}");
+        assert!(std::time::Instant::now() < deadline, "the stalled backup was never abandoned");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.stderr_text();
+    assert!(log.contains("took no data for 500 ms"), "the log names the cause:\n{log}");
+    drop(stalled);
+    let json: Value =
+        serde_json::from_str(&outboxd_ok(&["check", "--backup", path(&out), "--json"])).unwrap();
+    assert_eq!(json["queues"]["big"]["ready"], 10_000, "{json}");
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn the_address_file_goes_when_the_server_stops_after_a_storage_failure() {
+    let mut server = Server::start(&[]);
+    assert!(server.data_dir().join("outboxd.addr").exists());
+    server.set_failpoint("wal.sync", "return");
+    let failed = server.enqueue_raw("doomed", r#"{"messages": [{"body": 1}]}"#, None);
+    assert_eq!(failed.status, 503, "{failed:?}");
+    assert!(!server.terminate().success(), "a stop after a storage failure exits non-zero");
+    assert!(!server.data_dir().join("outboxd.addr").exists(), "the address file is removed");
 }

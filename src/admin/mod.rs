@@ -2,8 +2,9 @@
 //!
 //! `outboxd backup` copies a data directory into one backup file: directly when no server uses
 //! it, else through the running server's `GET /v1/admin/backup` (its address is in
-//! `DATA_DIR/outboxd.addr`, which the server writes at startup). `outboxd restore` turns a backup
-//! into a new data directory, built beside the target and renamed into place. `outboxd check`
+//! `DATA_DIR/outboxd.addr`, which the server writes at startup, checked against the data directory
+//! the server names in its answer). `outboxd restore` turns a backup into a data directory, built
+//! in a temporary directory inside the target and moved into place. `outboxd check`
 //! verifies a stopped data directory, or a backup, and prints what it found.
 //!
 //! Layout: `backup` (the backup and restore commands), `check` (the check command and its
@@ -35,7 +36,8 @@ pub enum AdminCommand {
 #[derive(clap::Args)]
 pub struct BackupArgs {
     /// The data directory to back up. When a server runs on it, the backup is taken through
-    /// that server, at the address it wrote into DATA_DIR/outboxd.addr.
+    /// that server, at the address it wrote into DATA_DIR/outboxd.addr (the server must say it
+    /// serves this directory; so it must too with --url).
     #[arg(long, value_name = "DIR", required_unless_present = "url")]
     pub data_dir: Option<PathBuf>,
     /// Take the backup from the server at this base URL (http://host:port) instead.
@@ -55,10 +57,12 @@ pub struct RestoreArgs {
     /// The backup file, as written by `outboxd backup`.
     #[arg(long, value_name = "FILE")]
     pub backup: PathBuf,
-    /// The data directory to create. It must be absent or empty, unless --force.
+    /// The data directory to fill: absent (it is created), empty, or with --force a data
+    /// directory to replace. It may be a mount point.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// Replace a non-empty data directory (only once the restore has succeeded).
+    /// Replace the data directory in DIR (its sled, wal and outboxd.addr), only once the restore
+    /// has succeeded. A directory holding anything else is refused.
     #[arg(long)]
     pub force: bool,
 }
@@ -155,7 +159,7 @@ pub fn write_address_file(data_dir: &Path, address: SocketAddr) -> std::io::Resu
     std::fs::rename(&temp_path, &path)
 }
 
-/// Removes `DATA_DIR/outboxd.addr` at a clean shutdown.
+/// Removes `DATA_DIR/outboxd.addr` when the server stops (cleanly or after a storage failure).
 pub fn remove_address_file(data_dir: &Path) {
     let path = data_dir.join(ADDRESS_FILE);
     if let Err(error) = std::fs::remove_file(&path) {

@@ -4,10 +4,17 @@
 //! The storage thread only names the starting WAL position and pins the log from there; the trees
 //! and the log are read on a blocking thread that feeds the body through a bounded channel, so
 //! requests go on meanwhile and a large store is never held in memory.
+//!
+//! Since a backup pins the log, the server streams one at a time (`409 backup_in_progress` for a
+//! second), and gives up on a client that takes no data for `BACKUP_CLIENT_STALL_MS`: hyper has
+//! no write timeout, and a stalled client would otherwise keep every later log segment on disk.
+//! The answer names the server's data directory (`Outboxd-Data-Dir`), which `outboxd backup
+//! --data-dir` checks, so that a stale address file never leads it to another server.
 
 use super::error::ApiError;
 use super::handlers::{self, AppState};
 use super::HttpResponse;
+use crate::limits::BACKUP_CLIENT_STALL_MS;
 use crate::store::backup::{self, BackupError, BackupWriter};
 use crate::store::wal::WalPosition;
 use crate::store::writer::{Command, CommitError, WriterHandle};
@@ -15,15 +22,17 @@ use crate::store::Store;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
 use hyper::{Request, Response};
 use std::convert::Infallible;
 use std::io::{self, Write};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 /// Bytes the backup stream gathers before handing a chunk to the connection.
@@ -35,13 +44,22 @@ const BACKUP_CHUNK_COUNT_MAX: usize = 8;
 const WAL_END_ATTEMPT_COUNT_MAX: u32 = 200;
 const WAL_END_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The response header that names the data directory the backup comes from: its canonical path,
+/// percent-encoded (see [`data_dir_header_value`]). `outboxd backup --data-dir` compares it with
+/// the directory it was given, so a stale address file never leads it to another server.
+pub const DATA_DIR_HEADER: &str = "outboxd-data-dir";
+
 /// `GET /v1/admin/backup`: a consistent snapshot of the data, streamed.
 pub async fn backup(
     state: &AppState,
     _request: Request<Incoming>,
 ) -> Result<HttpResponse, ApiError> {
+    // Held until the stream ends: one backup at a time, since each pins the log and reads the
+    // whole store.
+    let slot = BackupSlot::take(&state.backup_running).ok_or_else(ApiError::backup_in_progress)?;
     let (from, pin) = handlers::call(&state.writer, |reply| Command::BackupStart { reply }).await?;
     let (sender, receiver) = mpsc::channel(BACKUP_CHUNK_COUNT_MAX);
+    let sink = ChunkSender::new(sender, tokio::runtime::Handle::current(), client_stall_timeout());
     let store = state.store.clone();
     let writer = state.writer.clone();
     let wal_dir = state.data_dir.join("wal");
@@ -49,7 +67,8 @@ pub async fn backup(
     tokio::task::spawn_blocking(move || {
         // Held until the log copy is done: no checkpoint deletes the segments it reads.
         let _pin = pin;
-        stream_backup(&store, &writer, &wal_dir, from, sender, now_ms);
+        let _slot = slot;
+        stream_backup(&store, &writer, &wal_dir, from, sink, now_ms);
     });
     let mut response = Response::new(BackupBody { receiver }.boxed());
     let headers = response.headers_mut();
@@ -58,7 +77,56 @@ pub async fn backup(
     if let Ok(value) = HeaderValue::from_str(&disposition) {
         headers.insert(CONTENT_DISPOSITION, value);
     }
+    let data_dir =
+        std::fs::canonicalize(&state.data_dir).unwrap_or_else(|_| state.data_dir.clone());
+    if let Ok(value) = HeaderValue::from_str(&data_dir_header_value(&data_dir)) {
+        headers.insert(HeaderName::from_static(DATA_DIR_HEADER), value);
+    }
     Ok(response)
+}
+
+/// The value of [`DATA_DIR_HEADER`] for a path: its bytes, with every byte outside visible ASCII
+/// and every `%` written as `%XX`, so that any path fits in a header and compares exactly.
+pub fn data_dir_header_value(path: &Path) -> String {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let mut value = String::new();
+    for &byte in path.as_os_str().as_bytes() {
+        if byte.is_ascii_graphic() && byte != b'%' {
+            value.push(char::from(byte));
+        } else {
+            let _ = write!(value, "%{byte:02X}");
+        }
+    }
+    value
+}
+
+/// How long the backup waits for its client to take a chunk: [`BACKUP_CLIENT_STALL_MS`], or in
+/// test builds the value of the armed failpoint `backup.client_stall_ms` (`return(MS)`).
+fn client_stall_timeout() -> Duration {
+    #[cfg(feature = "testing")]
+    fail::fail_point!("backup.client_stall_ms", |value| {
+        let stall_ms = value.and_then(|text| text.parse().ok()).unwrap_or(BACKUP_CLIENT_STALL_MS);
+        Duration::from_millis(stall_ms)
+    });
+    Duration::from_millis(BACKUP_CLIENT_STALL_MS)
+}
+
+/// The right to stream the server's one backup; frees it when dropped.
+struct BackupSlot(Arc<AtomicBool>);
+
+impl BackupSlot {
+    /// Takes the slot, or `None` while another backup holds it.
+    fn take(running: &Arc<AtomicBool>) -> Option<BackupSlot> {
+        let taken = running.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire);
+        taken.ok().map(|_| BackupSlot(running.clone()))
+    }
+}
+
+impl Drop for BackupSlot {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Writes the backup into the channel; runs on a blocking thread.
@@ -67,10 +135,10 @@ fn stream_backup(
     writer: &WriterHandle,
     wal_dir: &Path,
     from: WalPosition,
-    sender: mpsc::Sender<Bytes>,
+    sink: ChunkSender,
     now_ms: u64,
 ) {
-    let sink = ChunkSender { sender, buffer: Vec::with_capacity(BACKUP_CHUNK_BYTES) };
+    let stall_timeout = sink.stall_timeout;
     let Ok(mut out) = BackupWriter::new(sink) else { return };
     let result = backup::write_backup(store, wal_dir, from, || wal_end(writer).map(Some), &mut out);
     let error = match result {
@@ -79,21 +147,43 @@ fn stream_backup(
                 let (entry_count, frame_count) = (trailer.entry_count, trailer.frame_count);
                 return tracing::info!(entry_count, frame_count, "backup sent");
             }
-            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
-                return tracing::warn!("the backup's client went away before the end");
-            }
-            Err(error) => return tracing::error!(%error, "finishing a backup failed"),
+            // The stream is gone with the writer: only the log learns why.
+            Err(error) => return drop(log_stop(&BackupError::Io(error), stall_timeout)),
         },
         Err(error) => error,
     };
-    if let BackupError::Io(cause) = &error {
-        if cause.kind() == io::ErrorKind::BrokenPipe {
-            return tracing::warn!("the backup's client went away before the end");
+    if let Some(message) = log_stop(&error, stall_timeout) {
+        // Reaches the client only if it takes data again (a stalled one is not waited for).
+        let _ = out.fail(&message);
+    }
+}
+
+/// Logs why a backup stopped before its end; returns the text of the failure record that ends
+/// the stream, or `None` when the client is gone.
+fn log_stop(error: &BackupError, stall_timeout: Duration) -> Option<String> {
+    let stall_ms = stall_timeout.as_millis() as u64;
+    match error {
+        BackupError::Io(cause) if cause.kind() == io::ErrorKind::BrokenPipe => {
+            tracing::warn!("the backup's client went away before the end");
+            None
+        }
+        BackupError::Io(cause) if cause.kind() == io::ErrorKind::TimedOut => {
+            tracing::warn!(
+                stall_ms,
+                "the backup's client took no data for {stall_ms} ms: the backup was abandoned and \
+                 the write-ahead log it held is released (a client must keep reading the stream)"
+            );
+            Some(format!(
+                "the client took no data for {stall_ms} ms, so the server abandoned the backup \
+                 (read the stream without pausing)"
+            ))
+        }
+        error => {
+            tracing::error!(%error, "taking a backup failed");
+            // The client is an operator, but internal details still stay in the log.
+            Some("the server could not read its store or log; its log says why".into())
         }
     }
-    tracing::error!(%error, "taking a backup failed");
-    // The client is an operator, but internal details still stay in the log.
-    let _ = out.fail("the server could not read its store or log; its log says why");
 }
 
 /// The position up to which the log is durable, asked of the storage thread from a blocking
@@ -118,33 +208,74 @@ fn wal_end(writer: &WriterHandle) -> Result<WalPosition, BackupError> {
 }
 
 /// A `Write` that hands the bytes to the response body in chunks, waiting while the channel is
-/// full (the client reads slower than the store is copied).
+/// full (the client reads slower than the store is copied), but not for ever.
+///
+/// A client that takes no chunk for `stall_timeout` fails the write with `TimedOut`; from then on
+/// nothing waits, and what is written is sent only if it fits at once. A failed `write` appends
+/// nothing, so the bytes kept always end at a record boundary (a [`BackupWriter`] writes each
+/// record with one `write_all`) and a failure record written after a stall still reads cleanly.
 struct ChunkSender {
     sender: mpsc::Sender<Bytes>,
     buffer: Vec<u8>,
+    /// The runtime whose timer bounds the wait (the writer runs on a blocking thread).
+    runtime: tokio::runtime::Handle,
+    /// How long one chunk may wait for the client.
+    stall_timeout: Duration,
+    /// Set once the client let a chunk wait for `stall_timeout`.
+    stalled: bool,
 }
 
 impl ChunkSender {
+    fn new(
+        sender: mpsc::Sender<Bytes>,
+        runtime: tokio::runtime::Handle,
+        stall_timeout: Duration,
+    ) -> ChunkSender {
+        let buffer = Vec::with_capacity(BACKUP_CHUNK_BYTES);
+        ChunkSender { sender, buffer, runtime, stall_timeout, stalled: false }
+    }
+
+    /// Sends the buffer as one chunk; on an error the buffer is kept.
     fn send_buffer(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(
-            &mut self.buffer,
-            Vec::with_capacity(BACKUP_CHUNK_BYTES),
-        ));
-        self.sender
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the client went away");
+        let stalled = || {
+            io::Error::new(io::ErrorKind::TimedOut, "the client stopped taking the backup stream")
+        };
+        let permit = if self.stalled {
+            match self.sender.try_reserve() {
+                Ok(permit) => permit,
+                Err(TrySendError::Full(())) => return Err(stalled()),
+                Err(TrySendError::Closed(())) => return Err(gone()),
+            }
+        } else {
+            // Built inside `block_on`: the timer needs the runtime's context.
+            let reserve =
+                async { tokio::time::timeout(self.stall_timeout, self.sender.reserve()).await };
+            match self.runtime.block_on(reserve) {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(gone()),
+                Err(_) => {
+                    self.stalled = true;
+                    return Err(stalled());
+                }
+            }
+        };
+        let next = Vec::with_capacity(BACKUP_CHUNK_BYTES);
+        permit.send(Bytes::from(std::mem::replace(&mut self.buffer, next)));
+        Ok(())
     }
 }
 
 impl Write for ChunkSender {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= BACKUP_CHUNK_BYTES {
+        // Sends what was gathered before taking more, so a failed send appends nothing.
+        if !self.stalled && self.buffer.len() >= BACKUP_CHUNK_BYTES {
             self.send_buffer()?;
         }
+        self.buffer.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
@@ -167,5 +298,152 @@ impl hyper::body::Body for BackupBody {
         context: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.receiver.poll_recv(context).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::backup::{BackupReader, Record};
+    use std::time::Instant;
+
+    /// A runtime for the sender's timer, and a sender whose client holds `capacity` chunks at most.
+    fn sender(
+        capacity: usize,
+        stall_timeout: Duration,
+    ) -> (tokio::runtime::Runtime, ChunkSender, mpsc::Receiver<Bytes>) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sender, receiver) = mpsc::channel(capacity);
+        let sink = ChunkSender::new(sender, runtime.handle().clone(), stall_timeout);
+        (runtime, sink, receiver)
+    }
+
+    /// A value that fills a chunk by itself, so every entry after the first sends one.
+    fn big_value(byte: u8) -> Vec<u8> {
+        vec![byte; BACKUP_CHUNK_BYTES]
+    }
+
+    fn received(receiver: &mut mpsc::Receiver<Bytes>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while let Ok(chunk) = receiver.try_recv() {
+            bytes.extend_from_slice(&chunk);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_fails_the_backup_after_the_stall_timeout() {
+        let stall_timeout = Duration::from_millis(200);
+        let (_runtime, sink, mut receiver) = sender(1, stall_timeout);
+        let mut out = BackupWriter::new(sink).unwrap();
+        let started = Instant::now();
+        let mut error = None;
+        for index in 0..4u8 {
+            if let Err(failed) = out.entry("meta", &[index], &big_value(index)) {
+                error = Some(failed);
+                break;
+            }
+        }
+        let error = error.expect("a client that takes nothing must fail the backup");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= stall_timeout, "gave up after {elapsed:?}, before the stall timeout");
+        assert!(elapsed < Duration::from_secs(5), "waited {elapsed:?} for a stalled client");
+
+        // Once stalled, nothing waits: a failure record that does not fit fails at once.
+        let started = Instant::now();
+        let mut out = out;
+        let message = "the client took no data";
+        assert!(out.entry("meta", b"late", b"v").is_ok(), "a stalled sender only gathers");
+        let bytes_then = {
+            // The client reads again: the records kept and the failure record go out whole.
+            let first = received(&mut receiver);
+            let sink = out.fail(message).expect("room for the kept records once the client reads");
+            drop(sink);
+            let mut bytes = first;
+            bytes.extend(received(&mut receiver));
+            bytes
+        };
+        assert!(started.elapsed() < stall_timeout, "a stalled sender must not wait again");
+        let mut reader = BackupReader::new(bytes_then.as_slice()).unwrap();
+        let mut keys = Vec::new();
+        let failure = loop {
+            match reader.next_record() {
+                Ok(Some(Record::Entry { key, .. })) => keys.push(key),
+                Ok(other) => panic!("unexpected record {other:?}"),
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(failure, BackupError::WriterFailed { .. }), "{failure}");
+        assert!(failure.to_string().contains(message), "{failure}");
+        assert_eq!(keys, vec![vec![0], vec![1], b"late".to_vec()], "records kept in order, whole");
+    }
+
+    #[test]
+    fn a_stalled_client_that_never_reads_again_gets_no_failure_record_and_no_wait() {
+        let stall_timeout = Duration::from_millis(100);
+        let (_runtime, sink, _receiver) = sender(1, stall_timeout);
+        let mut out = BackupWriter::new(sink).unwrap();
+        let mut index = 0u8;
+        while out.entry("meta", &[index], &big_value(index)).is_ok() {
+            index += 1;
+            assert!(index < 10, "the stall was never noticed");
+        }
+        let started = Instant::now();
+        let Err(error) = out.fail("abandoned") else { panic!("the channel is still full") };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(started.elapsed() < stall_timeout, "a stalled sender must not wait again");
+    }
+
+    #[test]
+    fn a_client_that_went_away_is_a_broken_pipe_and_a_reading_one_gets_everything() {
+        let (_runtime, sink, receiver) = sender(1, Duration::from_secs(30));
+        drop(receiver);
+        let mut out = BackupWriter::new(sink).unwrap();
+        let error = (0..4u8)
+            .find_map(|index| out.entry("meta", &[index], &big_value(index)).err())
+            .expect("nobody reads");
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe, "{error}");
+
+        let (runtime, sink, mut receiver) = sender(1, Duration::from_millis(100));
+        let reader = runtime.spawn(async move {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = receiver.recv().await {
+                bytes.extend_from_slice(&chunk);
+                // Slower than the writer, but never for the whole stall timeout.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            bytes
+        });
+        let mut out = BackupWriter::new(sink).unwrap();
+        for index in 0..20u8 {
+            out.entry("meta", &[index], &big_value(index)).unwrap();
+        }
+        drop(out.finish(WalPosition::START, WalPosition::START, 7).unwrap());
+        let bytes = runtime.block_on(reader).unwrap();
+        let trailer = BackupReader::new(bytes.as_slice()).unwrap().verify_to_end().unwrap();
+        assert_eq!(trailer.entry_count, 20);
+    }
+
+    #[test]
+    fn one_backup_at_a_time() {
+        let running = Arc::new(AtomicBool::new(false));
+        let first = BackupSlot::take(&running).expect("free at first");
+        assert!(BackupSlot::take(&running).is_none(), "a second backup must be refused");
+        drop(first);
+        assert!(BackupSlot::take(&running).is_some(), "free again once the first ended");
+    }
+
+    #[test]
+    fn the_data_dir_header_encodes_any_path_exactly() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(data_dir_header_value(Path::new("/var/lib/outboxd")), "/var/lib/outboxd");
+        let odd = std::ffi::OsStr::from_bytes(b"/data/a b%\n\xff");
+        assert_eq!(data_dir_header_value(Path::new(odd)), "/data/a%20b%25%0A%FF");
+        assert!(HeaderValue::from_str(&data_dir_header_value(Path::new(odd))).is_ok());
     }
 }

@@ -216,6 +216,13 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "idempotency_conflict", message, hint)
     }
 
+    pub fn backup_in_progress() -> ApiError {
+        let message = "a backup of this server is already being taken".into();
+        let hint = "The server streams one backup at a time: wait for the running one to finish \
+                    (or its client to disconnect), then try again.";
+        ApiError::new(StatusCode::CONFLICT, "backup_in_progress", message, hint)
+    }
+
     pub fn overloaded() -> ApiError {
         let message = "the server's write queue is full".into();
         let hint = "Retry after the Retry-After delay, with the same Idempotency-Key.";

@@ -35,6 +35,8 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// The API tokens; when there are none, every request is allowed.
     pub tokens: crate::auth::Tokens,
+    /// True while an online backup is streamed: the server takes one at a time.
+    pub backup_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The reply sender of a command whose answer is a `T`.

@@ -163,6 +163,7 @@ pub struct BackupWriter<W: Write> {
     out: W,
     entry_count: u64,
     frame_count: u64,
+    /// The record being written: its header, then its payload (a kind byte and fields).
     payload: Vec<u8>,
 }
 
@@ -177,8 +178,7 @@ impl<W: Write> BackupWriter<W> {
     pub fn entry(&mut self, tree: &str, key: &[u8], value: &[u8]) -> io::Result<()> {
         let tree_len = u8::try_from(tree.len()).expect("tree names are short");
         let key_len = u32::try_from(key.len()).expect("sled keys are far below 4 GiB");
-        self.payload.clear();
-        self.payload.push(KIND_ENTRY);
+        self.start_record(KIND_ENTRY);
         self.payload.push(tree_len);
         self.payload.extend_from_slice(tree.as_bytes());
         self.payload.extend_from_slice(&key_len.to_le_bytes());
@@ -190,8 +190,7 @@ impl<W: Write> BackupWriter<W> {
 
     /// Writes one WAL frame payload.
     pub fn frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.payload.clear();
-        self.payload.push(KIND_FRAME);
+        self.start_record(KIND_FRAME);
         self.payload.extend_from_slice(frame);
         self.frame_count += 1;
         self.write_payload()
@@ -211,8 +210,7 @@ impl<W: Write> BackupWriter<W> {
             to: (to.segment_seq, to.offset),
             created_at_ms,
         };
-        self.payload.clear();
-        self.payload.push(KIND_TRAILER);
+        self.start_record(KIND_TRAILER);
         for value in [
             trailer.entry_count,
             trailer.frame_count,
@@ -231,21 +229,31 @@ impl<W: Write> BackupWriter<W> {
 
     /// Ends the stream with a failure record saying why it is incomplete; returns the stream.
     pub fn fail(mut self, message: &str) -> io::Result<W> {
-        self.payload.clear();
-        self.payload.push(KIND_FAILURE);
+        self.start_record(KIND_FAILURE);
         self.payload.extend_from_slice(message.as_bytes());
         self.write_payload()?;
         self.out.flush()?;
         Ok(self.out)
     }
 
+    /// Starts the next record in `payload`: room for its header, then its kind byte.
+    fn start_record(&mut self, kind: u8) {
+        self.payload.clear();
+        self.payload.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
+        self.payload.push(kind);
+    }
+
+    /// Fills in the record's header and writes the record with one `write_all`, so that a sink
+    /// that refuses a write has taken none of the record (the online backup's sender relies on
+    /// this to end a stream cleanly after its client stalled).
     fn write_payload(&mut self) -> io::Result<()> {
-        let length = u32::try_from(self.payload.len())
+        let (header, payload) = self.payload.split_at_mut(RECORD_HEADER_BYTES as usize);
+        let length = u32::try_from(payload.len())
             .ok()
             .filter(|length| *length <= RECORD_PAYLOAD_BYTES_MAX)
             .expect("record payloads are bounded by the WAL frame limit");
-        self.out.write_all(&length.to_le_bytes())?;
-        self.out.write_all(&crc32fast::hash(&self.payload).to_le_bytes())?;
+        header[..4].copy_from_slice(&length.to_le_bytes());
+        header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
         self.out.write_all(&self.payload)
     }
 }

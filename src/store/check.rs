@@ -3,7 +3,10 @@
 //!
 //! It looks at the state a server would start from: sled with the WAL frames after the last
 //! checkpoint applied on top. Those frames are decoded into an in-memory overlay (the same
-//! key-level writes recovery would make) instead of being written, so checking changes no file.
+//! key-level writes recovery would make) instead of being written, so checking changes none of
+//! outboxd's data. Opening the directory with sled does let sled finish its own crash recovery
+//! (which may rewrite sled's files) and creates a tree that is missing (the quarantine of a
+//! directory that never had one), as a server's start would.
 //! Each problem names the tree and key (a message id where there is one) and says what to do.
 
 use super::overlay::{Generation, Op, Overlay, TreeId};
