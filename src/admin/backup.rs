@@ -142,6 +142,10 @@ fn backup_directory(data_dir: &Path, file: &File) -> Result<Trailer, AdminError>
     Ok(trailer)
 }
 
+/// How long `outboxd backup` waits while another backup of the server runs.
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(30);
+const BUSY_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Streams a backup from a running server into `file`, verifying it on the way. With `data_dir`,
 /// the server must say it serves that directory (see [`DATA_DIR_HEADER`]).
 fn backup_from_server(
@@ -155,11 +159,28 @@ fn backup_from_server(
         .timeout_read(READ_TIMEOUT)
         .redirects(0)
         .build();
-    let mut request = agent.get(&format!("{url}/v1/admin/backup"));
-    if let Some(token) = token {
-        request = request.set("Authorization", &format!("Bearer {token}"));
+    let request = || {
+        let request = agent.get(&format!("{url}/v1/admin/backup"));
+        match token {
+            Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    };
+    // The server streams one backup at a time, and frees its slot a moment after the last
+    // bytes of the previous one went out: a backup started right after another, or while one
+    // runs, waits for it (bounded) instead of failing.
+    let waiting_since = std::time::Instant::now();
+    let mut answer = request().call();
+    while matches!(answer, Err(ureq::Error::Status(409, _)))
+        && waiting_since.elapsed() < BUSY_WAIT_MAX
+    {
+        if waiting_since.elapsed() < BUSY_RETRY_INTERVAL {
+            eprintln!("another backup of {url} is running; waiting for it to finish");
+        }
+        std::thread::sleep(BUSY_RETRY_INTERVAL);
+        answer = request().call();
     }
-    let response = match request.call() {
+    let response = match answer {
         Ok(response) => response,
         Err(ureq::Error::Status(status, response)) => {
             let body = response.into_string().unwrap_or_default();
@@ -168,8 +189,8 @@ fn backup_from_server(
                     " (pass an API token allowed to take backups with --token or OUTBOXD_TOKEN)"
                 }
                 409 => {
-                    " (another backup of it is running: wait for that one to finish, then run \
-                        the command again)"
+                    " (another backup of it was still running after 30 s: wait for that one to \
+                        finish, then run the command again)"
                 }
                 _ => "",
             };

@@ -22,21 +22,9 @@ const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest line of the stream, in bytes (an event's data is well under 16 KiB).
 const LINE_BYTES_MAX: usize = 1024 * 1024;
 
-/// An event kind, for `--kind`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum EventKind {
-    Enqueued,
-    Leased,
-    Acked,
-    Retrying,
-    Dead,
-    Edited,
-    Deleted,
-    Retried,
-    Rescheduled,
-    Paused,
-    Resumed,
-    Configured,
+/// The event kinds `--kind` takes: the server's own names, so the two cannot drift apart.
+fn event_kinds() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::queue::ALL_NOTICE_KINDS.map(|kind| kind.name()))
 }
 
 /// Flags and arguments of `outboxd tail`.
@@ -48,8 +36,8 @@ pub struct TailArgs {
     #[arg(long)]
     pub queue: Vec<String>,
     /// Only events of this kind (repeat for more).
-    #[arg(long, value_enum)]
-    pub kind: Vec<EventKind>,
+    #[arg(long, value_parser = event_kinds())]
+    pub kind: Vec<String>,
     /// Start after this event id (an `id` printed earlier) instead of at the next event.
     #[arg(long, value_name = "EVENT_ID")]
     pub since: Option<u64>,
@@ -142,13 +130,7 @@ fn events_path(args: &TailArgs) -> String {
         parameters.push(format!("queue={}", queues.join(",")));
     }
     if !args.kind.is_empty() {
-        let kinds: Vec<String> = args
-            .kind
-            .iter()
-            .filter_map(clap::ValueEnum::to_possible_value)
-            .map(|value| value.get_name().to_string())
-            .collect();
-        parameters.push(format!("kind={}", kinds.join(",")));
+        parameters.push(format!("kind={}", args.kind.join(",")));
     }
     if parameters.is_empty() {
         "/v1/events".to_string()

@@ -21,16 +21,13 @@ use crate::store::writer::{Command, CommitError, WriterHandle};
 use crate::store::Store;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
 use hyper::{Request, Response};
-use std::convert::Infallible;
 use std::io::{self, Write};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
@@ -70,7 +67,7 @@ pub async fn backup(
         let _slot = slot;
         stream_backup(&store, &writer, &wal_dir, from, sink, now_ms);
     });
-    let mut response = Response::new(BackupBody { receiver }.boxed());
+    let mut response = Response::new(super::stream::ChannelBody::new(receiver).boxed());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     let disposition = format!("attachment; filename=\"outboxd-{now_ms}.backup\"");
@@ -281,23 +278,6 @@ impl Write for ChunkSender {
 
     fn flush(&mut self) -> io::Result<()> {
         self.send_buffer()
-    }
-}
-
-/// The response body: the chunks the backup thread sends; it ends when the thread is done.
-struct BackupBody {
-    receiver: mpsc::Receiver<Bytes>,
-}
-
-impl hyper::body::Body for BackupBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.receiver.poll_recv(context).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
     }
 }
 

@@ -220,7 +220,8 @@ impl ApiError {
         let message = "a backup of this server is already being taken".into();
         let hint = "The server streams one backup at a time: wait for the running one to finish \
                     (or its client to disconnect), then try again.";
-        ApiError::new(StatusCode::CONFLICT, "backup_in_progress", message, hint)
+        let error = ApiError::new(StatusCode::CONFLICT, "backup_in_progress", message, hint);
+        ApiError { retry_after_s: Some(1), ..error }
     }
 
     pub fn overloaded() -> ApiError {

@@ -33,6 +33,12 @@ pub struct ChannelBody {
     receiver: mpsc::Receiver<Bytes>,
 }
 
+impl ChannelBody {
+    pub fn new(receiver: mpsc::Receiver<Bytes>) -> ChannelBody {
+        ChannelBody { receiver }
+    }
+}
+
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;

@@ -27,7 +27,7 @@ pub use message::{
     BodyKind, History, HistoryEvent, HistoryKind, LeaseToken, MessageContent, MessageId,
     MessageMeta, MessageState, QueueId, ALL_STATES,
 };
-pub use notice::{Notice, NoticeKind};
+pub use notice::{Notice, NoticeKind, ALL_NOTICE_KINDS};
 
 use crate::timer::TimerWheel;
 use retry::RetryPolicy;
