@@ -29,7 +29,12 @@ macro_rules! settings {
             pub config: Option<PathBuf>,
             $(
                 $(#[doc = $doc])*
-                #[arg(long, env = $env $(, $($arg)*)?)]
+                #[arg(
+                    long,
+                    env = $env,
+                    help = help_with_default(concat!($($doc),*), &$default)
+                    $(, $($arg)*)?
+                )]
                 pub $field: Option<$ty>,
             )*
         }
@@ -124,6 +129,11 @@ settings! {
     log_format: String = "text".to_string(), "OUTBOXD_LOG_FORMAT";
     /// Log filter (RUST_LOG syntax, which wins when set), e.g. `info` or `outboxd=debug`.
     log: String = "info".to_string(), "OUTBOXD_LOG";
+}
+
+/// A flag's help: its doc comment and its default, as the config file would spell it.
+fn help_with_default(doc: &str, default: &dyn TomlValue) -> String {
+    format!("{} [default: {}]", doc.trim().trim_end_matches('.'), default.to_toml())
 }
 
 /// Where a setting's value came from.
@@ -607,5 +617,13 @@ mod tests {
             assert_eq!(source, Source::File, "{key} is missing from docs/outboxd.example.toml");
             assert_eq!(value, default, "{key} in docs/outboxd.example.toml is not the default");
         }
+    }
+
+    #[test]
+    fn each_flag_shows_its_default_in_the_help() {
+        use clap::CommandFactory;
+        let help = Flags::command().render_long_help().to_string();
+        assert!(help.contains("in milliseconds [default: 30000]"), "{help}");
+        assert!(help.contains("[default: \"127.0.0.1:7070\"]"), "{help}");
     }
 }
