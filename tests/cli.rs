@@ -8,7 +8,9 @@
 //! stdin and stdout piped (so no progress bar is drawn), then checks the output and, through the
 //! harness's HTTP client, the server's state. The event stream's reconnection is checked against
 //! a small fake server on a raw socket, which drops the first connection and records the headers
-//! of the second.
+//! of the second. Replies outboxd never gives (a redirect, a gateway error, a request refused
+//! mid-body, a listing that changed between pages, an ack that fails part-way) come from a second
+//! fake server that answers each connection with a canned reply.
 
 mod common;
 
@@ -660,5 +662,285 @@ impl Run {
     fn assert_failure_usage(&self) {
         assert_eq!(self.code, Some(2), "expected a usage error: {self:#?}");
         assert!(self.stderr.starts_with("error: "), "{self:#?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closed stdout, refused requests and replies that are not the API's
+// ---------------------------------------------------------------------------------------------
+
+/// One reply of [`fake_http_server`], and whether the request's body is read before it is sent.
+struct Canned {
+    reply: String,
+    read_body: bool,
+}
+
+/// A reply with a body (`Content-Length` set), after which the connection closes.
+fn canned(status: &str, content_type: &str, body: &str) -> Canned {
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Canned { reply, read_body: true }
+}
+
+/// An event stream that ends when the connection closes.
+fn canned_stream(body: &str) -> Canned {
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n{body}"
+    );
+    Canned { reply, read_body: true }
+}
+
+/// A fake server on a raw socket: one connection per canned reply, in order. Returns its URL and
+/// each request (head, then body) as it arrived.
+fn fake_http_server(replies: Vec<Canned>) -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let url = format!("http://{}", listener.local_addr().expect("local address"));
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        for canned in replies {
+            let Ok((stream, _)) = listener.accept() else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone the socket"));
+            let mut request = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                request.push_str(&line);
+            }
+            let length = request
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0usize);
+            if canned.read_body {
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                request.push_str(&String::from_utf8_lossy(&body));
+            }
+            let _ = sender.send(request);
+            let mut stream: TcpStream = stream;
+            let _ = stream.write_all(canned.reply.as_bytes());
+            // Dropping the socket closes it; with a body left unread, the peer gets a reset.
+        }
+    });
+    (url, receiver)
+}
+
+/// Runs the client with its stdout already closed, as behind `| head -1` once head has left.
+fn run_with_stdout_closed(args: &[&str], stdin: String) -> Run {
+    let mut child = client_command(args).spawn().expect("spawn the outboxd client");
+    drop(child.stdout.take());
+    let mut input = child.stdin.take().expect("piped stdin");
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the client") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the client did not exit in time");
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = writer.join();
+    Run { code: status.code(), stdout: String::new(), stderr: stderr.join().expect("stderr") }
+}
+
+#[test]
+fn send_stores_all_of_stdin_when_stdout_closes_and_lease_fails_then() {
+    let server = Server::start(&[]);
+    let url = server.base_url.clone();
+    let lines: String = (1..=2000).map(|number| format!("{number}\n")).collect();
+    let sent = run_with_stdout_closed(&["send", "jobs", "--batch", "100", "--url", &url], lines);
+    assert_eq!(sent.code, Some(0), "{sent:#?}");
+    assert_eq!(
+        sent.stderr.matches("stdout closed; sending the rest without printing ids").count(),
+        1,
+        "{sent:#?}"
+    );
+    assert_eq!(server.queue_counts("jobs")["ready"], json!(2000), "every line was stored");
+
+    // With --json the ids are printed at the end: all is stored, and the note says so.
+    let json = run_with_stdout_closed(&["send", "other", "--json", "--url", &url], "a\nb\n".into());
+    assert_eq!(json.code, Some(0), "{json:#?}");
+    assert!(json.stderr.contains("all 2 message(s) were stored"), "{json:#?}");
+
+    // A lease whose tokens cannot be printed is lost work: status 1, not a quiet 0.
+    let lease = run_with_stdout_closed(&["lease", "jobs", "--url", &url], String::new());
+    lease.assert_failure(1);
+    assert!(lease.stderr.contains("writing the output"), "{lease:#?}");
+    // A listing loses nothing: quiet, status 0.
+    let listing = run_with_stdout_closed(&["queues", "--url", &url], String::new());
+    assert_eq!((listing.code, listing.stderr.as_str()), (Some(0), ""), "{listing:#?}");
+}
+
+#[test]
+fn a_request_refused_while_its_body_is_sent_names_the_request_size_not_a_dead_server() {
+    // The server answers 413 from the head and closes with the body unread, as outboxd does for
+    // a request above its --request-bytes-max.
+    let mut refused = canned("413 Payload Too Large", "application/json", "{}");
+    refused.read_body = false;
+    let (url, requests) = fake_http_server(vec![refused]);
+    let line = format!("{}\n", "x".repeat(1024 * 1024));
+    let run = run_command(
+        client_command(&["send", "big", "--batch-bytes", "67108864", "--url", &url]),
+        &line.repeat(24),
+    );
+    run.assert_failure(1);
+    assert!(requests.recv_timeout(Duration::from_secs(5)).is_ok(), "the request arrived");
+    for expected in ["probably refused", "--request-bytes-max", "--batch-bytes", "--batch"] {
+        assert!(run.stderr.contains(expected), "stderr lacks {expected:?}: {run:#?}");
+    }
+    assert!(!run.stderr.contains("outboxd serve"), "not a server that is down: {run:#?}");
+
+    let too_small = run_command(client_command(&["send", "q", "--batch-bytes", "1000", "x"]), "");
+    too_small.assert_failure_usage();
+}
+
+#[test]
+fn redirects_foreign_replies_and_non_streams_are_failures() {
+    let id = "0000000000000001";
+    let (url, _requests) = fake_http_server(vec![
+        Canned {
+            reply: "HTTP/1.1 301 Moved Permanently\r\nLocation: http://elsewhere:7070/v1/x\r\n\
+                    Content-Length: 0\r\nConnection: close\r\n\r\n"
+                .into(),
+            read_body: true,
+        },
+        canned("200 OK", "application/json", r#"{"ok":true}"#),
+        canned("200 OK", "application/json", r#"{"queues":[]}"#),
+    ]);
+    let redirected = run_command(client_command(&["delete", id, "--url", &url]), "");
+    redirected.assert_failure(1);
+    assert_eq!(redirected.stdout, "", "nothing is reported deleted: {redirected:#?}");
+    assert!(redirected.stderr.starts_with("outboxd: 301: "), "{redirected:#?}");
+    assert!(
+        redirected.stderr.contains("redirects to http://elsewhere:7070/v1/x")
+            && redirected.stderr.contains("does not follow redirects"),
+        "{redirected:#?}"
+    );
+
+    let not_deleted = run_command(client_command(&["delete", id, "--url", &url]), "");
+    not_deleted.assert_failure(1);
+    assert_eq!(not_deleted.stdout, "", "{not_deleted:#?}");
+    assert!(not_deleted.stderr.contains("the reply to the delete is not"), "{not_deleted:#?}");
+
+    let not_a_stream = run_command(client_command(&["tail", "--url", &url]), "");
+    not_a_stream.assert_failure(1);
+    assert!(
+        not_a_stream
+            .stderr
+            .contains("answered with Content-Type \"application/json\", not text/event-stream"),
+        "{not_a_stream:#?}"
+    );
+}
+
+#[test]
+fn an_ack_of_many_tokens_that_fails_part_way_prints_what_was_done() {
+    let done: Vec<Value> = (0..1000).map(|_| json!({"result": "acked"})).collect();
+    let (url, requests) = fake_http_server(vec![
+        canned("200 OK", "application/json", &json!({ "results": done }).to_string()),
+        canned(
+            "503 Service Unavailable",
+            "application/json",
+            r#"{"error":{"code":"unavailable","message":"shutting down"}}"#,
+        ),
+    ]);
+    let tokens: Vec<String> = (0..1001).map(|index| format!("{index:032x}")).collect();
+    let mut args = vec!["ack", "q"];
+    args.extend(tokens.iter().map(String::as_str));
+    args.extend(["--url", &url]);
+    let run = run_command(client_command(&args), "");
+    run.assert_failure(1);
+    assert_eq!(run.lines().len(), 1001, "the header and 1000 results: {}", run.stderr);
+    assert!(run.lines()[1000].starts_with(&format!("{}  acked", tokens[999])));
+    for expected in [
+        "the first 1000 of 1001 lease token(s) were processed",
+        "503 unavailable: shutting down",
+        "tokens from number 1001 on",
+    ] {
+        assert!(run.stderr.contains(expected), "stderr lacks {expected:?}: {}", run.stderr);
+    }
+    assert_eq!(requests.iter().count(), 2);
+}
+
+#[test]
+fn messages_all_lists_a_message_that_moved_between_pages_once() {
+    let message = |id: &str, state: &str| json!({"id": id, "state": state});
+    let (url, requests) = fake_http_server(vec![
+        canned(
+            "200 OK",
+            "application/json",
+            &json!({"messages": [message("a", "ready"), message("b", "ready")], "next_cursor": "ready.b"})
+                .to_string(),
+        ),
+        canned(
+            "200 OK",
+            "application/json",
+            &json!({"messages": [message("b", "leased"), message("c", "leased")], "next_cursor": null})
+                .to_string(),
+        ),
+    ]);
+    let run = run_command(client_command(&["messages", "q", "--all", "--json", "--url", &url]), "");
+    run.assert_success();
+    let listing = run.json();
+    let ids: Vec<&str> = listing["messages"]
+        .as_array()
+        .map(|messages| messages.iter().filter_map(|message| message["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["a", "b", "c"], "{run:#?}");
+    let second = requests.iter().nth(1).unwrap_or_default();
+    assert!(second.contains("cursor=ready.b"), "{second}");
+}
+
+#[test]
+fn tail_retries_a_gateway_error_while_reconnecting() {
+    let (url, _requests) = fake_http_server(vec![
+        canned_stream("id: 1\nevent: acked\ndata: {\"id\":1}\n\n"),
+        canned("503 Service Unavailable", "text/html", "<html>upstream restarting</html>"),
+        canned("502 Bad Gateway", "text/html", "<html>bad gateway</html>"),
+        canned_stream("id: 2\nevent: acked\ndata: {\"id\":2}\n\n"),
+    ]);
+    let run = run_command(client_command(&["tail", "--count", "2", "--json", "--url", &url]), "");
+    run.assert_success();
+    assert_eq!(run.lines(), ["{\"id\":1}", "{\"id\":2}"], "{run:#?}");
+    assert!(run.stderr.contains("answered 503; retrying"), "{run:#?}");
+    assert!(run.stderr.contains("answered 502; retrying"), "{run:#?}");
+}
+
+#[test]
+fn empty_tokens_are_refused_locally_and_url_passwords_are_never_printed() {
+    // A port nobody listens on: a request would fail with `cannot reach`.
+    let port =
+        TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
+    let url = format!("http://127.0.0.1:{port}");
+    for verb in ["ack", "nack"] {
+        let run = run_command(client_command(&[verb, "q", "00ab", "", "--url", &url]), "");
+        run.assert_failure(1);
+        assert!(run.stderr.contains("lease token 2 of 2 is empty"), "{run:#?}");
+    }
+
+    let with_password = format!("http://ann:hunter2@127.0.0.1:{port}");
+    let unreachable = run_command(client_command(&["queues", "--url", &with_password]), "");
+    unreachable.assert_failure(1);
+    assert!(
+        unreachable
+            .stderr
+            .contains(&format!("cannot reach the server at http://ann:***@127.0.0.1:{port}")),
+        "{unreachable:#?}"
+    );
+    let not_http =
+        run_command(client_command(&["queues", "--url", "https://ann:hunter2@host"]), "");
+    not_http.assert_failure(1);
+    for run in [&unreachable, &not_http] {
+        assert!(!run.stderr.contains("hunter2"), "{run:#?}");
     }
 }

@@ -12,7 +12,7 @@ use super::{note, print, print_line, CliError, GlobalArgs};
 use crate::limits::{ITEM_COUNT_MAX, LEASE_COUNT_MAX, LEASE_MS_MAX, LIST_COUNT_MAX, WAIT_MS_MAX};
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 /// Flags and arguments of `outboxd lease`.
@@ -125,21 +125,24 @@ struct ResultsReply {
 pub fn ack(args: &AckArgs) -> Result<(), CliError> {
     let client = Client::new(&args.global)?;
     let path = format!("/v1/queues/{}/ack", http::segment(&args.queue, "queue name")?);
-    let results = post_in_chunks(
+    check_leases(&args.leases)?;
+    let (results, stopped) = post_in_chunks(
         &client,
         &path,
         &args.leases,
         "ack",
         |chunk| serde_json::json!({ "leases": chunk }),
-    )?;
-    report_results(&args.global, &args.leases, &results, &["acked"], "acked")
+    );
+    let reported = report_results(&args.global, &args.leases, &results, &["acked"], "acked");
+    finish_chunks(reported, stopped, results.len(), args.leases.len(), "acked")
 }
 
 /// Runs `outboxd nack`.
 pub fn nack(args: &NackArgs) -> Result<(), CliError> {
     let client = Client::new(&args.global)?;
     let path = format!("/v1/queues/{}/nack", http::segment(&args.queue, "queue name")?);
-    let results = post_in_chunks(&client, &path, &args.leases, "nack", |chunk| {
+    check_leases(&args.leases)?;
+    let (results, stopped) = post_in_chunks(&client, &path, &args.leases, "nack", |chunk| {
         let items: Vec<Value> = chunk
             .iter()
             .map(|lease| {
@@ -157,33 +160,91 @@ pub fn nack(args: &NackArgs) -> Result<(), CliError> {
             })
             .collect();
         serde_json::json!({ "items": items })
-    })?;
-    report_results(&args.global, &args.leases, &results, &["retrying", "dead"], "nacked")
+    });
+    let reported =
+        report_results(&args.global, &args.leases, &results, &["retrying", "dead"], "nacked");
+    finish_chunks(reported, stopped, results.len(), args.leases.len(), "nacked")
 }
 
-/// Posts the leases in requests of at most [`ITEM_COUNT_MAX`]; returns every result in order.
+/// Refuses an empty lease token before anything is sent (a shell variable that was not set).
+fn check_leases(leases: &[String]) -> Result<(), CliError> {
+    match leases.iter().position(String::is_empty) {
+        Some(index) => Err(CliError::Usage(format!(
+            "lease token {} of {} is empty; give the tokens `outboxd lease` printed (check \
+             that the shell variable holding it is set)",
+            index + 1,
+            leases.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Posts the leases in requests of at most [`ITEM_COUNT_MAX`]. Returns the results gathered, in
+/// order, and the error of the request that stopped it, if any: the results of the earlier
+/// requests are done on the server and must still be shown.
 fn post_in_chunks(
     client: &Client,
     path: &str,
     leases: &[String],
     what: &str,
     request: impl Fn(&[String]) -> Value,
-) -> Result<Vec<Value>, CliError> {
+) -> (Vec<Value>, Option<CliError>) {
     let mut results = Vec::with_capacity(leases.len());
     for chunk in leases.chunks(ITEM_COUNT_MAX) {
-        let body = request(chunk).to_string();
-        let reply = client.post(path, &[], Some(body.as_bytes()), &[], Duration::ZERO)?;
-        let parsed: ResultsReply = reply.parse(&format!("the {what}"))?;
-        if parsed.results.len() != chunk.len() {
-            return Err(CliError::Protocol(format!(
-                "the {what} of {} leases answered {} results",
-                chunk.len(),
-                parsed.results.len()
-            )));
+        match post_chunk(client, path, chunk, what, &request) {
+            Ok(chunk_results) => results.extend(chunk_results),
+            Err(error) => return (results, Some(error)),
         }
-        results.extend(parsed.results);
     }
-    Ok(results)
+    (results, None)
+}
+
+fn post_chunk(
+    client: &Client,
+    path: &str,
+    chunk: &[String],
+    what: &str,
+    request: impl Fn(&[String]) -> Value,
+) -> Result<Vec<Value>, CliError> {
+    let body = request(chunk).to_string();
+    let reply = client.post(path, &[], Some(body.as_bytes()), &[], Duration::ZERO)?;
+    let parsed: ResultsReply = reply.parse(&format!("the {what}"))?;
+    if parsed.results.len() != chunk.len() {
+        return Err(CliError::Protocol(format!(
+            "the {what} of {} leases answered {} results",
+            chunk.len(),
+            parsed.results.len()
+        )));
+    }
+    Ok(parsed.results)
+}
+
+/// The outcome of an ack or nack sent in chunks, after the results gathered were printed.
+fn finish_chunks(
+    reported: Result<(), CliError>,
+    stopped: Option<CliError>,
+    processed_count: usize,
+    lease_count: usize,
+    verb: &str,
+) -> Result<(), CliError> {
+    let Some(error) = stopped else {
+        return reported;
+    };
+    if processed_count == 0 {
+        return Err(error);
+    }
+    // A failure among the printed results is named too.
+    let also = match reported {
+        Err(failed) => format!("\nof those: {failed}"),
+        Ok(()) => String::new(),
+    };
+    Err(CliError::Incomplete(format!(
+        "the first {processed_count} of {lease_count} lease token(s) were processed (their \
+         results are printed); the request for the next ones failed and the rest were not sent: \
+         {error}\nhint: run the command again with the tokens from number {} on (a token already \
+         {verb} then answers lease_expired){also}",
+        processed_count + 1
+    )))
 }
 
 /// Prints one result per lease, then fails naming every lease whose result is not in `done`.
@@ -373,6 +434,9 @@ pub fn messages(args: &MessagesArgs) -> Result<(), CliError> {
     query.push(("order", value_name(args.order)));
     let mut cursor = args.after.clone();
     let mut messages = Vec::new();
+    // The listing is not a snapshot: a message that changes state between two pages can show up
+    // on both (under its old and its new state). It is listed once.
+    let mut seen_ids = HashSet::new();
     loop {
         let mut page_query = query.clone();
         if let Some(cursor) = &cursor {
@@ -383,7 +447,12 @@ pub fn messages(args: &MessagesArgs) -> Result<(), CliError> {
         if !args.all && args.global.json {
             return print_line(&reply.text);
         }
-        messages.extend(page.messages);
+        for message in page.messages {
+            let id = message["id"].as_str().map(str::to_string);
+            if id.is_none_or(|id| seen_ids.insert(id)) {
+                messages.push(message);
+            }
+        }
         if !args.all {
             cursor = page.next_cursor;
             break;
@@ -582,13 +651,20 @@ pub struct DeleteArgs {
     pub id: String,
 }
 
+/// `DELETE /v1/messages/{id}`'s reply: the id of the message removed.
+#[derive(Deserialize)]
+struct DeleteReply {
+    deleted: String,
+}
+
 /// Runs `outboxd delete`.
 pub fn delete(args: &DeleteArgs) -> Result<(), CliError> {
     let client = Client::new(&args.global)?;
     let reply =
         client.delete(&format!("/v1/messages/{}", http::segment(&args.id, "message id")?))?;
+    let deleted: DeleteReply = reply.parse("the delete")?;
     if args.global.json {
         return print_line(&reply.text);
     }
-    print_line(&format!("deleted {}", args.id))
+    print_line(&format!("deleted {}", deleted.deleted))
 }

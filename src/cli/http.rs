@@ -31,6 +31,8 @@ pub struct Client {
     stream_agent: ureq::Agent,
     /// `--url` without a trailing slash.
     base_url: String,
+    /// `base_url` with any password replaced by `***`: the form every message shows.
+    display_url: String,
     /// `Bearer <token>`, when a token was given. Never printed.
     authorization: Option<String>,
     /// How long one request may take from connect to the end of its reply.
@@ -98,17 +100,18 @@ impl Client {
     /// Checks `--url` and `--token` and builds the agents.
     pub fn new(global: &GlobalArgs) -> Result<Client, CliError> {
         let base_url = global.url.trim_end_matches('/').to_string();
+        let display_url = redact_password(&base_url);
         let Some(rest) = base_url.strip_prefix("http://") else {
             return Err(CliError::Usage(format!(
                 "--url {:?} must start with http:// (this client does not speak TLS; put a \
                  TLS-terminating proxy in front of it or use http://host:port)",
-                global.url
+                redact_password(&global.url)
             )));
         };
         if rest.is_empty() || rest.starts_with('/') {
             return Err(CliError::Usage(format!(
                 "--url {:?} has no host; give it as http://host:port, such as http://127.0.0.1:7070",
-                global.url
+                redact_password(&global.url)
             )));
         }
         let authorization = match &global.token {
@@ -128,12 +131,12 @@ impl Client {
             .timeout_write(timeout)
             .redirects(0)
             .build();
-        Ok(Client { agent, stream_agent, base_url, authorization, timeout })
+        Ok(Client { agent, stream_agent, base_url, display_url, authorization, timeout })
     }
 
-    /// The base URL, for messages.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
+    /// The base URL as messages show it (without its password).
+    pub fn display_url(&self) -> &str {
+        &self.display_url
     }
 
     /// `GET path` with query parameters (percent-encoded).
@@ -179,10 +182,21 @@ impl Client {
         if let Some(id) = last_event_id {
             request = request.set("Last-Event-ID", &id.to_string());
         }
-        match request.call() {
-            Ok(response) => Ok(BufReader::new(response.into_reader())),
-            Err(error) => Err(self.failure(error)),
+        let response = match request.call() {
+            Ok(response) if is_success(response.status()) => response,
+            Ok(response) => return Err(self.status_failure(response)),
+            Err(error) => return Err(self.failure(error)),
+        };
+        // A proxy's login page or another server's reply would otherwise be read as an endless
+        // stream without a single event.
+        if response.content_type() != "text/event-stream" {
+            return Err(CliError::Protocol(format!(
+                "the event stream at {} answered with Content-Type {:?}, not text/event-stream",
+                self.display_url,
+                response.header("Content-Type").unwrap_or("(none)")
+            )));
         }
+        Ok(BufReader::new(response.into_reader()))
     }
 
     fn request(
@@ -206,16 +220,74 @@ impl Client {
     }
 
     fn call(&self, request: ureq::Request, body: Option<&[u8]>) -> Result<Reply, CliError> {
+        let mut sent = SentBody { rest: body.unwrap_or_default(), finished: body.is_none() };
         let result = match body {
-            Some(bytes) => request.set("Content-Type", "application/json").send_bytes(bytes),
+            Some(bytes) => request
+                .set("Content-Type", "application/json")
+                .set("Content-Length", &bytes.len().to_string())
+                .send(&mut sent),
             None => request.call(),
         };
         match result {
-            Ok(response) => {
+            Ok(response) if is_success(response.status()) => {
                 let text = read_text(response).map_err(|error| self.read_failure(error))?;
                 Ok(Reply { text })
             }
+            Ok(response) => Err(self.status_failure(response)),
+            Err(ureq::Error::Transport(transport)) if !sent.finished => {
+                self.body_write_failure(&transport, body.map_or(0, <[u8]>::len))
+            }
             Err(error) => Err(self.failure(error)),
+        }
+    }
+
+    /// A reply outside 2xx that `ureq` did not turn into an error: a redirect (the agents follow
+    /// none), or an unusual status.
+    fn status_failure(&self, response: ureq::Response) -> CliError {
+        let status = response.status();
+        if (300..400).contains(&status) {
+            let location = response.header("Location").unwrap_or("(no Location header)");
+            return CliError::Api(ApiFailure {
+                status,
+                code: None,
+                message: format!(
+                    "the server at {} redirects to {location}; this client does not follow \
+                     redirects",
+                    self.display_url
+                ),
+                hint: Some(
+                    "point --url (or OUTBOXD_URL) at the outboxd server itself, not at an \
+                     address that redirects to it"
+                        .to_string(),
+                ),
+                details: Vec::new(),
+            });
+        }
+        match read_text(response) {
+            Ok(text) => CliError::Api(api_failure(status, &text)),
+            Err(error) => self.read_failure(error),
+        }
+    }
+
+    /// The connection broke before the whole request body was written. The usual cause is a
+    /// server that refused the request from its head (`413`: larger than its
+    /// `--request-bytes-max`) and closed the connection; a timeout stays a timeout.
+    fn body_write_failure(
+        &self,
+        transport: &ureq::Transport,
+        body_bytes: usize,
+    ) -> Result<Reply, CliError> {
+        use std::error::Error as _;
+        let io = transport.source().and_then(|source| source.downcast_ref::<std::io::Error>());
+        match io {
+            Some(io) if !is_timeout(io) && transport.kind() == ureq::ErrorKind::Io => {
+                Err(CliError::BodyRefused {
+                    url: self.display_url.clone(),
+                    body_bytes: body_bytes as u64,
+                    detail: io.to_string(),
+                })
+            }
+            _ => Err(self.transport_failure(transport)),
         }
     }
 
@@ -232,7 +304,7 @@ impl Client {
 
     fn transport_failure(&self, transport: &ureq::Transport) -> CliError {
         use std::error::Error as _;
-        let url = self.base_url.clone();
+        let url = self.display_url.clone();
         if let Some(io) =
             transport.source().and_then(|source| source.downcast_ref::<std::io::Error>())
         {
@@ -261,7 +333,7 @@ impl Client {
     fn read_failure(&self, error: std::io::Error) -> CliError {
         if is_timeout(&error) {
             return CliError::Timeout {
-                url: self.base_url.clone(),
+                url: self.display_url.clone(),
                 timeout_ms: self.timeout.as_millis() as u64,
             };
         }
@@ -269,9 +341,49 @@ impl Client {
             return CliError::Protocol(format!("reading the reply: {error}"));
         }
         CliError::Connection {
-            url: self.base_url.clone(),
+            url: self.display_url.clone(),
             detail: format!("the connection broke while reading the reply: {error}"),
         }
+    }
+}
+
+/// A request body handed to `ureq` as a reader, so that the client learns whether all of it was
+/// written: `ureq` reads the next piece only after writing the previous one, so a body read to
+/// its end was written whole, and a failure before that happened while writing it.
+struct SentBody<'a> {
+    rest: &'a [u8],
+    /// Set once `ureq` has read the end of the body.
+    finished: bool,
+}
+
+impl Read for SentBody<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.rest.read(buffer)?;
+        if read == 0 {
+            self.finished = true;
+        }
+        Ok(read)
+    }
+}
+
+fn is_success(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`, for messages.
+pub fn redact_password(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}{user}:***@{host}{path}"),
+        None => url.to_string(),
     }
 }
 
@@ -365,6 +477,14 @@ mod tests {
         let failure = api_failure(502, "<html>Bad Gateway</html>");
         assert_eq!(failure.code, None);
         assert!(failure.message.contains("Bad Gateway"), "{failure:?}");
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(redact_password("http://ann:hunter2@host:7070/x"), "http://ann:***@host:7070/x");
+        assert_eq!(redact_password("http://a:b:c@d@host"), "http://a:***@host");
+        assert_eq!(redact_password("http://ann@host/p@q"), "http://ann@host/p@q");
+        assert_eq!(redact_password("http://host:7070"), "http://host:7070");
     }
 
     #[test]

@@ -94,6 +94,15 @@ pub enum ClientCommand {
 
 /// Runs one client command.
 pub fn run(command: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
+    // Only commands that change nothing may lose their output silently: a lost lease token, ack
+    // result or message id is lost work. `send` handles a closed stdout itself.
+    let read_only = matches!(
+        command,
+        ClientCommand::Queues(_)
+            | ClientCommand::Messages(_)
+            | ClientCommand::Message(_)
+            | ClientCommand::Tail(_)
+    );
     let result = match command {
         ClientCommand::Send(args) => send::run(&args),
         ClientCommand::Lease(args) => commands::lease(&args),
@@ -107,8 +116,13 @@ pub fn run(command: ClientCommand) -> Result<(), Box<dyn std::error::Error>> {
         ClientCommand::Tail(args) => tail::run(&args),
     };
     match result {
-        // A reader that went away (`outboxd tail | head -3`) is not a failure.
-        Err(CliError::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        // A reader that went away (`outboxd tail | head -3`) is not a failure of a command that
+        // only reads.
+        Err(CliError::Output(error))
+            if read_only && error.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
+        }
         other => other.map_err(Into::into),
     }
 }
@@ -120,6 +134,9 @@ pub enum CliError {
     Usage(String),
     /// The server could not be reached, or the connection broke.
     Connection { url: String, detail: String },
+    /// The connection broke while the request body was still being written: the server most
+    /// likely refused the request from its head (413, larger than its `--request-bytes-max`).
+    BodyRefused { url: String, body_bytes: u64, detail: String },
     /// The server did not answer within `--timeout-ms`.
     Timeout { url: String, timeout_ms: u64 },
     /// The server refused the request with an API error.
@@ -146,6 +163,14 @@ impl fmt::Display for CliError {
                 "cannot reach the server at {url}: {detail}\nhint: check that `outboxd serve` \
                  is running and listening there, or point the client at it with --url (or \
                  OUTBOXD_URL)"
+            ),
+            CliError::BodyRefused { url, body_bytes, detail } => write!(
+                f,
+                "the server at {url} closed the connection while the client was still sending \
+                 the request ({body_bytes} bytes): {detail}\nhint: the server probably refused \
+                 the request, most likely with 413 because it is larger than the server's \
+                 --request-bytes-max; send smaller requests (for `outboxd send`, a smaller \
+                 --batch, or --batch-bytes no larger than the server's --request-bytes-max)"
             ),
             CliError::Timeout { url, timeout_ms } => write!(
                 f,

@@ -1,8 +1,10 @@
 //! `outboxd send QUEUE [BODY...]`: enqueue messages in batches, from arguments or stdin lines.
 //!
-//! A batch is built (up to `--batch` messages and [`BATCH_BYTES_MAX`] bytes of request), sent, and
+//! A batch is built (up to `--batch` messages and `--batch-bytes` bytes of request), sent, and
 //! its ids printed before the next one is read from the input, so
 //! an endless `producer | outboxd send q` works in bounded memory and every id printed is stored.
+//! When stdout closes (`outboxd send q | head -1`), the rest of the input is still sent, without
+//! ids: stopping there would leave the input half stored with no word of it.
 //! When a batch fails, the ids of the earlier ones are already out and the error says from which
 //! input position to resume; with `--idempotency-key` each batch has its own key (`KEY-<n>`), and
 //! `--first-batch n` lets a resumed send reuse the failed batch's key so it is stored exactly once.
@@ -10,7 +12,8 @@
 use super::http::{self, Client};
 use super::{note, print, print_line, CliError, GlobalArgs};
 use crate::limits::{
-    ATTEMPT_COUNT_MAX, BATCH_COUNT_MAX, DELAY_MS_MAX, MESSAGE_BYTES_MAX, REQUEST_BYTES_DEFAULT,
+    ATTEMPT_COUNT_MAX, BATCH_COUNT_MAX, DELAY_MS_MAX, IDEMPOTENCY_KEY_BYTES_MAX, MESSAGE_BYTES_MAX,
+    REQUEST_BYTES_DEFAULT, REQUEST_BYTES_MAX,
 };
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,9 +23,12 @@ use std::fmt;
 use std::io::{BufRead, IsTerminal, Read};
 use std::time::Duration;
 
-/// Most request bytes per batch: the server's default request limit. A message larger than this
-/// goes alone, and the server decides.
-const BATCH_BYTES_MAX: usize = REQUEST_BYTES_DEFAULT as usize;
+/// Default of `--batch-bytes`: the server's default request limit. A message larger than the
+/// budget goes alone, and the server decides.
+const BATCH_BYTES_DEFAULT: u64 = REQUEST_BYTES_DEFAULT;
+
+/// Smallest `--batch-bytes`: room for a batch's framing and a message of a few hundred bytes.
+const BATCH_BYTES_MIN: u64 = 1024;
 
 /// Longest stdin line, in bytes: twice the largest message any server takes (room for base64).
 const LINE_BYTES_MAX: usize = 2 * MESSAGE_BYTES_MAX as usize;
@@ -54,6 +60,9 @@ pub struct SendArgs {
     /// Most messages per request (the server takes up to its --batch-count-max, 1000 by default).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(BATCH_COUNT_MAX)))]
     pub batch: u32,
+    /// Most bytes per request; lower it to the server's --request-bytes-max when that is smaller.
+    #[arg(long, default_value_t = BATCH_BYTES_DEFAULT, value_parser = clap::value_parser!(u64).range(BATCH_BYTES_MIN..=REQUEST_BYTES_MAX))]
+    pub batch_bytes: u64,
     /// Deliver each message this many milliseconds from now (it starts scheduled).
     #[arg(long, conflicts_with = "deliver_at", value_parser = clap::value_parser!(u64).range(0..=DELAY_MS_MAX))]
     pub delay_ms: Option<u64>,
@@ -97,7 +106,8 @@ struct Input {
 
 enum Source {
     Arguments(std::vec::IntoIter<String>),
-    Stdin(std::io::StdinLock<'static>),
+    /// Stdin (any reader in tests), one body per line.
+    Lines(Box<dyn BufRead>),
 }
 
 /// One body as given, with its position in the input.
@@ -111,7 +121,7 @@ impl Input {
     fn unit(&self) -> &'static str {
         match self.source {
             Source::Arguments(_) => "argument",
-            Source::Stdin(_) => "line",
+            Source::Lines(_) => "line",
         }
     }
 
@@ -124,7 +134,7 @@ impl Input {
                 self.position += 1;
                 Item { position: self.position, bytes: argument.into_bytes() }
             })),
-            Source::Stdin(stdin) => loop {
+            Source::Lines(stdin) => loop {
                 let mut line = Vec::new();
                 let read = stdin
                     .by_ref()
@@ -137,15 +147,16 @@ impl Input {
                 self.position += 1;
                 if line.last() == Some(&b'\n') {
                     line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
                 } else if line.len() > LINE_BYTES_MAX {
                     return Err(CliError::Usage(format!(
                         "line {} of stdin is longer than {LINE_BYTES_MAX} bytes, more than any \
                          server takes as one message; split it or shorten it",
                         self.position
                     )));
+                }
+                // Also at the very end of the input, where a last line has no `\n`.
+                if line.last() == Some(&b'\r') {
+                    line.pop();
                 }
                 if !line.is_empty() {
                     return Ok(Some(Item { position: self.position, bytes: line }));
@@ -186,6 +197,8 @@ struct Batcher {
     /// The fields every message shares, as `,"name":value…` (empty when none).
     shared_fields: String,
     batch_count_max: usize,
+    /// Most bytes of one request body (`--batch-bytes`).
+    batch_bytes_max: usize,
 }
 
 impl Batcher {
@@ -199,8 +212,9 @@ impl Batcher {
                     None => break,
                 },
             };
+            // The body would grow by a `,`, the message, and the closing `]}`.
             if !batch.positions.is_empty()
-                && batch.body.len() + encoded.text.len() + 2 > BATCH_BYTES_MAX
+                && batch.body.len() + 1 + encoded.text.len() + 2 > self.batch_bytes_max
             {
                 self.carry = Some(encoded);
                 break;
@@ -311,6 +325,8 @@ struct Progress {
     batch_count: u64,
     /// Input position of the last stored message (0 before the first).
     last_position: u64,
+    /// Set when stdout closed: the rest is sent without printing ids.
+    stdout_closed: bool,
 }
 
 /// Runs `outboxd send`.
@@ -318,7 +334,7 @@ pub fn run(args: &SendArgs) -> Result<(), CliError> {
     let client = Client::new(&args.global)?;
     let path = format!("/v1/queues/{}/messages", http::segment(&args.queue, "queue name")?);
     let source = if args.bodies.is_empty() {
-        Source::Stdin(std::io::stdin().lock())
+        Source::Lines(Box::new(std::io::stdin().lock()))
     } else {
         Source::Arguments(args.bodies.clone().into_iter())
     };
@@ -329,12 +345,27 @@ pub fn run(args: &SendArgs) -> Result<(), CliError> {
         format: args.body_format,
         shared_fields: shared_fields(args),
         batch_count_max: args.batch as usize,
+        batch_bytes_max: usize::try_from(args.batch_bytes).unwrap_or(usize::MAX),
     };
-    let mut progress = Progress { ids: Vec::new(), batch_count: 0, last_position: 0 };
+    let mut progress =
+        Progress { ids: Vec::new(), batch_count: 0, last_position: 0, stdout_closed: false };
     let result = send_all(args, &client, &path, &mut batcher, &mut progress, total_count);
     // Scripts get the stored ids even when a later batch failed.
     if args.global.json && (result.is_ok() || !progress.ids.is_empty()) {
-        print_line(&serde_json::Value::from(progress.ids.clone()).to_string())?;
+        let printed = print_line(&serde_json::Value::from(progress.ids.clone()).to_string());
+        match printed {
+            Err(CliError::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                progress.stdout_closed = true;
+                if result.is_ok() {
+                    note(&format!(
+                        "stdout closed; all {} message(s) were stored, but their ids were not \
+                         printed",
+                        progress.ids.len()
+                    ));
+                }
+            }
+            other => other?,
+        }
     }
     let unit = batcher.input.unit();
     result.map_err(|error| {
@@ -349,6 +380,7 @@ pub fn run(args: &SendArgs) -> Result<(), CliError> {
             unit,
             resume_position: progress.last_position + 1,
             idempotency_key: args.idempotency_key.clone(),
+            ids_printed: !progress.stdout_closed,
             source: Box::new(error),
         })
     })
@@ -356,6 +388,43 @@ pub fn run(args: &SendArgs) -> Result<(), CliError> {
 
 fn first_batch(args: &SendArgs) -> u64 {
     args.first_batch.unwrap_or(1)
+}
+
+/// The highest batch number this send can reach: one batch per argument at most; stdin has no
+/// known end, so any number.
+fn last_batch_number(args: &SendArgs) -> u64 {
+    if args.bodies.is_empty() {
+        u64::MAX
+    } else {
+        first_batch(args).saturating_add(args.bodies.len() as u64 - 1)
+    }
+}
+
+/// Refuses, before anything is sent, an idempotency key that the server would refuse part-way:
+/// `KEY` itself, or with derived keys `KEY-n` up to the last batch number that can be reached.
+fn check_key_length(key: &str, last_batch_number: Option<u64>) -> Result<(), CliError> {
+    let longest = match last_batch_number {
+        Some(number) => format!("{key}-{number}"),
+        None => key.to_string(),
+    };
+    if longest.len() <= IDEMPOTENCY_KEY_BYTES_MAX {
+        return Ok(());
+    }
+    let room = match last_batch_number {
+        Some(number) => IDEMPOTENCY_KEY_BYTES_MAX.saturating_sub(format!("-{number}").len()),
+        None => IDEMPOTENCY_KEY_BYTES_MAX,
+    };
+    let why = match last_batch_number {
+        Some(number) => format!(
+            "with several batches each is sent with KEY-n, and KEY-{number} would be longer than \
+             {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+        ),
+        None => format!("it is longer than {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+    };
+    Err(CliError::Usage(format!(
+        "--idempotency-key is {} bytes: {why}; nothing was sent. Use a key of at most {room} bytes",
+        key.len()
+    )))
 }
 
 /// Sends every batch, printing ids as they are stored (as a table) and recording them.
@@ -374,6 +443,9 @@ fn send_all(
     };
     // Keys are derived per batch when there is more than one, or when resuming.
     let derive_keys = batcher.has_more()? || args.first_batch.is_some();
+    if let Some(key) = &args.idempotency_key {
+        check_key_length(key, derive_keys.then(|| last_batch_number(args)))?;
+    }
     let bar = if derive_keys { progress_bar(total_count) } else { ProgressBar::hidden() };
     let mut number = first_batch(args);
     loop {
@@ -385,6 +457,11 @@ fn send_all(
             }
         });
         let reply = send_batch(client, path, &batch, key.as_deref(), batcher.input.unit())?;
+        let ids_text = reply.ids.iter().map(|id| format!("{id}\n")).collect::<String>();
+        bar.inc(reply.ids.len() as u64);
+        progress.ids.extend(reply.ids);
+        progress.batch_count += 1;
+        progress.last_position = batch.positions.last().copied().unwrap_or(progress.last_position);
         bar.suspend(|| {
             if reply.duplicate {
                 let key = key.as_deref().unwrap_or_default();
@@ -393,16 +470,20 @@ fn send_all(
                      original ids"
                 ));
             }
-            if args.global.json {
-                Ok(())
-            } else {
-                print(&reply.ids.iter().map(|id| format!("{id}\n")).collect::<String>())
+            if args.global.json || progress.stdout_closed {
+                return Ok(());
+            }
+            match print(&ids_text) {
+                Err(CliError::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                    // The reader left (`| head -1`); the input is still to be stored, and the
+                    // exit status says whether it all was.
+                    progress.stdout_closed = true;
+                    note("stdout closed; sending the rest without printing ids");
+                    Ok(())
+                }
+                other => other,
             }
         })?;
-        bar.inc(reply.ids.len() as u64);
-        progress.ids.extend(reply.ids);
-        progress.batch_count += 1;
-        progress.last_position = batch.positions.last().copied().unwrap_or(progress.last_position);
         number += 1;
         match batcher.next_batch()? {
             Some(next) => batch = next,
@@ -479,6 +560,8 @@ pub struct SendStopped {
     /// The position of the first message not stored.
     resume_position: u64,
     idempotency_key: Option<String>,
+    /// Whether the stored batches' ids were printed (false once stdout closed).
+    ids_printed: bool,
     source: Box<CliError>,
 }
 
@@ -486,10 +569,15 @@ impl fmt::Display for SendStopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let SendStopped { batch_number, stored_count, stored_batch_count, unit, .. } = self;
         writeln!(f, "batch {batch_number} was not stored: {}", self.source)?;
+        let printed = if self.ids_printed {
+            "their ids printed"
+        } else {
+            "their ids printed until stdout closed"
+        };
         write!(
             f,
             "{stored_count} message(s) in {stored_batch_count} batch(es) were stored before it and \
-             their ids printed; resume with the input from {unit} {} on",
+             {printed}; resume with the input from {unit} {} on",
             self.resume_position
         )?;
         match &self.idempotency_key {
@@ -537,6 +625,7 @@ mod tests {
             format: args.body_format,
             shared_fields: shared_fields(args),
             batch_count_max,
+            batch_bytes_max: BATCH_BYTES_DEFAULT as usize,
         }
     }
 
@@ -579,6 +668,64 @@ mod tests {
 
     fn args_base64() -> SendArgs {
         args(&["q", "***", "--body-format", "base64"])
+    }
+
+    #[test]
+    fn a_batch_may_reach_the_byte_budget_exactly_but_not_pass_it() {
+        let args = args(&["q", "first", "second"]);
+        // Both messages in one request: `{"messages":[` + two messages + `,` + `]}`.
+        let whole = batcher(&args, 10).next_batch().expect("encodes").expect("one batch").body;
+        assert_eq!(whole, r#"{"messages":[{"body":"first"},{"body":"second"}]}"#);
+
+        let mut exact = batcher(&args, 10);
+        exact.batch_bytes_max = whole.len();
+        let batch = exact.next_batch().expect("encodes").expect("one batch");
+        assert_eq!(batch.positions, vec![1, 2], "a batch exactly at the budget is one request");
+        assert_eq!(batch.body.len(), whole.len());
+
+        let mut over = batcher(&args, 10);
+        over.batch_bytes_max = whole.len() - 1;
+        let first = over.next_batch().expect("encodes").expect("first batch");
+        assert_eq!(first.positions, vec![1], "one byte over the budget splits the batch");
+        assert!(first.body.len() <= over.batch_bytes_max, "{}", first.body);
+        let second = over.next_batch().expect("encodes").expect("second batch");
+        assert_eq!(second.positions, vec![2]);
+    }
+
+    #[test]
+    fn a_carriage_return_is_removed_also_from_the_last_line_without_a_newline() {
+        let args = args(&["q"]);
+        let mut batcher = batcher(&args, 10);
+        batcher.input.source = Source::Lines(Box::new(&b"a\r\n\r\nb\r"[..]));
+        let batch = batcher.next_batch().expect("encodes").expect("one batch");
+        assert_eq!(batch.body, r#"{"messages":[{"body":"a"},{"body":"b"}]}"#);
+        assert_eq!(batch.positions, vec![1, 3], "the line of only `\r` is empty and skipped");
+    }
+
+    #[test]
+    fn idempotency_keys_too_long_for_their_derived_form_are_refused() {
+        let key = "k".repeat(IDEMPOTENCY_KEY_BYTES_MAX - 2);
+        assert!(check_key_length(&key, None).is_ok(), "KEY itself fits");
+        assert!(check_key_length(&key, Some(9)).is_ok(), "KEY-9 is exactly the limit");
+        let error = check_key_length(&key, Some(10)).expect_err("KEY-10 is one byte over");
+        assert!(error.to_string().contains("KEY-10 would be longer than 255 bytes"), "{error}");
+        assert!(error.to_string().contains("at most 252 bytes"), "{error}");
+        let error = check_key_length(&"k".repeat(256), None).expect_err("too long by itself");
+        assert!(error.to_string().contains("nothing was sent"), "{error}");
+        // From stdin the batch count has no known end.
+        assert_eq!(last_batch_number(&args(&["q"])), u64::MAX);
+        assert_eq!(
+            last_batch_number(&args(&[
+                "q",
+                "a",
+                "b",
+                "--first-batch",
+                "4",
+                "--idempotency-key",
+                "k"
+            ])),
+            5
+        );
     }
 
     #[test]

@@ -106,13 +106,21 @@ pub fn run(args: &TailArgs) -> Result<(), CliError> {
                             .map_or_else(String::new, |id| format!(" after event {id}"));
                         note(&format!(
                             "the event stream from {} broke ({reason}); reconnecting{resume}",
-                            client.base_url()
+                            client.display_url()
                         ));
                         reconnecting = true;
                     }
                 }
             }
             Err(CliError::Connection { .. } | CliError::Timeout { .. }) if reconnecting => {}
+            // A proxy in front of a restarting server answers these until it is back.
+            Err(CliError::Api(failure)) if reconnecting && matches!(failure.status, 502..=504) => {
+                note(&format!(
+                    "the event stream answered {}; retrying in {} ms",
+                    failure.status,
+                    backoff.as_millis()
+                ));
+            }
             Err(error) => return Err(error),
         }
         std::thread::sleep(backoff);
