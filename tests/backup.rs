@@ -301,6 +301,8 @@ fn check_finds_a_damaged_record_and_says_what_to_do() {
         value[middle] ^= 0x01;
         meta.insert(key, value).unwrap();
         db.flush().unwrap();
+        drop(meta);
+        close_sled(db, server.data_dir());
     }
     let (stdout, stderr) = outboxd_fails(&["check", "--data-dir", path(server.data_dir())]);
     assert!(stdout.contains(&format!("meta {}: crc mismatch", ids[1])), "{stdout}");
@@ -342,6 +344,21 @@ fn check_refuses_a_directory_a_server_runs_on_and_backup_goes_through_the_server
     let _ = ids;
 }
 
+/// Closes a sled opened by the test (its trees must be dropped first) and waits until its lock is
+/// free: sled's background thread lets go of the database a moment after the last handle is
+/// dropped, and a `check` started before that would find the directory in use.
+fn close_sled(db: sled::Db, data_dir: &Path) {
+    drop(db);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        outboxd::store::directory_state(data_dir),
+        Ok(outboxd::store::DirectoryState::Free)
+    ) {
+        assert!(std::time::Instant::now() < deadline, "sled never released {}", data_dir.display());
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Opens a stopped server's sled with the server's own settings (sled refuses another segment size).
 fn open_sled(data_dir: &Path) -> sled::Db {
     sled::Config::new()
@@ -366,6 +383,8 @@ fn check_finds_indexes_that_disagree_with_the_records() {
         let content = db.open_tree("content").unwrap();
         content.remove(u64::from_str_radix(&ids[2], 16).unwrap().to_be_bytes()).unwrap();
         db.flush().unwrap();
+        drop((terminal, content));
+        close_sled(db, server.data_dir());
     }
     let output = outboxd(&["check", "--data-dir", path(server.data_dir()), "--json"]);
     assert!(!output.status.success());
@@ -660,6 +679,9 @@ fn the_address_file_goes_when_the_server_stops_after_a_storage_failure() {
     server.set_failpoint("wal.sync", "return");
     let failed = server.enqueue_raw("doomed", r#"{"messages": [{"body": 1}]}"#, None);
     assert_eq!(failed.status, 503, "{failed:?}");
-    assert!(!server.terminate().success(), "a stop after a storage failure exits non-zero");
-    assert!(!server.data_dir().join("outboxd.addr").exists(), "the address file is removed");
+    let status = server.terminate();
+    let log = server.stderr_text();
+    assert!(!status.success(), "a stop after a storage failure exits non-zero:\n{log}");
+    let left = server.data_dir().join("outboxd.addr").exists();
+    assert!(!left, "the address file is removed ({status}):\n{log}");
 }

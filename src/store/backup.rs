@@ -532,6 +532,11 @@ pub fn restore<R: Read>(
                     return Err(BackupError::Damaged { offset: end, reason });
                 }
                 store.checkpoint(WalPosition::START)?;
+                // Whoever opens the directory next (a server, `check --backup`) must find it
+                // closed: sled lets go of its lock a moment after the last handle is dropped.
+                drop(batch);
+                drop(store);
+                super::wait_until_released(data_dir)?;
                 return Ok(RestoreSummary { trailer, byte_count: end });
             }
         }
@@ -598,6 +603,22 @@ mod tests {
             records.push(record);
         }
         Ok(records)
+    }
+
+    #[test]
+    fn a_restored_directory_is_released_when_restore_returns() {
+        let mut writer = BackupWriter::new(Vec::new()).unwrap();
+        writer.entry("queues", &[0, 0, 0, 1], b"not decoded by restore").unwrap();
+        let bytes = writer.finish(WalPosition::START, WalPosition::START, 1).unwrap().1;
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            restore(BackupReader::new(bytes.as_slice()).unwrap(), dir.path()).unwrap();
+            // The next opener (a server, `check --backup`) must not find it locked: sled's
+            // flusher may hold the database a moment after its last handle is dropped, and under
+            // load that moment was long enough for `check --backup` to fail.
+            let state = super::super::directory_state(dir.path()).unwrap();
+            assert_eq!(state, super::super::DirectoryState::Free);
+        }
     }
 
     #[test]

@@ -167,6 +167,28 @@ pub fn directory_state(data_dir: &Path) -> Result<DirectoryState, StoreError> {
     }
 }
 
+/// Waits until no handle of this process or another holds `data_dir`'s lock. sled's background
+/// flusher lets go of the database a moment after its last handle is dropped, so a directory this
+/// process just closed may still look in use to the next opener for a few milliseconds.
+pub fn wait_until_released(data_dir: &Path) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + RELEASE_WAIT_MAX;
+    while directory_state(data_dir)? == DirectoryState::InUse {
+        if std::time::Instant::now() >= deadline {
+            let path = data_dir.join("sled").join("db");
+            let source = std::io::Error::other(format!(
+                "still locked {} s after it was closed; is another process using it?",
+                RELEASE_WAIT_MAX.as_secs()
+            ));
+            return Err(StoreError::Io { path, source });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// How long [`wait_until_released`] waits.
+const RELEASE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The name of the tree that holds damaged records set aside by `--quarantine-corrupt`.
 pub const QUARANTINE_TREE: &str = "quarantine";
 
