@@ -126,15 +126,16 @@ struct AccessLine {
 
 impl AccessLine {
     fn start(request: &Request<Incoming>) -> AccessLine {
-        let path = request.uri().path();
-        let queue = match_path(path)
-            .and_then(|route| route.queue())
+        let endpoint = match_path(request.uri().path())
+            .and_then(|route| endpoint(route, request.method()).ok());
+        let queue = endpoint
+            .and_then(Endpoint::queue)
             .filter(|queue| types::valid_queue_name(queue))
             .map(str::to_string);
         AccessLine {
             started: Instant::now(),
             method: request.method().clone(),
-            route: route_label(request.method(), path),
+            route: endpoint.map_or("unknown", Endpoint::label),
             queue,
             token: None,
             batch: None,
@@ -275,16 +276,6 @@ enum Route<'a> {
     Failpoint(&'a str),
 }
 
-impl<'a> Route<'a> {
-    /// The queue the path names, if it names one.
-    fn queue(&self) -> Option<&'a str> {
-        match self {
-            Route::Queue(queue) | Route::QueueAction(queue, _) => Some(queue),
-            _ => None,
-        }
-    }
-}
-
 fn match_path(path: &str) -> Option<Route<'_>> {
     let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     Some(match segments.as_slice() {
@@ -302,36 +293,6 @@ fn match_path(path: &str) -> Option<Route<'_>> {
         ["debug", "failpoints", name] => Route::Failpoint(name),
         _ => return None,
     })
-}
-
-/// A low-cardinality name of the endpoint, for metrics (no ids or queue names in it).
-fn route_label(method: &Method, path: &str) -> &'static str {
-    let Some(route) = match_path(path) else { return "unknown" };
-    match (route, method.as_str()) {
-        (Route::Health, _) => "health",
-        (Route::Metrics, _) => "metrics",
-        (Route::Queues, _) => "queues",
-        (Route::Queue(_), "PUT") => "queue_settings",
-        (Route::Queue(_), _) => "queue",
-        (Route::QueueAction(_, "messages"), "POST") => "enqueue",
-        (Route::QueueAction(_, "messages"), "DELETE") => "purge",
-        (Route::QueueAction(_, "messages"), _) => "list",
-        (Route::QueueAction(_, "lease"), _) => "lease",
-        (Route::QueueAction(_, "ack"), _) => "ack",
-        (Route::QueueAction(_, "nack"), _) => "nack",
-        (Route::QueueAction(_, "extend"), _) => "extend",
-        (Route::QueueAction(_, "redrive"), _) => "redrive",
-        (Route::QueueAction(..), _) => "pause",
-        (Route::Message(_), "PATCH") => "edit",
-        (Route::Message(_), "DELETE") => "delete",
-        (Route::Message(_), _) => "message",
-        (Route::MessageAction(_, "retry"), _) => "retry",
-        (Route::MessageAction(..), _) => "schedule",
-        (Route::Events, _) => "events",
-        (Route::Backup, _) => "backup",
-        #[cfg(feature = "testing")]
-        (Route::Failpoint(_), _) => "failpoint",
-    }
 }
 
 /// Refuses a method the endpoint does not serve, naming the ones it does.
@@ -369,6 +330,36 @@ enum Endpoint<'a> {
 }
 
 impl<'a> Endpoint<'a> {
+    /// A low-cardinality name, for metrics and the access log (no ids or queue names in it).
+    fn label(self) -> &'static str {
+        use Endpoint as E;
+        match self {
+            E::Health => "health",
+            E::Metrics => "metrics",
+            E::ListQueues => "queues",
+            E::GetQueue(_) => "queue",
+            E::PutQueue(_) => "queue_settings",
+            E::Enqueue(_) => "enqueue",
+            E::ListMessages(_) => "list",
+            E::Purge(_) => "purge",
+            E::Lease(_) => "lease",
+            E::Ack(_) => "ack",
+            E::Nack(_) => "nack",
+            E::Extend(_) => "extend",
+            E::Pause(_) | E::Resume(_) => "pause",
+            E::Redrive(_) => "redrive",
+            E::GetMessage(_) => "message",
+            E::EditMessage(_) => "edit",
+            E::DeleteMessage(_) => "delete",
+            E::Retry(_) => "retry",
+            E::Schedule(_) => "schedule",
+            E::Events => "events",
+            E::Backup => "backup",
+            #[cfg(feature = "testing")]
+            E::Failpoint(_) => "failpoint",
+        }
+    }
+
     /// The queue the path names, if it names one.
     fn queue(self) -> Option<&'a str> {
         use Endpoint as E;
@@ -485,5 +476,30 @@ fn check_queue_name(queue: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid_queue_name(queue))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(method: Method, path: &str) -> Option<&'static str> {
+        let route = match_path(path)?;
+        endpoint(route, &method).ok().map(Endpoint::label)
+    }
+
+    #[test]
+    fn labels_come_from_the_endpoint_and_never_name_a_queue_or_id() {
+        assert_eq!(label(Method::POST, "/v1/queues/orders/messages"), Some("enqueue"));
+        assert_eq!(label(Method::GET, "/v1/queues/orders/messages"), Some("list"));
+        assert_eq!(label(Method::DELETE, "/v1/queues/orders/messages"), Some("purge"));
+        assert_eq!(label(Method::PUT, "/v1/queues/orders"), Some("queue_settings"));
+        assert_eq!(label(Method::POST, "/v1/queues/orders/resume"), Some("pause"));
+        assert_eq!(label(Method::PATCH, "/v1/messages/0000000000000001"), Some("edit"));
+        assert_eq!(label(Method::POST, "/v1/messages/0000000000000001/retry"), Some("retry"));
+        assert_eq!(label(Method::GET, "/v1/admin/backup"), Some("backup"));
+        // A method the endpoint does not serve, or no endpoint at all: logged as `unknown`.
+        assert_eq!(label(Method::PUT, "/v1/queues/orders/lease"), None);
+        assert_eq!(label(Method::GET, "/v1/nowhere"), None);
     }
 }
