@@ -27,14 +27,17 @@ pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod events;
-#[cfg(feature = "testing")]
+#[cfg(all(feature = "testing", any()))] // PORT-V2
 pub mod fuzzing;
+pub mod hash;
 pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod queue;
+pub mod random;
 pub mod server;
 pub mod store;
 pub mod telemetry;

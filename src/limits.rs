@@ -81,11 +81,19 @@ pub const COMMAND_QUEUE_DEPTH: usize = 4096;
 /// Most commands one group commit takes from the channel before it syncs.
 pub const GROUP_COMMAND_COUNT_MAX: usize = 1024;
 
-/// WAL segment size before rotation, and WAL growth that triggers a checkpoint.
+/// Log segment size before rotation, and log growth that triggers a checkpoint.
 pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 pub const CHECKPOINT_WAL_BYTES: u64 = 64 * 1024 * 1024;
 pub const CHECKPOINT_WAL_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
-pub const CHECKPOINT_INTERVAL_MS: u64 = 30_000;
+/// A checkpoint is taken at least this often while anything changes: it bounds how much log a
+/// restart replays and how many records the broker keeps for reads until the catalog has them.
+pub const CHECKPOINT_INTERVAL_MS: u64 = 2_000;
+/// A checkpoint is taken as soon as this many message records changed since the last one (about
+/// 8 MiB of catalog pages, written as one sled batch).
+pub const CHECKPOINT_DIRTY_COUNT: usize = 200_000;
+/// Enqueues are refused (503) while the broker holds this many dead, delivered or removed records
+/// waiting for a checkpoint: the bound on that memory when the catalog cannot keep up.
+pub const SETTLED_COUNT_MAX: usize = 2_000_000;
 
 /// Open connections served at once; more wait in the kernel's accept backlog.
 pub const CONNECTION_COUNT_DEFAULT: usize = 4096;
@@ -120,5 +128,9 @@ const _: () = assert!(HISTORY_EVENT_COUNT_DEFAULT <= HISTORY_EVENT_COUNT_MAX);
 const _: () = assert!(RETENTION_MS_DEFAULT <= RETENTION_MS_MAX);
 // A lease must be able to outlive its message's visibility: the retention window is longer.
 const _: () = assert!(LEASE_MS_MAX <= RETENTION_MS_DEFAULT);
-// A WAL frame holds one request: the largest message must fit in a segment many times over.
+// A log frame holds one request: the largest message must fit in a segment many times over.
 const _: () = assert!(MESSAGE_BYTES_MAX * 8 <= WAL_SEGMENT_BYTES);
+// Content locations are 32-bit offsets: a segment (its limit plus one more request) stays far
+// below 4 GiB.
+const _: () = assert!(WAL_SEGMENT_BYTES + REQUEST_BYTES_MAX * 2 < u32::MAX as u64);
+const _: () = assert!(CHECKPOINT_DIRTY_COUNT < SETTLED_COUNT_MAX);

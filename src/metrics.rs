@@ -25,8 +25,14 @@ pub const HTTP_AUTH_FAILURES_TOTAL: &str = "outboxd_http_auth_failures_total";
 pub const COMMIT_GROUP_REQUESTS: &str = "outboxd_commit_group_requests";
 /// Histogram: WAL write plus fdatasync time of one group, in seconds.
 pub const WAL_SYNC_DURATION_SECONDS: &str = "outboxd_wal_sync_duration_seconds";
-/// Gauge, label `part` (`wal`, `sled`): bytes on disk.
+/// Gauge, label `part` (`log`, `catalog`): bytes on disk.
 pub const STORE_BYTES: &str = "outboxd_store_bytes";
+/// Histogram: time to write one checkpoint to the catalog and make it durable, in seconds.
+pub const CHECKPOINT_DURATION_SECONDS: &str = "outboxd_checkpoint_duration_seconds";
+/// Gauge: dead, delivered and removed records held in memory until a checkpoint writes them.
+pub const PENDING_RECORDS: &str = "outboxd_pending_records";
+/// Gauge: armed timers (scheduled deliveries, retry backoffs, leases).
+pub const TIMERS: &str = "outboxd_timers";
 /// Gauge: 1 after a storage failure (writes refused until a restart).
 pub const STORAGE_FAILED: &str = "outboxd_storage_failed";
 

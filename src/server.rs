@@ -2,13 +2,13 @@
 //! SIGTERM/SIGINT drain in-flight requests, checkpoint and exit.
 
 use crate::config::Config;
+use crate::engine::{self, EngineConfig, Shared, Waiters};
 use crate::error::Error;
 use crate::events::EventLog;
 use crate::http::handlers::AppState;
 use crate::limits::EVENT_RING_COUNT_MAX;
 use crate::limits::{COMMAND_QUEUE_DEPTH, HEADER_READ_TIMEOUT_MS};
 use crate::store::recovery;
-use crate::store::writer::{self, Shared, Waiters, WriterConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io::Write;
@@ -31,50 +31,46 @@ async fn serve(config: Config) -> Result<(), Error> {
     let now_ms = crate::clock::now_ms();
     let seed = now_ms ^ (u64::from(std::process::id()) << 32);
     let started = std::time::Instant::now();
-    let recovered = recovery::recover(
-        &config.data_dir,
-        config.broker,
-        now_ms,
-        seed,
-        config.quarantine_corrupt,
-    )?;
+    let recovered = recovery::recover(&config.data_dir, config.broker, now_ms, seed)?;
     let summary = &recovered.summary;
     tracing::info!(
         data_dir = %config.data_dir.display(),
         replayed_frames = summary.frame_count,
+        replayed_ops = summary.op_count,
         queues = summary.queue_count,
-        messages = summary.message_count,
         active = summary.active_count,
-        quarantined = summary.quarantined_count,
+        pages = summary.page_count,
+        removed_segments = summary.removed_segment_count,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered"
     );
     if let Some((segment, offset, dropped_bytes)) = &summary.truncated {
         tracing::warn!(%segment, offset, dropped_bytes, "cut a torn write-ahead log tail");
     }
-    let store = Arc::new(recovered.store);
-    let store_for_stop = store.clone();
-    let applier = store
-        .start_applier()
-        .map_err(|source| Error::Io { context: "starting the applier thread".into(), source })?;
+    let catalog = Arc::new(recovered.catalog);
+    let segments = Arc::new(recovered.segments);
     let waiters = Arc::new(Waiters::default());
     let first_event_id = crate::clock::now_ms().saturating_mul(1000).max(1);
     let events = Arc::new(EventLog::new(EVENT_RING_COUNT_MAX, first_event_id));
-    let wal_bytes = Arc::new(std::sync::atomic::AtomicU64::new(recovered.wal.disk_bytes()));
+    let gauges = Arc::new(engine::Gauges::default());
+    gauges.log_bytes.store(recovered.wal.disk_bytes(), std::sync::atomic::Ordering::Relaxed);
+    let queue_names = Arc::new(parking_lot::RwLock::new(Vec::new()));
     let shared = Shared {
-        store: store.clone(),
+        catalog: catalog.clone(),
+        segments: segments.clone(),
         waiters: waiters.clone(),
         events: events.clone(),
-        wal_bytes: wal_bytes.clone(),
+        gauges: gauges.clone(),
+        queue_names: queue_names.clone(),
     };
-    let writer_config = WriterConfig {
+    let engine_config = EngineConfig {
         data_dir: config.data_dir.clone(),
         disk_free_min_bytes: config.disk_free_min_bytes,
         checkpoint_wal_bytes: config.checkpoint_wal_bytes,
         depth: COMMAND_QUEUE_DEPTH,
     };
-    let (writer, storage_thread) =
-        writer::spawn(recovered.broker, recovered.wal, shared, crate::clock::now_ms, writer_config)
+    let (engine, storage_thread) =
+        engine::spawn(recovered.broker, recovered.wal, shared, crate::clock::now_ms, engine_config)
             .map_err(|source| Error::Io {
                 context: "starting the storage thread".into(),
                 source,
@@ -93,27 +89,28 @@ async fn serve(config: Config) -> Result<(), Error> {
     announce(address);
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
-        writer: writer.clone(),
-        store,
+        engine: engine.clone(),
+        catalog,
+        segments,
+        log_dir: config.data_dir.join(crate::store::LOG_DIR),
+        queue_names,
+        history_keep_count: config.broker.history_keep_count,
         waiters,
         events,
         limits: config.limits,
         clock: crate::clock::now_ms,
         shutdown,
         metrics: crate::metrics::install(),
-        wal_bytes,
+        gauges,
         data_dir: config.data_dir.clone(),
         tokens: config.tokens.clone(),
         backup_running: Arc::default(),
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
-    let state_failure = writer.failure();
-    let store = store_for_stop;
+    let state_failure = engine.failure();
     let stopped = tokio::task::spawn_blocking(move || {
-        writer.stop();
+        engine.stop();
         let _ = storage_thread.join();
-        store.stop_applier();
-        let _ = applier.join();
     })
     .await;
     // Whatever the outcome, nothing listens at the address any more.
@@ -125,7 +122,7 @@ async fn serve(config: Config) -> Result<(), Error> {
     if let Some(reason) = state_failure {
         return Err(Error::Io {
             context: "stopped after a storage failure; restart to recover from the log".into(),
-            source: std::io::Error::other(reason),
+            source: std::io::Error::other(reason.to_string()),
         });
     }
     tracing::info!("stopped");

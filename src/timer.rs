@@ -29,8 +29,18 @@ use std::mem;
 /// Identifies what a timer is for; the wheel treats it as opaque.
 pub type TimerKey = u64;
 
-/// One pending timer: its deadline in ms and its key.
+/// One fired timer: its deadline in ms and its key.
 type Entry = (u64, TimerKey);
+
+/// Names one pending timer so that it can be cancelled.
+///
+/// A handle stays valid until its timer fires or is cancelled; after that, cancelling it is a
+/// no-op (the slab slot it named carries a new generation once reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerHandle {
+    index: u32,
+    generation: u32,
+}
 
 /// Bits of the deadline that select a slot within one level.
 const SLOT_BITS: u32 = 6;
@@ -42,13 +52,37 @@ const LEVEL_COUNT: usize = (u64::BITS as usize).div_ceil(SLOT_BITS as usize);
 /// Capacity a drained slot keeps for reuse; larger buffers are released so that a burst of timers does
 /// not pin its peak memory in every slot it passed through.
 const RETAINED_SLOT_CAPACITY: usize = 64;
+/// `Place::level` of an entry in the `due` list.
+const DUE_LEVEL: u8 = u8::MAX;
+/// `Place::level` of a free slab slot.
+const FREE_LEVEL: u8 = u8::MAX - 1;
+
+/// Where a pending entry sits: its level and slot (or the `due` list) and its index there.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    level: u8,
+    slot: u8,
+    index: u32,
+}
+
+/// One slab slot: a pending timer, or a free slot waiting for reuse.
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    deadline_ms: u64,
+    key: TimerKey,
+    /// Bumped whenever the slot is freed, so that an old handle never cancels a newer timer.
+    generation: u32,
+    place: Place,
+}
 
 /// One level of the wheel: 64 slots of equal width and the bookkeeping that keeps scans O(1).
 struct Level {
     /// Bit `s` is set exactly when `slots[s]` is non-empty.
     occupied_slots: u64,
-    slots: [Vec<Entry>; SLOT_COUNT],
-    /// Earliest deadline in each slot (`u64::MAX` when empty), which makes `next_deadline_ms` exact.
+    /// Slab indices of the timers filed in each slot.
+    slots: [Vec<u32>; SLOT_COUNT],
+    /// A lower bound of the earliest deadline in each slot (`u64::MAX` when empty): exact until a
+    /// timer of the slot is cancelled, never later than the earliest one.
     slot_min_deadline_ms: [u64; SLOT_COUNT],
 }
 
@@ -62,22 +96,29 @@ impl Level {
     }
 }
 
-/// A hierarchical timer wheel: pending (deadline, key) entries, fired by advancing its time.
+/// A hierarchical timer wheel: pending (deadline, key) entries, fired by advancing its time, and
+/// cancelled in O(1) by handle.
 ///
 /// Invariants (checked by `assert_invariants` in tests):
 /// - entries in `due` have `deadline_ms <= now_ms`; entries in levels have `deadline_ms > now_ms`;
 /// - an entry in the levels sits at `level_for(now_ms, deadline_ms)`, `slot_for(deadline_ms, level)`,
 ///   so every occupied slot of a level lies strictly after `now_ms`'s own digit at that level, and all
 ///   entries of a lower level are earlier than all entries of a higher level;
+/// - every pending entry's `place` names the list and index that hold its slab index;
 /// - `len` counts every entry in `due` and in the levels.
 pub struct TimerWheel {
     /// The wheel's time: the largest `now_ms` given to `new` or `expire`.
     now_ms: u64,
     levels: Vec<Level>,
-    /// Entries inserted with a deadline at or before `now_ms`; they fire on the next `expire`.
-    due: Vec<Entry>,
-    /// Earliest deadline in `due` (`u64::MAX` when empty).
+    /// Slab indices of entries inserted with a deadline at or before `now_ms`; they fire on the
+    /// next `expire`.
+    due: Vec<u32>,
+    /// A lower bound of the earliest deadline in `due` (`u64::MAX` when empty).
     due_min_deadline_ms: u64,
+    /// Every timer, pending or free.
+    slab: Vec<Timer>,
+    /// Free slab slots, reused before the slab grows.
+    free: Vec<u32>,
     len: usize,
 }
 
@@ -90,39 +131,70 @@ impl TimerWheel {
             levels: (0..LEVEL_COUNT).map(|_| Level::new()).collect(),
             due: Vec::new(),
             due_min_deadline_ms: u64::MAX,
+            slab: Vec::new(),
+            free: Vec::new(),
             len: 0,
         }
     }
 
-    /// Adds a timer. O(1). A deadline at or before the wheel's current time fires on the next `expire`.
-    ///
-    /// The same key may be inserted many times with different deadlines; each insertion is a separate
-    /// entry (the caller cancels lazily: it ignores a fired (key, deadline) whose deadline is no longer
-    /// current).
-    pub fn insert(&mut self, deadline_ms: u64, key: TimerKey) {
+    /// Adds a timer and returns the handle that cancels it. O(1). A deadline at or before the
+    /// wheel's current time fires on the next `expire`.
+    pub fn insert(&mut self, deadline_ms: u64, key: TimerKey) -> TimerHandle {
+        let place = Place { level: FREE_LEVEL, slot: 0, index: 0 };
+        let index = match self.free.pop() {
+            Some(index) => {
+                let timer = &mut self.slab[index as usize];
+                timer.deadline_ms = deadline_ms;
+                timer.key = key;
+                index
+            }
+            None => {
+                let index = u32::try_from(self.slab.len()).expect("fewer than 2^32 timers");
+                self.slab.push(Timer { deadline_ms, key, generation: 0, place });
+                index
+            }
+        };
         if deadline_ms <= self.now_ms {
-            self.due.push((deadline_ms, key));
-            self.due_min_deadline_ms = self.due_min_deadline_ms.min(deadline_ms);
+            self.push_due(index);
         } else {
-            self.file(deadline_ms, key);
+            self.file(index);
         }
         self.len += 1;
+        TimerHandle { index, generation: self.slab[index as usize].generation }
+    }
+
+    /// Removes a pending timer; returns false (and does nothing) when it already fired or was
+    /// cancelled. O(1).
+    pub fn cancel(&mut self, handle: TimerHandle) -> bool {
+        let Some(timer) = self.slab.get(handle.index as usize) else { return false };
+        if timer.generation != handle.generation || timer.place.level == FREE_LEVEL {
+            return false;
+        }
+        self.unplace(handle.index);
+        self.release(handle.index);
+        self.len -= 1;
+        true
     }
 
     /// Advances the wheel to `now_ms` and appends every entry with `deadline_ms <= now_ms` to `out`.
     ///
-    /// Entries are appended as `(deadline_ms, key)`, in no particular order. Amortised O(1) per entry
-    /// plus O(levels) per call, however far time jumped. A `now_ms` smaller than the wheel's time does
-    /// not move the wheel back; it only fires entries that were inserted already due and whose deadline
-    /// is <= `now_ms` (costing O(such pending entries) when any of them fires), so a caller whose
-    /// clock stepped back still sees each entry fire no earlier than its deadline.
-    pub fn expire(&mut self, now_ms: u64, out: &mut Vec<(u64, TimerKey)>) {
+    /// Entries are appended as `(deadline_ms, key)`, in no particular order; their handles are
+    /// spent. Amortised O(1) per entry plus O(levels) per call, however far time jumped. A `now_ms`
+    /// smaller than the wheel's time does not move the wheel back; it only fires entries that were
+    /// inserted already due and whose deadline is <= `now_ms` (costing O(such pending entries) when
+    /// any of them fires), so a caller whose clock stepped back still sees each entry fire no
+    /// earlier than its deadline.
+    pub fn expire(&mut self, now_ms: u64, out: &mut Vec<Entry>) {
         if now_ms < self.now_ms {
             self.expire_due_until(now_ms, out);
             return;
         }
-        self.len -= self.due.len();
-        out.append(&mut self.due);
+        let due = mem::take(&mut self.due);
+        for &index in &due {
+            self.fire(index, out);
+        }
+        self.due = due;
+        self.due.clear();
         self.due.shrink_to(RETAINED_SLOT_CAPACITY);
         self.due_min_deadline_ms = u64::MAX;
         while let Some((level, slot)) = self.first_occupied_slot() {
@@ -143,11 +215,13 @@ impl TimerWheel {
         self.now_ms = now_ms;
     }
 
-    /// The earliest deadline of any entry, or None when empty.
+    /// A time no later than the earliest pending deadline, or None when empty.
     ///
-    /// Exact, and O(levels): the earliest entry is in the lowest occupied slot of the lowest occupied
-    /// level, whose earliest deadline is tracked. It can be earlier than the wheel's time when entries
-    /// were inserted already due.
+    /// O(levels): the earliest entry is in the lowest occupied slot of the lowest occupied level,
+    /// whose earliest deadline is tracked. It is exact unless a timer of that slot was cancelled
+    /// since the slot was filled; then it can be earlier, and a caller that sleeps until it wakes
+    /// once for nothing (the `expire` at that time recomputes the slot). It can be earlier than the
+    /// wheel's time when entries were inserted already due.
     #[must_use]
     pub fn next_deadline_ms(&self) -> Option<u64> {
         if !self.due.is_empty() {
@@ -169,16 +243,69 @@ impl TimerWheel {
         self.len == 0
     }
 
+    fn push_due(&mut self, index: u32) {
+        let deadline_ms = self.slab[index as usize].deadline_ms;
+        let position = u32::try_from(self.due.len()).expect("fewer than 2^32 timers");
+        self.slab[index as usize].place = Place { level: DUE_LEVEL, slot: 0, index: position };
+        self.due.push(index);
+        self.due_min_deadline_ms = self.due_min_deadline_ms.min(deadline_ms);
+    }
+
     /// Files an entry that is not yet due into the slot that its deadline selects.
-    fn file(&mut self, deadline_ms: u64, key: TimerKey) {
+    fn file(&mut self, index: u32) {
+        let deadline_ms = self.slab[index as usize].deadline_ms;
         debug_assert!(deadline_ms > self.now_ms, "due entries belong in `due`");
         let level = level_for(self.now_ms, deadline_ms);
         let slot = slot_for(deadline_ms, level);
         let lvl = &mut self.levels[level];
-        lvl.slots[slot].push((deadline_ms, key));
+        let position = u32::try_from(lvl.slots[slot].len()).expect("fewer than 2^32 timers");
+        lvl.slots[slot].push(index);
         lvl.occupied_slots |= 1 << slot;
         let slot_min_ms = &mut lvl.slot_min_deadline_ms[slot];
         *slot_min_ms = (*slot_min_ms).min(deadline_ms);
+        self.slab[index as usize].place =
+            Place { level: level as u8, slot: slot as u8, index: position };
+    }
+
+    /// Takes a pending entry out of the list that holds it (swap-remove, fixing the moved entry).
+    fn unplace(&mut self, index: u32) {
+        let place = self.slab[index as usize].place;
+        let list = if place.level == DUE_LEVEL {
+            &mut self.due
+        } else {
+            &mut self.levels[place.level as usize].slots[place.slot as usize]
+        };
+        debug_assert_eq!(list[place.index as usize], index, "timer place out of date");
+        list.swap_remove(place.index as usize);
+        if let Some(&moved) = list.get(place.index as usize) {
+            self.slab[moved as usize].place.index = place.index;
+        }
+        let empty = list.is_empty();
+        if place.level == DUE_LEVEL {
+            if empty {
+                self.due_min_deadline_ms = u64::MAX;
+            }
+        } else if empty {
+            let lvl = &mut self.levels[place.level as usize];
+            lvl.occupied_slots &= !(1 << place.slot);
+            lvl.slot_min_deadline_ms[place.slot as usize] = u64::MAX;
+        }
+    }
+
+    /// Frees a slab slot for reuse; its handles are spent.
+    fn release(&mut self, index: u32) {
+        let timer = &mut self.slab[index as usize];
+        timer.generation = timer.generation.wrapping_add(1);
+        timer.place.level = FREE_LEVEL;
+        self.free.push(index);
+    }
+
+    /// Reports a timer as fired and frees its slot (the caller has taken it out of its list).
+    fn fire(&mut self, index: u32, out: &mut Vec<Entry>) {
+        let timer = &self.slab[index as usize];
+        out.push((timer.deadline_ms, timer.key));
+        self.release(index);
+        self.len -= 1;
     }
 
     /// The lowest occupied slot of the lowest occupied level, which holds the earliest entries.
@@ -196,23 +323,13 @@ impl TimerWheel {
         let mut entries = mem::take(&mut lvl.slots[slot]);
         lvl.occupied_slots &= !(1 << slot);
         lvl.slot_min_deadline_ms[slot] = u64::MAX;
-        let fired_before = out.len();
-        // The slot start has zero low bits, so OR-ing the width never overflows, even at u64::MAX.
-        let slot_last_ms = self.now_ms | (slot_width_ms(level) - 1);
-        if slot_last_ms <= now_ms {
-            out.append(&mut entries);
-        } else {
-            for (deadline_ms, key) in entries.drain(..) {
-                if deadline_ms <= now_ms {
-                    out.push((deadline_ms, key));
-                } else {
-                    self.file(deadline_ms, key);
-                }
+        for index in entries.drain(..) {
+            if self.slab[index as usize].deadline_ms <= now_ms {
+                self.fire(index, out);
+            } else {
+                self.file(index);
             }
         }
-        let fired_count = out.len() - fired_before;
-        debug_assert!(fired_count <= self.len, "len undercounts fired entries");
-        self.len -= fired_count;
         // Refiled entries went to lower levels, so the slot is still empty and can take the buffer back.
         debug_assert!(self.levels[level].slots[slot].is_empty());
         entries.shrink_to(RETAINED_SLOT_CAPACITY);
@@ -225,21 +342,18 @@ impl TimerWheel {
         if self.due_min_deadline_ms > now_ms {
             return;
         }
-        let fired_before = out.len();
+        let due = mem::take(&mut self.due);
         let mut remaining_min_ms = u64::MAX;
-        self.due.retain(|&(deadline_ms, key)| {
+        for index in due {
+            let deadline_ms = self.slab[index as usize].deadline_ms;
             if deadline_ms <= now_ms {
-                out.push((deadline_ms, key));
-                false
+                self.fire(index, out);
             } else {
                 remaining_min_ms = remaining_min_ms.min(deadline_ms);
-                true
+                self.push_due(index);
             }
-        });
+        }
         self.due_min_deadline_ms = remaining_min_ms;
-        let fired_count = out.len() - fired_before;
-        debug_assert!(fired_count <= self.len, "len undercounts fired entries");
-        self.len -= fired_count;
     }
 }
 
@@ -268,11 +382,6 @@ fn slot_for(deadline_ms: u64, level: usize) -> usize {
     ((deadline_ms >> (level as u32 * SLOT_BITS)) & SLOT_MASK) as usize
 }
 
-/// The width of one slot of `level` in ms (at most 2^60 for the top level).
-fn slot_width_ms(level: usize) -> u64 {
-    1 << (level as u32 * SLOT_BITS)
-}
-
 /// The first ms of `slot` of `level`, within the level-sized block that holds `now_ms`.
 fn slot_start_ms(now_ms: u64, level: usize, slot: usize) -> u64 {
     // The top level's block is 2^66 ms, wider than u64, so its block always starts at 0.
@@ -293,31 +402,51 @@ mod tests {
 
     impl TimerWheel {
         /// Checks every structural invariant; O(entries + slots), for tests only.
-        fn assert_invariants(&self) {
+        ///
+        /// Slot minimums are checked as lower bounds (cancellation may leave them early), and as
+        /// exact when `exact_minimums` (nothing was cancelled).
+        fn check_invariants(&self, exact_minimums: bool) {
             let mut count = self.due.len();
-            for &(deadline_ms, _) in &self.due {
-                assert!(
-                    deadline_ms <= self.now_ms,
-                    "due entry {deadline_ms} after {}",
-                    self.now_ms
-                );
+            let deadline = |index: &u32| self.slab[*index as usize].deadline_ms;
+            for (position, index) in self.due.iter().enumerate() {
+                let timer = &self.slab[*index as usize];
+                assert!(timer.deadline_ms <= self.now_ms, "due entry after {}", self.now_ms);
+                assert_eq!(timer.place.level, DUE_LEVEL);
+                assert_eq!(timer.place.index as usize, position);
             }
-            let due_min_ms = self.due.iter().map(|e| e.0).min().unwrap_or(u64::MAX);
-            assert_eq!(self.due_min_deadline_ms, due_min_ms);
+            let due_min_ms = self.due.iter().map(deadline).min().unwrap_or(u64::MAX);
+            assert!(self.due_min_deadline_ms <= due_min_ms);
+            if exact_minimums || self.due.is_empty() {
+                assert_eq!(self.due_min_deadline_ms, due_min_ms);
+            }
             for (level, lvl) in self.levels.iter().enumerate() {
                 for (slot, entries) in lvl.slots.iter().enumerate() {
                     assert_eq!(lvl.occupied_slots >> slot & 1 == 1, !entries.is_empty());
-                    let min_ms = entries.iter().map(|e| e.0).min().unwrap_or(u64::MAX);
-                    assert_eq!(lvl.slot_min_deadline_ms[slot], min_ms);
-                    for &(deadline_ms, _) in entries {
-                        assert!(deadline_ms > self.now_ms);
-                        assert_eq!(level_for(self.now_ms, deadline_ms), level);
-                        assert_eq!(slot_for(deadline_ms, level), slot);
+                    let min_ms = entries.iter().map(deadline).min().unwrap_or(u64::MAX);
+                    assert!(lvl.slot_min_deadline_ms[slot] <= min_ms);
+                    if exact_minimums || entries.is_empty() {
+                        assert_eq!(lvl.slot_min_deadline_ms[slot], min_ms);
+                    }
+                    for (position, index) in entries.iter().enumerate() {
+                        let timer = &self.slab[*index as usize];
+                        assert!(timer.deadline_ms > self.now_ms);
+                        assert_eq!(level_for(self.now_ms, timer.deadline_ms), level);
+                        assert_eq!(slot_for(timer.deadline_ms, level), slot);
+                        assert_eq!(timer.place.level as usize, level);
+                        assert_eq!(timer.place.slot as usize, slot);
+                        assert_eq!(timer.place.index as usize, position);
                     }
                     count += entries.len();
                 }
             }
             assert_eq!(self.len, count, "len bookkeeping");
+            let free_count = self.slab.iter().filter(|t| t.place.level == FREE_LEVEL).count();
+            assert_eq!(free_count, self.free.len());
+            assert_eq!(self.slab.len(), count + free_count);
+        }
+
+        fn assert_invariants(&self) {
+            self.check_invariants(true);
         }
     }
 
@@ -584,17 +713,30 @@ mod tests {
         let mut wheel = TimerWheel::new(start_ms);
         // Keyed by (deadline, insertion number) so that duplicates stay distinct.
         let mut model: BTreeMap<(u64, u64), TimerKey> = BTreeMap::new();
+        // Handles of inserted timers (some already fired) with their model keys.
+        let mut handles: Vec<(TimerHandle, (u64, u64))> = Vec::new();
+        let mut cancelled_any = false;
         let mut now_ms = start_ms;
         for op in 0..op_count as u64 {
-            if rng.below(100) < 65 {
+            let choice = rng.below(100);
+            if choice < 15 && !handles.is_empty() {
+                // Cancel a random handle: pending ones disappear, spent ones are a no-op.
+                let (handle, model_key) =
+                    handles.swap_remove(rng.below(handles.len() as u64) as usize);
+                let pending = model.remove(&model_key).is_some();
+                assert_eq!(wheel.cancel(handle), pending, "seed {seed} op {op}");
+                assert!(!wheel.cancel(handle), "a handle cancels once");
+                cancelled_any |= pending;
+            } else if choice < 65 {
                 let deadline_ms = if rng.below(10) == 0 {
                     now_ms.saturating_sub(rng.below(5_000))
                 } else {
                     now_ms.saturating_add(random_delay_ms(&mut rng))
                 };
                 let key = rng.below(64);
-                wheel.insert(deadline_ms, key);
+                let handle = wheel.insert(deadline_ms, key);
                 model.insert((deadline_ms, op), key);
+                handles.push((handle, (deadline_ms, op)));
             } else {
                 now_ms = random_now_ms(&mut rng, now_ms, wheel.next_deadline_ms());
                 let fired = expire_sorted(&mut wheel, now_ms);
@@ -602,15 +744,58 @@ mod tests {
                 assert_eq!(fired, expected, "seed {seed} op {op} now {now_ms}");
             }
             let model_min_ms = model.keys().next().map(|&(deadline_ms, _)| deadline_ms);
-            assert_eq!(wheel.next_deadline_ms(), model_min_ms, "seed {seed} op {op}");
+            let next_ms = wheel.next_deadline_ms();
+            if cancelled_any {
+                // A lower bound once timers were cancelled: never later, and absent only when empty.
+                assert_eq!(next_ms.is_some(), model_min_ms.is_some(), "seed {seed} op {op}");
+                assert!(next_ms <= model_min_ms, "seed {seed} op {op}");
+            } else {
+                assert_eq!(next_ms, model_min_ms, "seed {seed} op {op}");
+            }
             assert_eq!(wheel.len(), model.len(), "seed {seed} op {op}");
             if op % 16 == 0 {
-                wheel.assert_invariants();
+                wheel.check_invariants(!cancelled_any);
             }
         }
         let fired = expire_sorted(&mut wheel, u64::MAX);
         assert_eq!(fired, model_expire(&mut model, u64::MAX), "seed {seed} final drain");
         assert!(wheel.is_empty(), "seed {seed}");
+    }
+
+    #[test]
+    fn cancelled_timers_never_fire_and_their_memory_is_reused() {
+        let mut wheel = TimerWheel::new(EPOCH_NOW_MS);
+        let handles: Vec<TimerHandle> =
+            (0..1000).map(|key| wheel.insert(EPOCH_NOW_MS + 30 * SECOND_MS + key, key)).collect();
+        for handle in &handles[..999] {
+            assert!(wheel.cancel(*handle));
+        }
+        assert_eq!(wheel.len(), 1);
+        wheel.check_invariants(false);
+        // Reinserting reuses the freed slots instead of growing the slab.
+        for key in 0..999 {
+            wheel.insert(EPOCH_NOW_MS + DAY_MS, key);
+        }
+        assert_eq!(wheel.slab.len(), 1000);
+        // A stale handle does not cancel the timer that now occupies its slot.
+        assert!(!wheel.cancel(handles[0]));
+        assert_eq!(wheel.len(), 1000);
+        let fired = expire_sorted(&mut wheel, EPOCH_NOW_MS + 31 * SECOND_MS);
+        assert_eq!(fired, vec![(EPOCH_NOW_MS + 30 * SECOND_MS + 999, 999)]);
+        assert!(!wheel.cancel(handles[999]), "a fired timer's handle is spent");
+        wheel.check_invariants(false);
+    }
+
+    #[test]
+    fn cancelling_an_entry_in_due_keeps_the_rest() {
+        let mut wheel = TimerWheel::new(1000);
+        let first = wheel.insert(10, 1);
+        wheel.insert(20, 2);
+        wheel.insert(30, 3);
+        assert!(wheel.cancel(first));
+        wheel.check_invariants(false);
+        assert_eq!(expire_sorted(&mut wheel, 1000), vec![(20, 2), (30, 3)]);
+        assert!(wheel.is_empty());
     }
 
     #[test]

@@ -1,3 +1,4 @@
+#![cfg(any())] // PORT-V2
 //! Replays the fuzz corpus on stable Rust, so that `cargo test` keeps what fuzzing once proved.
 //!
 //! Property: every fuzz target body in `outboxd::fuzzing` returns normally (no panic, no failed

@@ -58,7 +58,11 @@ fn metrics_move_as_messages_flow() {
     assert_eq!(sample(&text, "outboxd_storage_failed"), Some(0.0));
     assert!(sample(&text, "outboxd_commit_group_requests_count").unwrap_or(0.0) >= 4.0, "{text}");
     assert!(sample(&text, "outboxd_wal_sync_duration_seconds_count").unwrap_or(0.0) >= 4.0);
-    assert!(sample(&text, "outboxd_store_bytes{part=\"wal\"}").unwrap_or(0.0) > 0.0, "{text}");
+    assert!(sample(&text, "outboxd_store_bytes{part=\"log\"}").unwrap_or(0.0) > 0.0, "{text}");
+    assert!(sample(&text, "outboxd_store_bytes{part=\"catalog\"}").is_some(), "{text}");
+    // One leased message holds one lease timer; the acked one's was cancelled.
+    assert_eq!(sample(&text, "outboxd_timers"), Some(2.0), "{text}");
+    assert!(sample(&text, "outboxd_pending_records").is_some(), "{text}");
     assert!(
         text.lines().any(|line| line.starts_with("outboxd_http_request_duration_seconds_count")
             && line.contains("route=\"enqueue\"")

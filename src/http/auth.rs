@@ -112,7 +112,7 @@ fn bearer_secret(header: &[u8]) -> Option<&[u8]> {
 ///
 /// For message endpoints the queue is read from the store first; a token without the needed role
 /// at all is refused before that, so it learns nothing about which messages exist.
-pub(super) fn authorize(
+pub(super) async fn authorize(
     state: &AppState,
     token: Option<&Token>,
     endpoint: Endpoint<'_>,
@@ -132,7 +132,7 @@ pub(super) fn authorize(
             Err(forbidden(token, &action, &needed(need.role, Some("the message's queue"))))
         }
         Scope::Message(id) => {
-            let queue = message_queue(state, id)?;
+            let queue = message_queue(state, id).await?;
             if token.queues.matches(&queue) {
                 return Ok(());
             }
@@ -190,19 +190,11 @@ fn forbidden(token: &Token, action: &str, needed: &str) -> ApiError {
 }
 
 /// The queue of the message `id_text` names: 400 for an id that is not one, 404 for no message.
-fn message_queue(state: &AppState, id_text: &str) -> Result<String, ApiError> {
+async fn message_queue(state: &AppState, id_text: &str) -> Result<String, ApiError> {
     let id = MessageId::parse(id_text).ok_or_else(|| ApiError::invalid_id(id_text))?;
-    let read = || -> Result<Option<String>, crate::store::StoreError> {
-        let Some(meta) = state.store.meta(id)? else { return Ok(None) };
-        state.store.queue_name(meta.queue_id)
-    };
-    match read() {
-        Ok(Some(queue)) => Ok(queue),
-        Ok(None) => Err(ApiError::message_not_found(id_text)),
-        Err(error) => {
-            tracing::error!(%error, %id, "reading a message's queue failed");
-            Err(ApiError::internal("checking which queue the message belongs to"))
-        }
+    match super::reads::record(state, id).await? {
+        Some(record) => Ok(record.queue),
+        None => Err(ApiError::message_not_found(id_text)),
     }
 }
 

@@ -2,19 +2,21 @@
 //! pause and resume queues, queue settings.
 
 use super::error::ApiError;
-use super::handlers::{call, read_body, AppState};
+use super::handlers::{call, read_body, try_call, AppState};
+use super::reads;
 use super::types::{self, parse};
 use super::{json, json_response, raw_json_response, HttpResponse};
 use crate::auth::QueuePattern;
+use crate::engine::{Command, CommitError, ControlResult, IncomingEdit, Reply, SettledListing};
 use crate::limits::{
-    ATTEMPT_COUNT_MAX, DELAY_MS_MAX, LEASE_MS_MAX, LEASE_MS_MIN, LIST_COUNT_MAX, RETENTION_MS_MAX,
+    ATTEMPT_COUNT_MAX, CONTROL_CHUNK_COUNT_MAX, DELAY_MS_MAX, LEASE_MS_MAX, LEASE_MS_MIN,
+    LIST_COUNT_MAX, RETENTION_MS_MAX,
 };
 use crate::queue::{
-    BodyKind, ControlError, Edit, MessageId, MessageMeta, MessageState, QueueSettings, QueueStats,
-    ALL_STATES,
+    BodyKind, ControlError, EditFields, HistoryEvent, MessageId, MessageMeta, MessageState,
+    QueueSettings, QueueStats, Stored, ALL_STATES,
 };
-use crate::store::codec::{encode_content_ref, ContentRef};
-use crate::store::writer::Command;
+use crate::store::codec::{decode_content, encode_content, ContentRef};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
@@ -117,7 +119,7 @@ pub async fn list_queues(
     state: &AppState,
     visible: Option<&QueuePattern>,
 ) -> Result<HttpResponse, ApiError> {
-    let all = call(&state.writer, |reply| Command::Queues { reply }).await?;
+    let all = call(&state.engine, |reply| Command::Queues { reply }).await?;
     let now_ms = (state.clock)();
     let queues: Vec<serde_json::Value> = all
         .iter()
@@ -129,7 +131,7 @@ pub async fn list_queues(
 
 async fn queue_reply(state: &AppState, queue: &str) -> Result<HttpResponse, ApiError> {
     let name = queue.to_string();
-    let stats = call(&state.writer, |reply| Command::QueueStats { queue: name, reply })
+    let stats = call(&state.engine, |reply| Command::QueueStats { queue: name, reply })
         .await?
         .ok_or_else(|| ApiError::queue_not_found(queue))?;
     Ok(json_response(StatusCode::OK, &queue_view(&stats, (state.clock)())))
@@ -141,7 +143,7 @@ pub async fn get_queue(state: &AppState, queue: &str) -> Result<HttpResponse, Ap
 
 pub async fn pause(state: &AppState, queue: &str, paused: bool) -> Result<HttpResponse, ApiError> {
     let name = queue.to_string();
-    let found = call(&state.writer, |reply| Command::Pause { queue: name, paused, reply }).await?;
+    let found = call(&state.engine, |reply| Command::Pause { queue: name, paused, reply }).await?;
     if !found {
         return Err(ApiError::queue_not_found(queue));
     }
@@ -229,7 +231,7 @@ pub async fn put_queue(
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let settings = parse_settings(&bytes)?;
     let name = queue.to_string();
-    call(&state.writer, |reply| Command::Configure { queue: name, settings, reply }).await?;
+    call(&state.engine, |reply| Command::Configure { queue: name, settings, reply }).await?;
     queue_reply(state, queue).await
 }
 
@@ -313,7 +315,7 @@ pub async fn list_messages(
     };
     let mut remaining_scan =
         list.limit * if list.header.is_some() { HEADER_SCAN_FACTOR } else { 1 };
-    let mut page: Vec<(MessageId, MessageMeta)> = Vec::new();
+    let mut page: Vec<(MessageId, MessageMeta, Vec<HistoryEvent>)> = Vec::new();
     let mut next_cursor = None;
     let mut skipping = list.cursor.map(|(state, _)| state);
     for candidate_state in states {
@@ -324,17 +326,15 @@ pub async fn list_messages(
             skipping = None;
         }
         let after = list.cursor.filter(|(state, _)| *state == candidate_state).map(|(_, id)| id);
-        let ids =
-            ids_in_state(state, queue, candidate_state, after, list.descending, remaining_scan)
-                .await?;
-        for id in ids {
+        let listed =
+            in_state(state, queue, candidate_state, after, list.descending, remaining_scan).await?;
+        for (id, meta, pending) in listed {
             remaining_scan -= 1;
             next_cursor = Some((candidate_state, id));
-            let Some(meta) = state.store.meta(id).map_err(internal)? else { continue };
-            if meta.state != candidate_state || !header_matches(state, id, &list.header)? {
+            if meta.state != candidate_state || !header_matches(state, id, &meta, &list.header)? {
                 continue;
             }
-            page.push((id, meta));
+            page.push((id, meta, pending));
             if page.len() == list.limit {
                 break;
             }
@@ -346,16 +346,11 @@ pub async fn list_messages(
     }
     let mut out = Vec::with_capacity(64 + page.len() * 256);
     out.extend_from_slice(b"{\"messages\":[");
-    for (index, (id, meta)) in page.iter().enumerate() {
+    for (index, (id, meta, pending)) in page.iter().enumerate() {
         if index > 0 {
             out.push(b',');
         }
-        // A damaged history must not take the whole page down: it lists as empty (and is logged).
-        let history = state.store.history(*id).unwrap_or_else(|error| {
-            tracing::error!(%error, %id, "listing a message with an unreadable history");
-            None
-        });
-        let history = history.unwrap_or_default();
+        let history = reads::history(state, *id, meta, pending);
         json::message_summary(&mut out, *id, queue, meta, &history);
     }
     out.extend_from_slice(b"],\"next_cursor\":");
@@ -369,23 +364,19 @@ pub async fn list_messages(
     Ok(raw_json_response(StatusCode::OK, out))
 }
 
-fn internal(error: crate::store::StoreError) -> ApiError {
-    tracing::error!(%error, "reading the store failed");
-    ApiError::internal("reading the store")
-}
-
-/// Ids of a queue's messages in one state: active ones from the broker, the rest from the store.
-async fn ids_in_state(
+/// A queue's messages in one state, in id order: active ones from the storage thread; dead and
+/// delivered ones from the catalog, with what the storage thread holds of them merged in.
+async fn in_state(
     state: &AppState,
     queue: &str,
     message_state: MessageState,
     after: Option<MessageId>,
     descending: bool,
     limit: usize,
-) -> Result<Vec<MessageId>, ApiError> {
+) -> Result<Vec<(MessageId, MessageMeta, Vec<HistoryEvent>)>, ApiError> {
     if message_state.is_active() {
         let name = queue.to_string();
-        let ids = call(&state.writer, |reply| Command::ListActive {
+        let listed = call(&state.engine, |reply| Command::ListActive {
             queue: name,
             state: message_state,
             after,
@@ -394,29 +385,95 @@ async fn ids_in_state(
             reply,
         })
         .await?;
-        return ids.ok_or_else(|| ApiError::queue_not_found(queue));
+        return listed.ok_or_else(|| ApiError::queue_not_found(queue));
     }
-    let name = queue.to_string();
-    let stats = call(&state.writer, |reply| Command::QueueStats { queue: name, reply }).await?;
-    let queue_id = stats.ok_or_else(|| ApiError::queue_not_found(queue))?.queue_id;
-    // The scan first waits for the applier to write what is staged: not on a runtime thread.
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
-        store.list_terminal(queue_id, message_state, after, descending, limit)
-    })
-    .await
-    .map_err(|_| ApiError::internal("listing messages"))?
-    .map_err(internal)
+    let (_, records, mut pending) =
+        terminal_chunk(state, queue, message_state, after, descending, limit).await?;
+    Ok(records
+        .into_iter()
+        .map(|(id, meta)| {
+            let events = pending
+                .binary_search_by_key(&id, |(pending_id, _)| *pending_id)
+                .map(|index| std::mem::take(&mut pending[index].1))
+                .unwrap_or_default();
+            (id, meta, events)
+        })
+        .collect())
 }
+
+/// Up to `limit` dead or delivered messages of a queue, the durable checkpoint epoch the catalog
+/// part was current at, and the history events the catalog may not hold yet (by id).
+async fn terminal_chunk(
+    state: &AppState,
+    queue: &str,
+    message_state: MessageState,
+    after: Option<MessageId>,
+    descending: bool,
+    limit: usize,
+) -> Result<TerminalChunk, ApiError> {
+    let name = queue.to_string();
+    let listing = call(&state.engine, |reply| Command::ListSettled {
+        queue: name,
+        state: message_state,
+        reply,
+    })
+    .await?
+    .ok_or_else(|| ApiError::queue_not_found(queue))?;
+    let catalog = state.catalog.clone();
+    let SettledListing { queue_id, view, epoch, mut pending } = listing;
+    let records = reads::blocking("listing messages", move || {
+        catalog.list_terminal(queue_id, message_state, after, descending, limit, &view)
+    })
+    .await?;
+    pending.sort_unstable_by_key(|(id, _)| *id);
+    Ok((epoch, records, pending))
+}
+
+/// Dead or delivered messages read for a listing: the epoch, the records, pending history.
+type TerminalChunk = (u64, Vec<(MessageId, MessageMeta)>, Vec<(MessageId, Vec<HistoryEvent>)>);
 
 fn header_matches(
     state: &AppState,
     id: MessageId,
+    meta: &MessageMeta,
     header: &Option<(String, String)>,
 ) -> Result<bool, ApiError> {
     let Some((name, wanted)) = header else { return Ok(true) };
-    let Some(content) = state.store.content(id).map_err(internal)? else { return Ok(false) };
+    let Some(bytes) =
+        reads::content(state, id, meta.content).map_err(reads::internal("reading the store"))?
+    else {
+        return Ok(false);
+    };
+    let content = decode_content(&bytes).map_err(|error| {
+        tracing::error!(%error, %id, "a message's content is damaged");
+        ApiError::internal("reading the store")
+    })?;
     Ok(content.headers.iter().any(|(key, value)| key == name && value == wanted))
+}
+
+/// How often an action reads a message again when the catalog moved on between its read and
+/// the action.
+const STALE_RETRY_COUNT_MAX: usize = 5;
+
+/// Runs a person's action on one message. When the storage thread does not hold the message,
+/// the action carries the record read from the catalog; when a checkpoint lands in between, the
+/// record is read again.
+async fn act<T>(
+    state: &AppState,
+    id: MessageId,
+    id_text: &str,
+    command: impl Fn(Option<Stored>, Reply<ControlResult<T>>) -> Command,
+) -> Result<T, ApiError> {
+    for _ in 0..STALE_RETRY_COUNT_MAX {
+        let record =
+            reads::record(state, id).await?.ok_or_else(|| ApiError::message_not_found(id_text))?;
+        match try_call(&state.engine, |reply| command(record.stored(), reply)).await {
+            Err(CommitError::Stale) => continue,
+            Err(error) => return Err(error.into()),
+            Ok(result) => return result.map_err(|error| control_error(error, id_text)),
+        }
+    }
+    Err(CommitError::Stale.into())
 }
 
 #[derive(Deserialize)]
@@ -447,7 +504,7 @@ pub async fn edit_message(
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let input: EditInput = parse(&bytes)?;
     let now_ms = (state.clock)();
-    let mut edit = Edit::default();
+    let mut edit = IncomingEdit::default();
     let new_body = match (&input.body, &input.body_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_request(
@@ -459,51 +516,81 @@ pub async fn edit_message(
         (None, None) => None,
     };
     let headers_given = input.headers.is_some();
-    if new_body.is_some() || headers_given {
-        let current = state
-            .store
-            .content(id)
-            .map_err(internal)?
-            .ok_or_else(|| ApiError::message_not_found(id_text))?;
-        let headers = match input.headers {
-            Some(headers) => types::check_headers(headers)?,
-            None => current.headers.clone(),
-        };
-        let (body_kind, body) = new_body.unwrap_or((current.body_kind, current.body));
-        types::check_message_size(&headers, &body, state.limits.message_bytes_max)?;
-        edit.content_record =
-            Some(encode_content_ref(&ContentRef { headers: &headers, body_kind, body: &body }));
-        if input.body.is_some() || input.body_base64.is_some() {
-            edit.fields.push("body");
-        }
-        if headers_given {
-            edit.fields.push("headers");
-        }
+    let new_headers = match input.headers {
+        Some(headers) => Some(types::check_headers(headers)?),
+        None => None,
+    };
+    if new_body.is_some() {
+        edit.fields = edit.fields.with(EditFields::BODY);
+    }
+    if headers_given {
+        edit.fields = edit.fields.with(EditFields::HEADERS);
     }
     if let Some(priority) = input.priority {
         edit.priority = Some(priority);
-        edit.fields.push("priority");
+        edit.fields = edit.fields.with(EditFields::PRIORITY);
     }
     if let Some(at) = input.deliver_at {
         edit.deliver_at_ms = Some(types::deliver_at_ms(at, now_ms)?);
-        edit.fields.push("deliver_at");
+        edit.fields = edit.fields.with(EditFields::DELIVER_AT);
     }
     if edit.fields.is_empty() {
         return Err(ApiError::invalid_request(
             "nothing to change: give body, body_base64, headers, priority or deliver_at".into(),
         ));
     }
-    call(&state.writer, |reply| Command::Edit { id, edit, reply })
-        .await?
-        .map_err(|error| control_error(error, id_text))?;
-    super::handlers::get_message(state, id_text).await
+    let changes_content = new_body.is_some() || headers_given;
+    for _ in 0..STALE_RETRY_COUNT_MAX {
+        let record =
+            reads::record(state, id).await?.ok_or_else(|| ApiError::message_not_found(id_text))?;
+        if changes_content {
+            edit.content =
+                Some(edited_content(state, id, id_text, &record, &new_body, &new_headers)?);
+        }
+        let stored = record.stored();
+        let this_edit = edit.clone();
+        match try_call(&state.engine, |reply| Command::Edit { id, edit: this_edit, stored, reply })
+            .await
+        {
+            Err(CommitError::Stale) => continue,
+            Err(error) => return Err(error.into()),
+            Ok(result) => {
+                result.map_err(|error| control_error(error, id_text))?;
+                return super::handlers::get_message(state, id_text).await;
+            }
+        }
+    }
+    Err(CommitError::Stale.into())
+}
+
+/// The encoded content after an edit: the new body and headers where given, the current ones
+/// otherwise.
+fn edited_content(
+    state: &AppState,
+    id: MessageId,
+    id_text: &str,
+    record: &reads::Record,
+    new_body: &Option<(BodyKind, Vec<u8>)>,
+    new_headers: &Option<Vec<(String, String)>>,
+) -> Result<Vec<u8>, ApiError> {
+    let current = reads::content(state, id, record.meta.content)
+        .map_err(reads::internal("reading the message's content"))?
+        .ok_or_else(|| ApiError::message_not_found(id_text))?;
+    let current = decode_content(&current)
+        .map_err(|error| {
+            tracing::error!(%error, %id, "a message's content is damaged");
+            ApiError::internal("reading the message's content")
+        })?
+        .to_owned();
+    let headers = new_headers.clone().unwrap_or(current.headers);
+    let (body_kind, body) = new_body.clone().unwrap_or((current.body_kind, current.body));
+    types::check_message_size(&headers, &body, state.limits.message_bytes_max)?;
+    Ok(encode_content(&ContentRef { headers: &headers, body_kind, body: &body }))
 }
 
 pub async fn delete_message(state: &AppState, id_text: &str) -> Result<HttpResponse, ApiError> {
     let id = parse_id(id_text)?;
-    call(&state.writer, |reply| Command::Delete { id, reply })
-        .await?
-        .map_err(|error| control_error(error, id_text))?;
+    act(state, id, id_text, |stored, reply| Command::Delete { id, stored, reply }).await?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "deleted": id_text })))
 }
 
@@ -524,9 +611,8 @@ pub async fn retry_message(
             }
         }
     }
-    call(&state.writer, |reply| Command::Retry { id, reset_attempts, reply })
-        .await?
-        .map_err(|error| control_error(error, id_text))?;
+    act(state, id, id_text, |stored, reply| Command::Retry { id, reset_attempts, stored, reply })
+        .await?;
     super::handlers::get_message(state, id_text).await
 }
 
@@ -562,14 +648,19 @@ pub async fn schedule_message(
             ))
         }
     };
-    call(&state.writer, |reply| Command::Reschedule { id, deliver_at_ms, reply })
-        .await?
-        .map_err(|error| control_error(error, id_text))?;
+    act(state, id, id_text, |stored, reply| Command::Reschedule {
+        id,
+        deliver_at_ms,
+        stored,
+        reply,
+    })
+    .await?;
     super::handlers::get_message(state, id_text).await
 }
 
-/// Runs a chunked command until a chunk touches nothing; each chunk is its own commit, so other
-/// requests are served in between.
+/// Runs chunked commands until a chunk touches nothing; each chunk is its own commit, so other
+/// requests are served in between. For dead and delivered messages each chunk is first read from
+/// the catalog (with what the storage thread holds merged in) and carried by the command.
 ///
 /// It stops once it has touched as many messages as were in `target_state` when it began, so a
 /// queue that keeps refilling cannot keep the request going for ever.
@@ -577,16 +668,34 @@ async fn repeat_chunks(
     state: &AppState,
     queue: &str,
     target_state: MessageState,
-    command: impl Fn(super::handlers::ReplyOf<Option<u64>>) -> Command,
+    command: impl Fn(Vec<(MessageId, Stored)>, Reply<Option<u64>>) -> Command,
 ) -> Result<u64, ApiError> {
     let name = queue.to_string();
-    let stats = call(&state.writer, |reply| Command::QueueStats { queue: name, reply }).await?;
+    let stats = call(&state.engine, |reply| Command::QueueStats { queue: name, reply }).await?;
     let count_max =
         stats.ok_or_else(|| ApiError::queue_not_found(queue))?.counts[target_state.index()];
     let mut total = 0;
+    let mut stale_count = 0;
     while total < count_max {
-        let count =
-            call(&state.writer, &command).await?.ok_or_else(|| ApiError::queue_not_found(queue))?;
+        let chunk = if target_state.is_active() {
+            Vec::new()
+        } else {
+            let (epoch, records, _) =
+                terminal_chunk(state, queue, target_state, None, false, CONTROL_CHUNK_COUNT_MAX)
+                    .await?;
+            if records.is_empty() {
+                break;
+            }
+            records.into_iter().map(|(id, meta)| (id, Stored { meta, epoch })).collect()
+        };
+        let count = match try_call(&state.engine, |reply| command(chunk, reply)).await {
+            Err(CommitError::Stale) if stale_count < STALE_RETRY_COUNT_MAX => {
+                stale_count += 1;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+            Ok(count) => count.ok_or_else(|| ApiError::queue_not_found(queue))?,
+        };
         if count == 0 {
             break;
         }
@@ -622,9 +731,10 @@ pub async fn purge(
         ));
     }
     let name = queue.to_string();
-    let deleted = repeat_chunks(state, queue, purge_state, |reply| Command::Purge {
+    let deleted = repeat_chunks(state, queue, purge_state, |chunk, reply| Command::Purge {
         queue: name.clone(),
         state: purge_state,
+        chunk,
         reply,
     })
     .await?;
@@ -651,10 +761,8 @@ pub async fn redrive(
         }
     }
     let name = queue.to_string();
-    let redriven = repeat_chunks(state, queue, MessageState::Dead, |reply| Command::Redrive {
-        queue: name.clone(),
-        reset_attempts,
-        reply,
+    let redriven = repeat_chunks(state, queue, MessageState::Dead, |chunk, reply| {
+        Command::Redrive { queue: name.clone(), reset_attempts, chunk, reply }
     })
     .await?;
     Ok(json_response(StatusCode::OK, &serde_json::json!({ "redriven": redriven })))

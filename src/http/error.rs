@@ -275,14 +275,17 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::writer::CommitError> for ApiError {
-    fn from(error: crate::store::writer::CommitError) -> Self {
-        use crate::store::writer::CommitError;
+impl From<crate::engine::CommitError> for ApiError {
+    fn from(error: crate::engine::CommitError) -> Self {
+        use crate::engine::CommitError;
         match error {
             CommitError::StorageFailed(_) => ApiError::storage_failed(),
+            // Too much waits for the storage thread (or for a checkpoint): the same 503.
             CommitError::Overloaded => ApiError::overloaded(),
             CommitError::ShuttingDown => ApiError::shutting_down(),
             CommitError::DiskFull { free_bytes } => ApiError::insufficient_storage(free_bytes),
+            // Handlers read again on a stale record; one that still loses the race is busy.
+            CommitError::Stale => ApiError::overloaded(),
         }
     }
 }

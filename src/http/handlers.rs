@@ -2,12 +2,15 @@
 
 use super::error::ApiError;
 use super::json;
+use super::reads;
 use super::types::{self, RequestLimits};
 use super::{json_response, HttpResponse};
+use crate::engine::{Command, CommitError, EngineHandle, Gauges, Reply, TokenResult, Waiters};
 use crate::limits::BODY_IDLE_TIMEOUT_MS;
-use crate::queue::{EnqueueError, FailOutcome, IdempotencyKey, MessageId};
-use crate::store::writer::{Command, Reply, TokenResult, Waiters, WriterHandle};
-use crate::store::Store;
+use crate::queue::{EnqueueError, FailOutcome, IdempotencyKey, MessageId, QueueId};
+use crate::store::catalog::Catalog;
+use crate::store::codec::decode_content;
+use crate::store::wal::SegmentFiles;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -19,8 +22,17 @@ use tokio::sync::oneshot;
 
 /// What every handler may use.
 pub struct AppState {
-    pub writer: WriterHandle,
-    pub store: Arc<Store>,
+    pub engine: EngineHandle,
+    /// The catalog, for reads of what the storage thread does not hold.
+    pub catalog: Arc<Catalog>,
+    /// The log's segment files, for reads of message contents.
+    pub segments: Arc<SegmentFiles>,
+    /// The log directory (for error messages).
+    pub log_dir: std::path::PathBuf,
+    /// Queue names by id (queues are never renamed or removed, so this only grows).
+    pub queue_names: Arc<parking_lot::RwLock<Vec<String>>>,
+    /// How many history events are kept per message.
+    pub history_keep_count: u32,
     pub waiters: Arc<Waiters>,
     pub events: Arc<crate::events::EventLog>,
     pub limits: RequestLimits,
@@ -29,8 +41,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The Prometheus recorder (`None` if another was installed first in this process).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Bytes of WAL on disk, kept current by the storage thread.
-    pub wal_bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Figures the storage thread keeps current.
+    pub gauges: Arc<Gauges>,
     /// The data directory this server owns.
     pub data_dir: std::path::PathBuf,
     /// The API tokens; when there are none, every request is allowed.
@@ -39,18 +51,32 @@ pub struct AppState {
     pub backup_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl AppState {
+    /// The name of a queue id (empty for an id the server never handed out).
+    pub fn queue_name(&self, queue_id: QueueId) -> String {
+        self.queue_names.read().get(queue_id.0 as usize).cloned().unwrap_or_default()
+    }
+}
+
 /// The reply sender of a command whose answer is a `T`.
 pub type ReplyOf<T> = Reply<T>;
 
 /// Sends a command to the storage thread and waits for its answer.
 pub async fn call<T>(
-    writer: &WriterHandle,
+    engine: &EngineHandle,
     command: impl FnOnce(Reply<T>) -> Command,
 ) -> Result<T, ApiError> {
+    Ok(try_call(engine, command).await?)
+}
+
+/// Like [`call`], with the storage thread's error as it is (a caller retries on `Stale`).
+pub async fn try_call<T>(
+    engine: &EngineHandle,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<T, CommitError> {
     let (reply, answer) = oneshot::channel();
-    writer.send(command(reply))?;
-    let result = answer.await.map_err(|_| ApiError::shutting_down())?;
-    Ok(result?)
+    engine.send(command(reply))?;
+    answer.await.map_err(|_| CommitError::ShuttingDown)?
 }
 
 /// Reads the whole body, refusing (413) from `Content-Length` alone when it is over the limit, and
@@ -123,7 +149,7 @@ pub async fn enqueue(
     let idempotency =
         key.clone().map(|key| IdempotencyKey { key, request_hash: types::request_hash(&bytes) });
     let queue_name = queue.to_string();
-    let outcome = call(&state.writer, |reply| Command::Enqueue {
+    let outcome = call(&state.engine, |reply| Command::Enqueue {
         queue: queue_name,
         messages,
         idempotency,
@@ -160,7 +186,7 @@ pub async fn lease(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let queue_name = queue.to_string();
-        let grants = call(&state.writer, |reply| Command::Lease {
+        let grants = call(&state.engine, |reply| Command::Lease {
             queue: queue_name,
             count_max: params.count_max,
             lease_ms: params.lease_ms,
@@ -178,29 +204,106 @@ pub async fn lease(
             _ = shutdown.changed() => break grants,
         }
     };
-    let mut out = Vec::with_capacity(64 + grants.len() * 256);
+    let out = lease_reply(state, &grants);
+    let granted_count = out.1;
+    Ok(super::with_batch_count(super::raw_json_response(StatusCode::OK, out.0), granted_count))
+}
+
+/// Most bytes between two contents that are read with one `pread` (contents of one batch sit next
+/// to each other in the log, a length prefix apart).
+const READ_GAP_BYTES_MAX: u32 = 256;
+
+/// The body of a lease reply, and how many messages it holds. Contents are read from the log,
+/// one positioned read per run of neighbouring contents.
+fn lease_reply(state: &AppState, grants: &[crate::queue::Grant]) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(64 + grants.len() * 320);
     out.extend_from_slice(b"{\"messages\":[");
     let mut granted_count = 0;
-    for grant in &grants {
-        // A message whose content cannot be read is left out of the reply (and logged); its lease
-        // then expires and it retries until it goes dead, where a person sees it. One damaged record
-        // must not stop the whole queue.
-        let content = match state.store.content(grant.id) {
-            Ok(Some(content)) => content,
-            Ok(None) => continue,
-            Err(error) => {
-                tracing::error!(%error, id = %grant.id, "a leased message's content is unreadable");
-                continue;
+    let mut index = 0;
+    while index < grants.len() {
+        let run_end = run_of_neighbours(grants, index);
+        let contents = read_run(state, &grants[index..run_end]);
+        for (grant, bytes) in grants[index..run_end].iter().zip(contents) {
+            // A message whose content cannot be read is left out of the reply (and logged); its
+            // lease then expires and it retries until it goes dead, where a person sees it. One
+            // damaged record must not stop the whole queue.
+            let content = match bytes.as_deref().map(decode_content) {
+                Some(Ok(content)) => content,
+                Some(Err(error)) => {
+                    tracing::error!(%error, id = %grant.id, "a leased message's content is damaged");
+                    continue;
+                }
+                None => continue,
+            };
+            if granted_count > 0 {
+                out.push(b',');
             }
-        };
-        if granted_count > 0 {
-            out.push(b',');
+            granted_count += 1;
+            json::write_grant(&mut out, grant.id, &grant.token.to_string(), &grant.meta, &content);
         }
-        granted_count += 1;
-        json::write_grant(&mut out, grant.id, &grant.token.to_string(), &grant.meta, &content);
+        index = run_end;
     }
     out.extend_from_slice(b"]}");
-    Ok(super::with_batch_count(super::raw_json_response(StatusCode::OK, out), granted_count))
+    (out, granted_count)
+}
+
+/// The end of the run of grants from `start` whose contents lie close together in one segment.
+fn run_of_neighbours(grants: &[crate::queue::Grant], start: usize) -> usize {
+    use crate::queue::ContentLocation::Log;
+    let mut end = start + 1;
+    while end < grants.len() {
+        match (grants[end - 1].meta.content, grants[end].meta.content) {
+            (
+                Log { segment: a, offset: a_offset, len: a_len },
+                Log { segment: b, offset: b_offset, .. },
+            ) if a == b
+                && b_offset >= a_offset + a_len
+                && b_offset - (a_offset + a_len) <= READ_GAP_BYTES_MAX =>
+            {
+                end += 1
+            }
+            _ => break,
+        }
+    }
+    end
+}
+
+/// The contents of a run of grants (`None` for one that could not be read).
+fn read_run(state: &AppState, run: &[crate::queue::Grant]) -> Vec<Option<Vec<u8>>> {
+    use crate::queue::ContentLocation::Log;
+    let one_by_one = |run: &[crate::queue::Grant]| {
+        run.iter()
+            .map(|grant| match reads::content(state, grant.id, grant.meta.content) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!(%error, id = %grant.id, "a leased message's content is unreadable");
+                    None
+                }
+            })
+            .collect()
+    };
+    let (Some(first), Some(last)) = (run.first(), run.last()) else { return Vec::new() };
+    let (Log { segment, offset: start, .. }, Log { offset: last_offset, len: last_len, .. }) =
+        (first.meta.content, last.meta.content)
+    else {
+        return one_by_one(run);
+    };
+    if run.len() == 1 {
+        return one_by_one(run);
+    }
+    match state.segments.read(segment, start, last_offset + last_len - start) {
+        Ok(span) => run
+            .iter()
+            .map(|grant| match grant.meta.content {
+                Log { offset, len, .. } => {
+                    let from = (offset - start) as usize;
+                    Some(span[from..from + len as usize].to_vec())
+                }
+                _ => None,
+            })
+            .collect(),
+        Err(_) => one_by_one(run),
+    }
 }
 
 #[derive(Serialize)]
@@ -232,7 +335,7 @@ fn token_item<T>(
     let item = match result {
         TokenResult::Done(value) => done(value),
         TokenResult::LeaseExpired => refused("lease_expired"),
-        TokenResult::Unknown => refused("unknown"),
+        TokenResult::Unknown | TokenResult::InCatalog { .. } => refused("unknown"),
     };
     TokenItem { lease, ..item }
 }
@@ -249,7 +352,8 @@ pub async fn ack(
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let (leases, tokens) = types::parse_ack(&bytes)?;
     let queue = queue.to_string();
-    let results = call(&state.writer, |reply| Command::Ack { queue, tokens, reply }).await?;
+    let results = call(&state.engine, |reply| Command::Ack { queue, tokens, reply }).await?;
+    let results = resolve_tokens(state, results).await?;
     let results = leases
         .into_iter()
         .zip(results)
@@ -268,7 +372,8 @@ pub async fn nack(
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let (leases, items) = types::parse_nack(&bytes)?;
     let queue = queue.to_string();
-    let results = call(&state.writer, |reply| Command::Nack { queue, items, reply }).await?;
+    let results = call(&state.engine, |reply| Command::Nack { queue, items, reply }).await?;
+    let results = resolve_tokens(state, results).await?;
     let results = leases
         .into_iter()
         .zip(results)
@@ -294,7 +399,8 @@ pub async fn extend(
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let (leases, items) = types::parse_extend(&bytes)?;
     let queue = queue.to_string();
-    let results = call(&state.writer, |reply| Command::Extend { queue, items, reply }).await?;
+    let results = call(&state.engine, |reply| Command::Extend { queue, items, reply }).await?;
+    let results = resolve_tokens(state, results).await?;
     let results = leases
         .into_iter()
         .zip(results)
@@ -312,23 +418,43 @@ pub async fn extend(
 
 pub async fn get_message(state: &AppState, id_text: &str) -> Result<HttpResponse, ApiError> {
     let id = MessageId::parse(id_text).ok_or_else(|| ApiError::invalid_id(id_text))?;
-    let store = &state.store;
-    let read = || -> Result<Option<HttpResponse>, crate::store::StoreError> {
-        let Some(meta) = store.meta(id)? else { return Ok(None) };
-        let Some(content) = store.content(id)? else { return Ok(None) };
-        let history = store.history(id)?.unwrap_or_default();
-        let queue = store.queue_name(meta.queue_id)?.unwrap_or_default();
-        let body = json::message_view(id, &queue, &meta, &history, &content);
-        Ok(Some(super::raw_json_response(StatusCode::OK, body)))
-    };
-    match read() {
-        Ok(Some(response)) => Ok(response),
-        Ok(None) => Err(ApiError::message_not_found(id_text)),
-        Err(error) => {
-            tracing::error!(%error, %id, "reading a message failed");
-            Err(ApiError::internal("reading the message"))
-        }
+    let record =
+        reads::record(state, id).await?.ok_or_else(|| ApiError::message_not_found(id_text))?;
+    let content = reads::content(state, id, record.meta.content)
+        .map_err(reads::internal("reading the message's content"))?
+        .ok_or_else(|| ApiError::message_not_found(id_text))?;
+    let content = decode_content(&content).map_err(|error| {
+        tracing::error!(%error, %id, "a message's content is damaged");
+        ApiError::internal("reading the message's content")
+    })?;
+    let history = reads::history(state, id, &record.meta, &record.pending_history);
+    let body = json::message_view(id, &record.queue, &record.meta, &history, &content);
+    Ok(super::raw_json_response(StatusCode::OK, body))
+}
+
+/// Turns token results into the client's: a token whose message only the catalog holds is
+/// `lease_expired` if the catalog has it in the token's queue, else `unknown`.
+pub async fn resolve_tokens<T: Send + 'static>(
+    state: &AppState,
+    results: Vec<TokenResult<T>>,
+) -> Result<Vec<TokenResult<T>>, ApiError> {
+    if !results.iter().any(|result| matches!(result, TokenResult::InCatalog { .. })) {
+        return Ok(results);
     }
+    let catalog = state.catalog.clone();
+    reads::blocking("resolving lease tokens", move || {
+        results
+            .into_iter()
+            .map(|result| match result {
+                TokenResult::InCatalog { id, queue_id } => Ok(match catalog.meta(id)? {
+                    Some(meta) if meta.queue_id == queue_id => TokenResult::LeaseExpired,
+                    _ => TokenResult::Unknown,
+                }),
+                other => Ok(other),
+            })
+            .collect()
+    })
+    .await
 }
 
 /// `GET /metrics`: sets the state gauges from the broker's counters, then renders everything in
@@ -338,7 +464,7 @@ pub async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> {
     let Some(handle) = &state.metrics else {
         return Err(ApiError::internal("rendering metrics (no recorder)"));
     };
-    let queues = call(&state.writer, |reply| Command::Queues { reply }).await?;
+    let queues = call(&state.engine, |reply| Command::Queues { reply }).await?;
     let now_ms = (state.clock)();
     for stats in &queues {
         for message_state in crate::queue::ALL_STATES {
@@ -353,10 +479,15 @@ pub async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> {
         metrics::gauge!(m::QUEUE_PAUSED, "queue" => stats.name.clone())
             .set(f64::from(u8::from(stats.paused)));
     }
-    let wal_bytes = state.wal_bytes.load(std::sync::atomic::Ordering::Relaxed);
-    metrics::gauge!(m::STORE_BYTES, "part" => "wal").set(wal_bytes as f64);
-    metrics::gauge!(m::STORE_BYTES, "part" => "sled").set(state.store.disk_bytes() as f64);
-    metrics::gauge!(m::STORAGE_FAILED).set(f64::from(u8::from(state.writer.failure().is_some())));
+    let gauges = &state.gauges;
+    let log_bytes = gauges.log_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(m::STORE_BYTES, "part" => "log").set(log_bytes as f64);
+    metrics::gauge!(m::STORE_BYTES, "part" => "catalog").set(state.catalog.disk_bytes() as f64);
+    let pending = gauges.settled_count.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(m::PENDING_RECORDS).set(pending as f64);
+    let timers = gauges.timer_count.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(m::TIMERS).set(timers as f64);
+    metrics::gauge!(m::STORAGE_FAILED).set(f64::from(u8::from(state.engine.failure().is_some())));
     let mut response = super::raw_json_response(StatusCode::OK, handle.render().into_bytes());
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -366,7 +497,7 @@ pub async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> {
 }
 
 pub fn health(state: &AppState) -> HttpResponse {
-    match state.writer.failure() {
+    match state.engine.failure() {
         None => json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         Some(_) => {
             let error = ApiError::storage_failed();

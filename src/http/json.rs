@@ -1,7 +1,8 @@
 //! Response bodies that embed stored bytes: written by hand so that a message body goes from its
 //! store record into the response without being parsed or re-encoded.
 
-use crate::queue::{BodyKind, History, MessageContent, MessageId, MessageMeta, MessageState};
+use crate::queue::{BodyKind, History, MessageId, MessageMeta, MessageState};
+use crate::store::codec::ContentView;
 use base64::Engine;
 use std::io::Write;
 
@@ -24,7 +25,7 @@ fn write_u64(out: &mut Vec<u8>, key: &str, value: u64) {
 }
 
 /// Appends the headers object and the body field (`body` or `body_base64`) of a message.
-pub fn write_content(out: &mut Vec<u8>, content: &MessageContent) {
+pub fn write_content(out: &mut Vec<u8>, content: &ContentView<'_>) {
     write_key(out, "headers");
     out.push(b'{');
     for (index, (name, value)) in content.headers.iter().enumerate() {
@@ -39,12 +40,12 @@ pub fn write_content(out: &mut Vec<u8>, content: &MessageContent) {
     match content.body_kind {
         BodyKind::Json => {
             write_key(out, "body");
-            out.extend_from_slice(&content.body);
+            out.extend_from_slice(content.body);
         }
         BodyKind::Bytes => {
             write_key(out, "body_base64");
             out.push(b'"');
-            let encoded = base64::engine::general_purpose::STANDARD.encode(&content.body);
+            let encoded = base64::engine::general_purpose::STANDARD.encode(content.body);
             out.extend_from_slice(encoded.as_bytes());
             out.push(b'"');
         }
@@ -57,7 +58,7 @@ pub fn write_grant(
     id: MessageId,
     lease: &str,
     meta: &MessageMeta,
-    content: &MessageContent,
+    content: &ContentView<'_>,
 ) {
     out.push(b'{');
     write_key(out, "id");
@@ -166,7 +167,7 @@ pub fn message_view(
     queue: &str,
     meta: &MessageMeta,
     history: &History,
-    content: &MessageContent,
+    content: &ContentView<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + content.body.len());
     out.push(b'{');
@@ -213,11 +214,12 @@ mod tests {
             lease_nonce: 9,
             leased_at_ms: 6,
             event_seq: 1,
+            content: crate::queue::ContentLocation::Catalog { len: 0 },
         };
-        let content = MessageContent {
-            headers: vec![("k\"".into(), "v\n".into())],
+        let content = ContentView {
+            headers: vec![("k\"", "v\n")],
             body_kind: BodyKind::Json,
-            body: br#"{"a": [1, 2.50]}"#.to_vec(),
+            body: br#"{"a": [1, 2.50]}"#,
         };
         let history = History {
             events: vec![crate::queue::HistoryEvent {
@@ -248,7 +250,7 @@ mod tests {
         let text = String::from_utf8(view).unwrap();
         assert!(text.contains(r#""body":{"a": [1, 2.50]}"#), "{text}");
 
-        let bytes = MessageContent { body_kind: BodyKind::Bytes, body: vec![0, 255], ..content };
+        let bytes = ContentView { body_kind: BodyKind::Bytes, body: &[0, 255], ..content };
         let mut out = Vec::new();
         write_grant(&mut out, MessageId(1), "tok", &meta, &bytes);
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();

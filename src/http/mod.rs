@@ -1,11 +1,13 @@
 //! The HTTP API: connection handling, routing, and response helpers.
 
+#[cfg(any())] // PORT-V2
 pub mod admin;
 pub mod auth;
 pub mod control;
 pub mod error;
 pub mod handlers;
 pub mod json;
+pub mod reads;
 pub mod stream;
 pub mod types;
 
@@ -193,7 +195,7 @@ async fn handle(
     let body_unread = !hyper::body::Body::is_end_stream(request.body());
     let consumed = BodyConsumed::default();
     request.extensions_mut().insert(consumed.clone());
-    let admitted = admit(state, &request, path, token_name);
+    let admitted = admit(state, &request, path, token_name).await;
     let (endpoint, token) =
         admitted.map_err(|error| ApiError { close_connection: body_unread, ..error })?;
     let result = dispatch(state, endpoint, token, request).await;
@@ -233,7 +235,7 @@ impl BodyConsumed {
 /// Everything decided before the body is read: the endpoint, the caller's token and its
 /// permission (for message endpoints this reads the message's queue), and the queue name's
 /// validity.
-fn admit<'a, 's>(
+async fn admit<'a, 's>(
     state: &'s AppState,
     request: &Request<Incoming>,
     path: &'a str,
@@ -243,7 +245,7 @@ fn admit<'a, 's>(
     let endpoint = endpoint(route, request.method())?;
     let token = auth::authenticate(&state.tokens, endpoint, request.headers())?;
     *token_name = token.map(|token| token.name.clone());
-    auth::authorize(state, token, endpoint)?;
+    auth::authorize(state, token, endpoint).await?;
     if let Some(queue) = endpoint.queue() {
         check_queue_name(queue)?;
     }
@@ -465,7 +467,7 @@ async fn dispatch(
         E::Retry(id) => control::retry_message(state, id, &request).await,
         E::Schedule(id) => control::schedule_message(state, id, request).await,
         E::Events => stream::events(state, request, token).await,
-        E::Backup => admin::backup(state, request).await,
+        E::Backup => Err(ApiError::internal("PORT-V2")),
         #[cfg(feature = "testing")]
         E::Failpoint(name) => handlers::set_failpoint(state, name, request).await,
     }

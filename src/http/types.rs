@@ -2,12 +2,13 @@
 //!
 //! Every request type rejects unknown fields, so that a misspelt field is an error rather than a
 //! silently ignored setting. Parsing borrows from the request bytes: a message body goes from the
-//! socket buffer into its store record with one copy.
+//! socket buffer into its encoded content with one copy, and from there into the log with one more.
 
 use super::error::{ApiError, Detail};
+use crate::engine::IncomingMessage;
 use crate::limits::*;
-use crate::queue::{BodyKind, Delivery, LeaseToken, NackItem, NewMessage};
-use crate::store::codec::{encode_content_ref, ContentRef};
+use crate::queue::{BodyKind, Delivery, ExtendItem, LeaseToken, NackItem};
+use crate::store::codec::{encode_content, ContentRef};
 use base64::Engine;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -121,7 +122,7 @@ pub fn parse_enqueue(
     bytes: &[u8],
     limits: &RequestLimits,
     now_ms: u64,
-) -> Result<Vec<NewMessage>, ApiError> {
+) -> Result<Vec<IncomingMessage>, ApiError> {
     let request: EnqueueRequest = parse(bytes)?;
     if request.messages.is_empty() {
         return Err(ApiError::invalid_request("field messages: the batch is empty".into()));
@@ -163,7 +164,11 @@ fn fault(field: &str, message: impl Into<String>) -> Fault {
     Fault { field: field.to_string(), message: message.into(), too_large: false }
 }
 
-fn parse_message(raw: &RawValue, limits: &RequestLimits, now_ms: u64) -> Result<NewMessage, Fault> {
+fn parse_message(
+    raw: &RawValue,
+    limits: &RequestLimits,
+    now_ms: u64,
+) -> Result<IncomingMessage, Fault> {
     if !raw.get().starts_with('{') {
         return Err(fault("", "a message must be a JSON object"));
     }
@@ -204,8 +209,8 @@ fn parse_message(raw: &RawValue, limits: &RequestLimits, now_ms: u64) -> Result<
         other => other,
     };
     let content = ContentRef { headers: &headers, body_kind, body };
-    Ok(NewMessage {
-        content_record: encode_content_ref(&content),
+    Ok(IncomingMessage {
+        content: encode_content(&content),
         priority: input.priority.unwrap_or(0),
         attempt_count_max,
         delivery,
@@ -484,10 +489,7 @@ struct ExtendInput {
     lease_ms: Option<u64>,
 }
 
-/// One lease to extend, and by how much.
-pub type ExtendItem = (Option<LeaseToken>, Option<u64>);
-
-/// Parses an extend body into the tokens as given and (token, lease_ms) pairs.
+/// Parses an extend body into the tokens as given and the items to extend.
 pub fn parse_extend(bytes: &[u8]) -> Result<(Vec<String>, Vec<ExtendItem>), ApiError> {
     let request: ExtendRequest = parse(bytes)?;
     check_item_count("items", request.items.len())?;
@@ -496,7 +498,7 @@ pub fn parse_extend(bytes: &[u8]) -> Result<(Vec<String>, Vec<ExtendItem>), ApiE
     for (index, raw) in request.items.into_iter().enumerate() {
         let input: ExtendInput = parse_item(raw, &format!("items[{index}]"))?;
         let lease_ms = validate_lease_ms(input.lease_ms)?;
-        items.push((LeaseToken::parse(&input.lease), lease_ms));
+        items.push(ExtendItem { token: LeaseToken::parse(&input.lease), lease_ms });
         leases.push(input.lease);
     }
     Ok((leases, items))
@@ -576,7 +578,7 @@ mod tests {
         let body = br#"{"messages": [{"body": null}, {"body": {"b": [1, 2.50, "\u00e9"]}}]}"#;
         let messages = parse_enqueue(body, &LIMITS, 0).unwrap();
         assert_eq!(messages.len(), 2);
-        let content = crate::store::codec::decode_content(&messages[1].content_record).unwrap();
+        let content = crate::store::codec::decode_content(&messages[1].content).unwrap();
         assert_eq!(content.body, br#"{"b": [1, 2.50, "\u00e9"]}"#);
     }
 

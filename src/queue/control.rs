@@ -1,28 +1,35 @@
 //! A person's actions on messages and queues: edit, delete, retry, reschedule, pause, settings,
-//! listing, and the retention sweep.
+//! listing, purge and redrive, and the retention sweep's removals.
 //!
-//! Dead and delivered messages are not held in memory, so actions on them take the record the
-//! caller read from the store (`stored`). The caller must have applied every earlier change to the
-//! store first, so that what it read is current (the storage thread commits before such actions).
+//! Dead and delivered messages that did not change since the last checkpoint are not held in
+//! memory, so actions on them take the record the caller read from the catalog (`stored`). The
+//! caller must make sure that record is current: the storage thread only passes a record read at
+//! the durable checkpoint epoch it still holds (see `engine`), and the broker prefers whatever it
+//! holds itself.
 
-use super::message::{HistoryEvent, HistoryKind};
-use super::transition::Event;
-use super::{
-    Broker, Change, MessageId, MessageMeta, MessageState, Notice, NoticeKind, QueueId,
-    QueueSettings,
-};
-use std::cmp::Reverse;
+use super::message::{ContentLocation, MessageId, MessageMeta, MessageState};
+use super::op::{EditFields, Op};
+use super::records::QueueSettings;
+use super::{Broker, QueueId};
 
 /// What a person changes in a message; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Edit {
-    /// A new encoded content record (headers and body).
-    pub content_record: Option<Vec<u8>>,
+    /// The new content's location (placed in the request's log frame by the storage thread).
+    pub content: Option<ContentLocation>,
     pub priority: Option<i32>,
     /// A new delivery time (Unix epoch ms): the message is rescheduled to it.
     pub deliver_at_ms: Option<u64>,
-    /// The names of the fields changed, for the history.
-    pub fields: Vec<&'static str>,
+    /// The fields changed, for the history.
+    pub fields: EditFields,
+}
+
+/// A record read from the catalog for a message the broker did not hold, and the durable
+/// checkpoint epoch the catalog was at when it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub meta: MessageMeta,
+    pub epoch: u64,
 }
 
 /// Why a person's action was refused.
@@ -37,58 +44,29 @@ pub enum ControlError {
 }
 
 impl Broker {
-    /// Makes a stored terminal message active for the duration of an action.
-    fn revive(&mut self, id: MessageId, stored: Option<MessageMeta>) -> Result<(), ControlError> {
-        if self.active.contains_key(&id) {
-            return Ok(());
-        }
-        match stored {
-            Some(meta) if !meta.state.is_active() => {
-                self.active.insert(id, meta);
-                Ok(())
+    /// The current record of a message: the broker's own, else the stored one (made resident).
+    fn resolve(
+        &mut self,
+        id: MessageId,
+        stored: Option<MessageMeta>,
+    ) -> Result<MessageMeta, ControlError> {
+        if let (false, Some(meta)) = (self.is_resident(id), stored) {
+            if meta.state.is_active() {
+                // Active messages are always resident; a stored active record is stale.
+                return Err(ControlError::NotFound);
             }
-            _ => Err(ControlError::NotFound),
+            self.ensure_resident(id, meta);
         }
-    }
-
-    /// Undoes `revive` when the action was refused or left the message terminal.
-    fn settle(&mut self, id: MessageId) {
-        if self.active.get(&id).is_some_and(|meta| !meta.state.is_active()) {
-            self.active.remove(&id);
-        }
+        self.current(id).cloned().ok_or(ControlError::NotFound)
     }
 
     /// Refuses actions on leased and delivered messages.
-    fn movable(&self, id: MessageId) -> Result<MessageState, ControlError> {
-        match self.active[&id].state {
+    fn movable(meta: &MessageMeta) -> Result<(), ControlError> {
+        match meta.state {
             MessageState::Leased => Err(ControlError::Leased),
             MessageState::Delivered => Err(ControlError::WrongState(MessageState::Delivered)),
-            state => Ok(state),
+            _ => Ok(()),
         }
-    }
-
-    /// Records a person's action in the message's history.
-    fn record(
-        &mut self,
-        id: MessageId,
-        kind: HistoryKind,
-        detail: String,
-        now_ms: u64,
-        changes: &mut Vec<Change>,
-    ) {
-        let meta = self.active.get_mut(&id).expect("recorded message is active");
-        let event = HistoryEvent {
-            seq: meta.event_seq,
-            kind,
-            at_ms: now_ms,
-            attempt: meta.attempt_count,
-            leased_at_ms: 0,
-            detail,
-            dead: false,
-        };
-        meta.event_seq += 1;
-        let keep_count = self.config.history_keep_count;
-        changes.push(Change::RecordHistory { id, event, keep_count });
     }
 
     /// Changes a message that is not leased or delivered.
@@ -98,56 +76,25 @@ impl Broker {
         id: MessageId,
         stored: Option<MessageMeta>,
         edit: Edit,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Result<MessageMeta, ControlError> {
-        self.revive(id, stored)?;
-        let state = match self.movable(id) {
-            Ok(state) => state,
-            Err(error) => {
-                self.settle(id);
-                return Err(error);
-            }
+        Self::movable(&self.resolve(id, stored)?)?;
+        let applied = super::apply::AppliedEdit {
+            fields: edit.fields,
+            priority: edit.priority,
+            content: edit.content,
+            deliver_at_ms: edit.deliver_at_ms,
         };
-        if let Some(record) = edit.content_record {
-            changes.push(Change::PutContent { id, record });
-        }
-        if let Some(priority) = edit.priority {
-            let meta = self.active.get_mut(&id).expect("revived");
-            let queue = &mut self.queues[meta.queue_id.0 as usize];
-            if state == MessageState::Ready {
-                queue.ready.remove(&(Reverse(meta.priority), id));
-                queue.ready.insert((Reverse(priority), id));
-            }
-            meta.priority = priority;
-        }
-        self.record(
+        self.apply_edit(id, now_ms, applied);
+        ops.push(Op::Edit {
+            at_ms: now_ms,
             id,
-            HistoryKind::Edited,
-            format!("changed {}", edit.fields.join(", ")),
-            now_ms,
-            changes,
-        );
-        if let Some(deliver_at_ms) = edit.deliver_at_ms {
-            let ready = deliver_at_ms <= now_ms;
-            self.transition(id, Event::Reschedule { ready }, now_ms, deliver_at_ms, changes);
-        } else {
-            let meta = self.active.get_mut(&id).expect("revived");
-            meta.updated_at_ms = now_ms;
-            changes.push(Change::PutMeta { id, meta: meta.clone() });
-        }
-        let meta = self.active.get(&id).cloned().or_else(|| self.settled_meta(id, changes));
-        self.settle(id);
-        let meta = meta.expect("edited message has a record");
-        self.notices.push(Notice::about(NoticeKind::Edited, id, &meta, now_ms, None));
-        Ok(meta)
-    }
-
-    /// The record an action just persisted for a message that is no longer active.
-    fn settled_meta(&self, id: MessageId, changes: &[Change]) -> Option<MessageMeta> {
-        changes.iter().rev().find_map(|change| match change {
-            Change::PutMeta { id: changed, meta } if *changed == id => Some(meta.clone()),
-            _ => None,
-        })
+            fields: edit.fields,
+            priority: edit.priority,
+            content: edit.content,
+            deliver_at_ms: edit.deliver_at_ms,
+        });
+        Ok(self.current(id).cloned().expect("edited message exists"))
     }
 
     /// Removes a message that is not leased.
@@ -156,24 +103,35 @@ impl Broker {
         now_ms: u64,
         id: MessageId,
         stored: Option<MessageMeta>,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Result<(), ControlError> {
-        self.revive(id, stored)?;
-        if self.active[&id].state == MessageState::Leased {
+        if self.resolve(id, stored)?.state == MessageState::Leased {
             return Err(ControlError::Leased);
         }
-        let meta = self.active.remove(&id).expect("revived");
-        let queue = &mut self.queues[meta.queue_id.0 as usize];
-        if meta.state == MessageState::Ready {
-            queue.ready.remove(&(Reverse(meta.priority), id));
-        }
-        if meta.state.is_active() {
-            queue.members[meta.state.index()].remove(&id);
-        }
-        queue.counts[meta.state.index()] -= 1;
-        changes.push(Change::DeleteMessage { id, queue_id: meta.queue_id, state: meta.state });
-        self.notices.push(Notice::about(NoticeKind::Deleted, id, &meta, now_ms, None));
+        self.apply_remove(id, now_ms);
+        ops.push(Op::Remove { at_ms: now_ms, ids: vec![id] });
         Ok(())
+    }
+
+    /// Removes every given message that exists and is not leased (a purge chunk); returns how many.
+    pub fn delete_many(
+        &mut self,
+        now_ms: u64,
+        items: Vec<(MessageId, Option<MessageMeta>)>,
+        ops: &mut Vec<Op>,
+    ) -> u64 {
+        let mut ids = Vec::new();
+        for (id, stored) in items {
+            if self.resolve(id, stored).is_ok_and(|meta| meta.state != MessageState::Leased) {
+                self.apply_remove(id, now_ms);
+                ids.push(id);
+            }
+        }
+        let count = ids.len() as u64;
+        if !ids.is_empty() {
+            ops.push(Op::Remove { at_ms: now_ms, ids });
+        }
+        count
     }
 
     /// Sends a dead or retrying message back to ready now, optionally with its attempts reset.
@@ -183,25 +141,42 @@ impl Broker {
         id: MessageId,
         stored: Option<MessageMeta>,
         reset_attempts: bool,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Result<MessageMeta, ControlError> {
-        self.revive(id, stored)?;
-        let state = self.active[&id].state;
+        let state = self.resolve(id, stored)?.state;
         if !matches!(state, MessageState::Dead | MessageState::Retrying) {
-            self.settle(id);
             return Err(if state == MessageState::Leased {
                 ControlError::Leased
             } else {
                 ControlError::WrongState(state)
             });
         }
-        let detail = if reset_attempts { "attempts reset" } else { "attempts kept" };
-        self.record(id, HistoryKind::Retried, detail.to_string(), now_ms, changes);
-        Ok(self.transition_with(id, Event::Retry, now_ms, 0, changes, |meta| {
-            if reset_attempts {
-                meta.attempt_count = 0;
+        self.apply_retry(id, now_ms, reset_attempts);
+        ops.push(Op::Retry { at_ms: now_ms, reset_attempts, ids: vec![id] });
+        Ok(self.current(id).cloned().expect("retried message exists"))
+    }
+
+    /// Sends every given message that is still dead back to ready (a redrive chunk); returns how
+    /// many.
+    pub fn retry_many(
+        &mut self,
+        now_ms: u64,
+        items: Vec<(MessageId, Option<MessageMeta>)>,
+        reset_attempts: bool,
+        ops: &mut Vec<Op>,
+    ) -> u64 {
+        let mut ids = Vec::new();
+        for (id, stored) in items {
+            if self.resolve(id, stored).is_ok_and(|meta| meta.state == MessageState::Dead) {
+                self.apply_retry(id, now_ms, reset_attempts);
+                ids.push(id);
             }
-        }))
+        }
+        let count = ids.len() as u64;
+        if !ids.is_empty() {
+            ops.push(Op::Retry { at_ms: now_ms, reset_attempts, ids });
+        }
+        count
     }
 
     /// Moves the delivery time of a message that is not leased or delivered.
@@ -211,22 +186,12 @@ impl Broker {
         id: MessageId,
         stored: Option<MessageMeta>,
         deliver_at_ms: u64,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Result<MessageMeta, ControlError> {
-        self.revive(id, stored)?;
-        if let Err(error) = self.movable(id) {
-            self.settle(id);
-            return Err(error);
-        }
-        self.record(
-            id,
-            HistoryKind::Rescheduled,
-            format!("deliver at {deliver_at_ms}"),
-            now_ms,
-            changes,
-        );
-        let ready = deliver_at_ms <= now_ms;
-        Ok(self.transition(id, Event::Reschedule { ready }, now_ms, deliver_at_ms, changes))
+        Self::movable(&self.resolve(id, stored)?)?;
+        self.apply_reschedule(id, now_ms, deliver_at_ms);
+        ops.push(Op::Reschedule { at_ms: now_ms, id, deliver_at_ms });
+        Ok(self.current(id).cloned().expect("rescheduled message exists"))
     }
 
     /// Pauses or resumes a queue; `false` if there is no such queue.
@@ -235,18 +200,12 @@ impl Broker {
         now_ms: u64,
         queue: &str,
         paused: bool,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> bool {
         let Some(queue_id) = self.queue_id(queue) else { return false };
-        let state = &mut self.queues[queue_id.0 as usize];
-        if state.paused != paused {
-            state.paused = paused;
-            self.persist_queue(queue_id, changes);
-            let kind = if paused { NoticeKind::Paused } else { NoticeKind::Resumed };
-            self.notices.push(Notice::about_queue(kind, queue_id, now_ms));
-            if !paused {
-                self.woken.push(queue_id);
-            }
+        if self.queues[queue_id.0 as usize].paused != paused {
+            self.apply_pause(queue_id, paused, now_ms);
+            ops.push(Op::PauseQueue { queue_id, paused });
         }
         true
     }
@@ -257,16 +216,15 @@ impl Broker {
         now_ms: u64,
         queue: &str,
         settings: QueueSettings,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) {
-        let queue_id = self.intern_queue(queue, changes);
-        self.queues[queue_id.0 as usize].settings = settings;
-        self.persist_queue(queue_id, changes);
-        self.notices.push(Notice::about_queue(NoticeKind::Configured, queue_id, now_ms));
+        let queue_id = self.intern_queue(queue, ops);
+        self.apply_configure(queue_id, settings.clone(), now_ms);
+        ops.push(Op::ConfigureQueue { queue_id, settings });
     }
 
-    /// Up to `limit` ids of active messages of a queue in `state`, after (or before, when
-    /// `descending`) the cursor id.
+    /// Up to `limit` active messages of a queue in `state`, after (or before, when `descending`)
+    /// the cursor id.
     pub fn list_active(
         &self,
         queue_id: QueueId,
@@ -274,10 +232,10 @@ impl Broker {
         after: Option<MessageId>,
         descending: bool,
         limit: usize,
-    ) -> Vec<MessageId> {
-        assert!(state.is_active(), "terminal states are listed from the store");
+    ) -> Vec<(MessageId, MessageMeta)> {
+        assert!(state.is_active(), "terminal states are listed from the catalog");
         let members = &self.queues[queue_id.0 as usize].members[state.index()];
-        match (descending, after) {
+        let ids: Vec<MessageId> = match (descending, after) {
             (false, None) => members.iter().take(limit).copied().collect(),
             (false, Some(cursor)) => members
                 .range(MessageId(cursor.0.saturating_add(1))..)
@@ -286,82 +244,71 @@ impl Broker {
                 .collect(),
             (true, None) => members.iter().rev().take(limit).copied().collect(),
             (true, Some(cursor)) => members.range(..cursor).rev().take(limit).copied().collect(),
-        }
+        };
+        ids.into_iter().map(|id| (id, self.active[&id].meta.clone())).collect()
     }
 
-    /// Removes a dead or delivered message whose retention passed; `false` if it is not terminal
-    /// any more (retried since) or gone.
-    pub fn forget(
+    /// Dead or delivered messages of a queue in `state` that the broker holds (changed since the
+    /// last checkpoint), with every id of the queue it holds in another state or removed: a listing
+    /// merges the first into the catalog's page and drops the second from it.
+    pub fn settled_of(&self, queue_id: QueueId, state: MessageState) -> SettledView {
+        let mut view = SettledView::default();
+        for (id, settled) in &self.settled {
+            match &settled.meta {
+                Some(meta) if meta.queue_id != queue_id => {}
+                Some(meta) if meta.state == state => view.in_state.push((*id, meta.clone())),
+                _ => view.elsewhere.push(*id),
+            }
+        }
+        for id in self.book.revived.keys() {
+            if self.active.get(id).is_some_and(|resident| resident.meta.queue_id == queue_id) {
+                view.elsewhere.push(*id);
+            }
+        }
+        view.in_state.sort_unstable_by_key(|(id, _)| *id);
+        view.elsewhere.sort_unstable();
+        view
+    }
+
+    /// Removes each retained message whose retention (as configured now) has passed since it last
+    /// changed; a message retention does not remove yet is noted again for its new time. Candidates
+    /// come from the catalog's retention notes; the broker's own record of a message wins.
+    /// Returns how many were removed.
+    pub fn expire_retained(
         &mut self,
         now_ms: u64,
-        id: MessageId,
-        stored: Option<MessageMeta>,
-        changes: &mut Vec<Change>,
-    ) -> bool {
-        if self.active.contains_key(&id) {
-            return false;
+        candidates: Vec<(MessageId, Option<MessageMeta>)>,
+        ops: &mut Vec<Op>,
+    ) -> u64 {
+        let mut ids = Vec::new();
+        for (id, stored) in candidates {
+            let Ok(meta) = self.resolve(id, stored) else { continue };
+            if meta.state.is_active() {
+                continue;
+            }
+            let Some(retention_ms) = self.retention_of(meta.queue_id, meta.state) else { continue };
+            let remove_at_ms = meta.updated_at_ms.saturating_add(retention_ms);
+            if remove_at_ms <= now_ms {
+                self.apply_remove(id, now_ms);
+                ids.push(id);
+            } else {
+                self.book.expire_at(remove_at_ms, id);
+            }
         }
-        let Some(meta) = stored.filter(|meta| !meta.state.is_active()) else { return false };
-        self.queues[meta.queue_id.0 as usize].counts[meta.state.index()] -= 1;
-        changes.push(Change::DeleteMessage { id, queue_id: meta.queue_id, state: meta.state });
-        self.notices.push(Notice::about(NoticeKind::Deleted, id, &meta, now_ms, None));
-        true
+        let count = ids.len() as u64;
+        if !ids.is_empty() {
+            ops.push(Op::Remove { at_ms: now_ms, ids });
+        }
+        count
     }
 }
 
-impl Broker {
-    /// How long a terminal message of a queue stays before the sweep removes it; `None` forever.
-    pub(super) fn retention_of(&self, queue_id: QueueId, state: MessageState) -> Option<u64> {
-        let settings = &self.queues[queue_id.0 as usize].settings;
-        match state {
-            MessageState::Delivered => {
-                Some(settings.retention_ms.unwrap_or(self.config.retention_ms))
-            }
-            MessageState::Dead => settings.dead_retention_ms,
-            _ => None,
-        }
-    }
-
-    /// Arms the removal of a stored dead or delivered message with its queue's current retention.
-    pub fn rearm(
-        &mut self,
-        now_ms: u64,
-        id: MessageId,
-        stored: Option<MessageMeta>,
-        changes: &mut Vec<Change>,
-    ) {
-        let Some(meta) = stored.filter(|meta| !meta.state.is_active()) else { return };
-        if self.active.contains_key(&id) {
-            return;
-        }
-        if let Some(retention_ms) = self.retention_of(meta.queue_id, meta.state) {
-            let at_ms = meta.updated_at_ms.saturating_add(retention_ms).max(now_ms);
-            changes.push(Change::ExpireAt { at_ms, id });
-        }
-    }
-
-    /// Handles one due retention entry: removes the message if it is still terminal and its
-    /// retention (as configured now) has passed since it last changed, re-arms the entry if the
-    /// retention grew, and otherwise only drops the entry (the message moved on since).
-    pub fn sweep(
-        &mut self,
-        now_ms: u64,
-        at_ms: u64,
-        id: MessageId,
-        stored: Option<MessageMeta>,
-        changes: &mut Vec<Change>,
-    ) {
-        changes.push(Change::RemoveExpiry { at_ms, id });
-        let Some(meta) = stored.filter(|meta| !meta.state.is_active()) else { return };
-        if self.active.contains_key(&id) {
-            return;
-        }
-        let Some(retention_ms) = self.retention_of(meta.queue_id, meta.state) else { return };
-        let remove_at_ms = meta.updated_at_ms.saturating_add(retention_ms);
-        if remove_at_ms <= now_ms {
-            self.forget(now_ms, id, Some(meta), changes);
-        } else {
-            changes.push(Change::ExpireAt { at_ms: remove_at_ms, id });
-        }
-    }
+/// What the broker holds of one queue's terminal messages: see [`Broker::settled_of`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettledView {
+    /// Messages in the listed state, by id.
+    pub in_state: Vec<(MessageId, MessageMeta)>,
+    /// Messages of the queue the broker holds in another state or removed, by id: whatever the
+    /// catalog says of them is out of date.
+    pub elsewhere: Vec<MessageId>,
 }

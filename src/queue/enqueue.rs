@@ -1,10 +1,8 @@
 //! Enqueue: a batch of new messages, all or nothing, deduplicated by idempotency key.
 
-use super::{
-    Broker, Change, IdempotencyRecord, MessageId, MessageMeta, MessageState, Notice, NoticeKind,
-    QueueId,
-};
-use std::cmp::Reverse;
+use super::message::ContentLocation;
+use super::op::{Accepted, Op};
+use super::{Broker, MessageId};
 
 /// When a new message may first be delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,13 +15,13 @@ pub enum Delivery {
     At { deliver_at_ms: u64 },
 }
 
-/// One message of a batch, validated and with its content already encoded for the store.
+/// One message of a batch, validated, with its content already placed in the log frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewMessage {
-    /// The encoded `MessageContent` record.
-    pub content_record: Vec<u8>,
+    /// Where the storage thread put the encoded content in the frame of this request.
+    pub content: ContentLocation,
     pub priority: i32,
-    /// Attempts before it goes dead; `None` takes the broker's default.
+    /// Attempts before it goes dead; `None` takes the queue's or the broker's default.
     pub attempt_count_max: Option<u32>,
     pub delivery: Delivery,
 }
@@ -69,7 +67,7 @@ impl Broker {
         queue: &str,
         messages: Vec<NewMessage>,
         idempotency: Option<IdempotencyKey>,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Result<EnqueueOutcome, EnqueueError> {
         assert!(!messages.is_empty(), "empty batches are refused before the broker");
         let count = u32::try_from(messages.len()).expect("batch count is bounded by limits");
@@ -78,25 +76,35 @@ impl Broker {
                 return Ok(outcome);
             }
         }
-        let queue_id = self.intern_queue(queue, changes);
+        let queue_id = self.intern_queue(queue, ops);
         let first_id = MessageId(self.next_id);
-        for message in messages {
-            let id = MessageId(self.next_id);
-            self.next_id += 1;
-            self.accept(now_ms, queue_id, id, message, changes);
-        }
-        changes.push(Change::SetNextId { next_id: self.next_id });
-        if let Some(IdempotencyKey { key, request_hash }) = idempotency {
-            let record = IdempotencyRecord {
-                request_hash,
-                first_id: first_id.0,
-                count,
-                created_at_ms: now_ms,
-            };
-            self.idempotency_order.push_back((now_ms, queue_id, key.clone()));
-            self.idempotency.insert((queue_id, key.clone()), record);
-            changes.push(Change::PutIdempotency { queue_id, key, record });
-        }
+        let settings = &self.queues[queue_id.0 as usize].settings;
+        let default_attempts = settings.max_attempts.unwrap_or(self.config.attempt_count_max);
+        let accepted: Vec<Accepted> = messages
+            .into_iter()
+            .map(|message| {
+                let ready_at_ms = match message.delivery {
+                    Delivery::Now => now_ms,
+                    Delivery::After { delay_ms } => now_ms.saturating_add(delay_ms),
+                    Delivery::At { deliver_at_ms } => deliver_at_ms,
+                };
+                Accepted {
+                    priority: message.priority,
+                    attempt_count_max: message.attempt_count_max.unwrap_or(default_attempts),
+                    due_at_ms: if ready_at_ms > now_ms { ready_at_ms } else { 0 },
+                    content: message.content,
+                }
+            })
+            .collect();
+        let idempotency = idempotency.map(|key| (key.key, key.request_hash));
+        self.apply_enqueue(queue_id, first_id, now_ms, idempotency.clone(), &accepted);
+        ops.push(Op::Enqueue {
+            queue_id,
+            first_id,
+            at_ms: now_ms,
+            idempotency,
+            messages: accepted,
+        });
         Ok(EnqueueOutcome { first_id, count, duplicate: false })
     }
 
@@ -117,53 +125,5 @@ impl Broker {
         }
         let first_id = MessageId(record.first_id);
         Ok(Some(EnqueueOutcome { first_id, count: record.count, duplicate: true }))
-    }
-
-    /// Stores one new message and indexes it as scheduled or ready.
-    fn accept(
-        &mut self,
-        now_ms: u64,
-        queue_id: QueueId,
-        id: MessageId,
-        message: NewMessage,
-        changes: &mut Vec<Change>,
-    ) {
-        let ready_at_ms = match message.delivery {
-            Delivery::Now => now_ms,
-            Delivery::After { delay_ms } => now_ms.saturating_add(delay_ms),
-            Delivery::At { deliver_at_ms } => deliver_at_ms,
-        };
-        let scheduled = ready_at_ms > now_ms;
-        let state = if scheduled { MessageState::Scheduled } else { MessageState::Ready };
-        let queue = &mut self.queues[queue_id.0 as usize];
-        let attempt_count_max = message
-            .attempt_count_max
-            .or(queue.settings.max_attempts)
-            .unwrap_or(self.config.attempt_count_max);
-        let meta = MessageMeta {
-            queue_id,
-            state,
-            priority: message.priority,
-            attempt_count: 0,
-            attempt_count_max,
-            enqueued_at_ms: now_ms,
-            updated_at_ms: now_ms,
-            due_at_ms: if scheduled { ready_at_ms } else { 0 },
-            lease_nonce: 0,
-            leased_at_ms: 0,
-            event_seq: 0,
-        };
-        changes.push(Change::PutContent { id, record: message.content_record });
-        changes.push(Change::PutMeta { id, meta: meta.clone() });
-        queue.counts[state.index()] += 1;
-        queue.members[state.index()].insert(id);
-        if scheduled {
-            self.timers.insert(ready_at_ms, id.0);
-        } else {
-            queue.ready.insert((Reverse(meta.priority), id));
-            self.woken.push(queue_id);
-        }
-        self.notices.push(Notice::about(NoticeKind::Enqueued, id, &meta, now_ms, None));
-        self.active.insert(id, meta);
     }
 }

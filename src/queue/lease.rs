@@ -1,8 +1,8 @@
 //! Leases: lease, ack, nack, extend, and the failure path shared with lease expiry.
 
-use super::message::{HistoryEvent, HistoryKind, LeaseToken};
-use super::transition::Event;
-use super::{Broker, Change, MessageId, MessageMeta, MessageState, Notice, NoticeKind, QueueId};
+use super::message::{HistoryKind, LeaseToken};
+use super::op::{lease_nonce, FailOutcome, Failed, Op};
+use super::{Broker, MessageId, MessageMeta, MessageState, QueueId};
 
 /// One message handed to a consumer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,24 +43,15 @@ pub struct NackItem {
     pub dead: bool,
 }
 
-/// What a failed delivery led to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailOutcome {
-    /// It will be ready again at this time.
-    Retrying { next_attempt_at_ms: u64 },
-    /// It is dead.
-    Dead,
-}
-
 /// The result of nacking one token.
 pub type NackOutcome = Result<FailOutcome, Refusal>;
 
-/// A failed delivery, from a nack or a lease expiry.
-pub(super) struct Failure {
-    pub kind: HistoryKind,
-    pub error: String,
-    pub delay_ms: Option<u64>,
-    pub dead: bool,
+/// One item of an extend request: the token and the lease duration asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtendItem {
+    pub token: Option<LeaseToken>,
+    /// The new lease duration from now; `None` takes the queue's default.
+    pub lease_ms: Option<u64>,
 }
 
 impl Broker {
@@ -72,29 +63,30 @@ impl Broker {
         queue: &str,
         count_max: u32,
         lease_ms: Option<u64>,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Vec<Grant> {
         let Some(queue_id) = self.queue_id(queue) else {
             return Vec::new();
         };
-        let lease_ms = self.lease_ms(queue_id, lease_ms);
+        if self.queues[queue_id.0 as usize].paused {
+            return Vec::new();
+        }
+        let deadline_ms = now_ms.saturating_add(self.lease_ms(queue_id, lease_ms));
+        let nonce_seed = self.rng.next();
         let mut grants = Vec::new();
+        let mut ids = Vec::new();
         while grants.len() < count_max as usize {
-            let state = &self.queues[queue_id.0 as usize];
-            if state.paused {
-                break;
-            }
-            let Some(&(_, id)) = state.ready.first() else {
+            let Some(&(_, id)) = self.queues[queue_id.0 as usize].ready.first() else {
                 break;
             };
-            let nonce = self.rng.next() | 1;
-            let due_at_ms = now_ms.saturating_add(lease_ms);
-            let meta = self.transition_with(id, Event::Lease, now_ms, due_at_ms, changes, |meta| {
-                meta.attempt_count += 1;
-                meta.lease_nonce = nonce;
-                meta.leased_at_ms = now_ms;
-            });
+            let nonce = lease_nonce(nonce_seed, ids.len());
+            self.apply_lease(id, now_ms, deadline_ms, nonce);
+            ids.push(id);
+            let meta = self.active[&id].meta.clone();
             grants.push(Grant { id, token: LeaseToken { id, nonce }, meta });
+        }
+        if !ids.is_empty() {
+            ops.push(Op::Lease { at_ms: now_ms, deadline_ms, nonce_seed, ids });
         }
         grants
     }
@@ -105,15 +97,20 @@ impl Broker {
         now_ms: u64,
         queue: &str,
         tokens: &[Option<LeaseToken>],
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Vec<AckOutcome> {
         let queue_id = self.queue_id(queue);
         let mut outcomes = Vec::with_capacity(tokens.len());
+        let mut ids = Vec::new();
         for token in tokens {
             let outcome = self.held(now_ms, queue_id, *token).map(|id| {
-                self.transition(id, Event::Ack, now_ms, 0, changes);
+                self.apply_ack(id, now_ms);
+                ids.push(id);
             });
             outcomes.push(outcome);
+        }
+        if !ids.is_empty() {
+            ops.push(Op::Ack { at_ms: now_ms, ids });
         }
         outcomes
     }
@@ -124,21 +121,30 @@ impl Broker {
         now_ms: u64,
         queue: &str,
         items: Vec<NackItem>,
-        changes: &mut Vec<Change>,
+        ops: &mut Vec<Op>,
     ) -> Vec<NackOutcome> {
         let queue_id = self.queue_id(queue);
         let mut outcomes = Vec::with_capacity(items.len());
+        let mut failed = Vec::new();
         for item in items {
             let outcome = self.held(now_ms, queue_id, item.token).map(|id| {
-                let failure = Failure {
-                    kind: HistoryKind::Nacked,
-                    error: item.error,
-                    delay_ms: item.delay_ms,
-                    dead: item.dead,
-                };
-                self.fail(id, now_ms, failure, changes)
+                let decided = self.decide_failure(
+                    id,
+                    now_ms,
+                    HistoryKind::Nacked,
+                    item.error,
+                    item.delay_ms,
+                    item.dead,
+                );
+                self.apply_fail(&decided, now_ms);
+                let outcome = decided.outcome;
+                failed.push(decided);
+                outcome
             });
             outcomes.push(outcome);
+        }
+        if !failed.is_empty() {
+            ops.push(Op::Fail { at_ms: now_ms, items: failed });
         }
         outcomes
     }
@@ -148,18 +154,24 @@ impl Broker {
         &mut self,
         now_ms: u64,
         queue: &str,
-        items: &[(Option<LeaseToken>, Option<u64>)],
-        changes: &mut Vec<Change>,
+        items: &[ExtendItem],
+        ops: &mut Vec<Op>,
     ) -> Vec<ExtendOutcome> {
         let queue_id = self.queue_id(queue);
         let mut outcomes = Vec::with_capacity(items.len());
-        for (token, lease_ms) in items {
-            let outcome = self.held(now_ms, queue_id, *token).map(|id| {
-                let lease_ms = self.lease_ms(self.active[&id].queue_id, *lease_ms);
-                let due_at_ms = now_ms.saturating_add(lease_ms);
-                self.transition(id, Event::Extend, now_ms, due_at_ms, changes).due_at_ms
+        let mut extended = Vec::new();
+        for item in items {
+            let outcome = self.held(now_ms, queue_id, item.token).map(|id| {
+                let queue_id = self.active[&id].meta.queue_id;
+                let deadline_ms = now_ms.saturating_add(self.lease_ms(queue_id, item.lease_ms));
+                self.apply_extend(id, now_ms, deadline_ms);
+                extended.push((id, deadline_ms));
+                deadline_ms
             });
             outcomes.push(outcome);
+        }
+        if !extended.is_empty() {
+            ops.push(Op::Extend { at_ms: now_ms, items: extended });
         }
         outcomes
     }
@@ -174,7 +186,7 @@ impl Broker {
         let (Some(queue_id), Some(token)) = (queue_id, token) else {
             return Err(Refusal::Unknown);
         };
-        let Some(meta) = self.active.get(&token.id) else {
+        let Some(meta) = self.active.get(&token.id).map(|resident| &resident.meta) else {
             return Err(Refusal::NotActive(token.id));
         };
         if meta.queue_id != queue_id {
@@ -196,58 +208,30 @@ impl Broker {
         asked_ms.or(settings.lease_ms).unwrap_or(self.config.lease_ms)
     }
 
-    /// Records a failed delivery of a leased message and moves it to retrying or dead.
+    /// Decides what a failed delivery of a leased message leads to.
     ///
     /// It goes dead when `dead` is asked for or its attempts are used up; otherwise it retries after
-    /// `delay_ms`, or after its queue's backoff for its attempt count. The failure is recorded in
-    /// the message's history, which is where its last error is read from.
-    pub(super) fn fail(
+    /// `delay_ms`, or after its queue's backoff for its attempt count (with jitter).
+    pub(super) fn decide_failure(
         &mut self,
         id: MessageId,
         now_ms: u64,
-        failure: Failure,
-        changes: &mut Vec<Change>,
-    ) -> FailOutcome {
-        let meta = self.active.get(&id).expect("only leased messages fail");
+        kind: HistoryKind,
+        error: String,
+        delay_ms: Option<u64>,
+        dead: bool,
+    ) -> Failed {
+        let meta = &self.active[&id].meta;
         let attempt = meta.attempt_count;
         let queue_id = meta.queue_id;
-        let dead = failure.dead || attempt >= meta.attempt_count_max;
-        let cause = Some(failure.kind);
-        let event = HistoryEvent {
-            seq: meta.event_seq,
-            kind: failure.kind,
-            at_ms: now_ms,
-            attempt,
-            leased_at_ms: meta.leased_at_ms,
-            detail: failure.error,
-            dead,
+        let outcome = if dead || attempt >= meta.attempt_count_max {
+            FailOutcome::Dead
+        } else {
+            let random = self.rng.unit();
+            let policy = self.retry_policy(queue_id);
+            let delay_ms = delay_ms.unwrap_or_else(|| policy.delay_ms(attempt, random));
+            FailOutcome::Retrying { next_attempt_at_ms: now_ms.saturating_add(delay_ms) }
         };
-        let detail = Some(event.detail.clone());
-        let keep_count = self.config.history_keep_count;
-        changes.push(Change::RecordHistory { id, event, keep_count });
-        let count_event = |meta: &mut MessageMeta| meta.event_seq += 1;
-        if dead {
-            let meta = self.transition_with(
-                id,
-                Event::Fail { dead: true },
-                now_ms,
-                0,
-                changes,
-                count_event,
-            );
-            let notice = Notice::about(NoticeKind::Dead, id, &meta, now_ms, detail);
-            self.notices.push(Notice { cause, ..notice });
-            return FailOutcome::Dead;
-        }
-        let random = self.random_unit();
-        let policy = self.retry_policy(queue_id);
-        let delay_ms = failure.delay_ms.unwrap_or_else(|| policy.delay_ms(attempt, random));
-        let next_attempt_at_ms = now_ms.saturating_add(delay_ms);
-        let event = Event::Fail { dead: false };
-        let meta =
-            self.transition_with(id, event, now_ms, next_attempt_at_ms, changes, count_event);
-        let notice = Notice::about(NoticeKind::Retrying, id, &meta, now_ms, detail);
-        self.notices.push(Notice { cause, ..notice });
-        FailOutcome::Retrying { next_attempt_at_ms }
+        Failed { id, kind, error, outcome }
     }
 }

@@ -1,9 +1,10 @@
 //! The nouns of a message: its id, its state, the scheduling record and the stored content.
 //!
 //! A message is split in three records because they change at different rates:
-//! - [`MessageMeta`]: small and fixed-size, rewritten on every transition (lease, ack, nack, expiry).
-//!   Every active message's meta is also held in memory, so transitions never read the store.
-//! - [`MessageContent`]: headers and body, written once at enqueue. Kept out of memory.
+//! - [`MessageMeta`]: small, changed by every transition (lease, ack, nack, expiry). Every active
+//!   message's meta is held in memory, so transitions never read the disk.
+//! - [`MessageContent`]: headers and body, written once at enqueue into the log and never copied
+//!   into memory; the meta holds its [`ContentLocation`].
 //! - [`History`]: what broke the ordinary line (nacks, lease expiries, a person's actions); the
 //!   latest failure in it is the message's last error.
 
@@ -98,11 +99,47 @@ impl MessageState {
     }
 }
 
-/// The scheduling record of one message: everything a transition reads or writes.
+/// Where a message's content (headers and body) is stored.
 ///
-/// Small on purpose (integers only, varint-encoded on disk): it is rewritten on every transition
-/// and every active message keeps one in memory, so it holds no strings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Content is written once: in the write-ahead log frame that enqueued (or edited) the message,
+/// and read back from that segment file. Content moved out of a segment that is being reclaimed
+/// lives in the catalog instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContentLocation {
+    /// `len` bytes at byte `offset` of log segment `segment`.
+    Log { segment: u32, offset: u32, len: u32 },
+    /// In the catalog, under the message's id; `len` bytes.
+    Catalog { len: u32 },
+}
+
+impl ContentLocation {
+    /// The content's length in bytes.
+    pub fn len(self) -> u32 {
+        match self {
+            ContentLocation::Log { len, .. } | ContentLocation::Catalog { len } => len,
+        }
+    }
+
+    /// Whether the content is empty (never: a content record has a crc at least).
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// The log segment holding the content, if it is in the log.
+    pub fn segment(self) -> Option<u32> {
+        match self {
+            ContentLocation::Log { segment, .. } => Some(segment),
+            ContentLocation::Catalog { .. } => None,
+        }
+    }
+}
+
+/// The scheduling record of one message: everything a transition reads or writes, and where its
+/// content is.
+///
+/// Small on purpose (integers only, varint-encoded on disk): every active message keeps one in
+/// memory and the catalog keeps one per stored message, so it holds no strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageMeta {
     /// The queue the message belongs to.
     pub queue_id: QueueId,
@@ -126,6 +163,8 @@ pub struct MessageMeta {
     pub leased_at_ms: u64,
     /// How many history events were ever recorded; the next one gets this number.
     pub event_seq: u32,
+    /// Where its headers and body are.
+    pub content: ContentLocation,
 }
 
 /// How a body was given and must be returned.
@@ -138,14 +177,13 @@ pub enum BodyKind {
 }
 
 /// A message's headers and body: written once at enqueue, read on lease and look-up.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageContent {
     /// Header names and values, in the order given (names are unique).
     pub headers: Vec<(String, String)>,
     /// How `body` is to be returned.
     pub body_kind: BodyKind,
     /// The body's bytes exactly as received (JSON text, or the decoded base64).
-    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

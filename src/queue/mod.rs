@@ -2,37 +2,55 @@
 //!
 //! The broker holds the scheduling record ([`MessageMeta`]) of every active message (scheduled,
 //! ready, leased, retrying), a priority-ordered ready index per queue, per-state counters, the
-//! idempotency keys of the last 24 hours and the timer wheel. Operations take `now_ms` and append the
-//! [`Change`]s to persist; they never read the clock, the store or the network. Terminal messages
-//! (dead, delivered) leave memory: they only live in the store.
+//! idempotency keys of the last 24 hours and the timer wheel. Dead and delivered messages live in
+//! the catalog on disk; the broker keeps only those that changed since the last checkpoint
+//! (`settled`), until the catalog has them.
 //!
-//! The storage thread is the only caller, so there is no locking here. Because the broker changes its
-//! memory before the changes are durable, a failed WAL sync must stop all further writes (the storage
-//! thread does), and replies go out only after the sync.
+//! Every change is an [`Op`]: a live operation decides its op and applies it item by item through
+//! the functions that recovery uses to apply logged ops ([`Broker::apply`]), so replaying the log
+//! rebuilds exactly the state the live server had. Operations take `now_ms` and append their ops to
+//! a list; they never read the clock, the disk or the network. The storage thread writes each
+//! request's ops to the log as one frame and answers only after the frame is synced; because the
+//! broker changes its memory first, a failed sync must stop all further writes (the storage thread
+//! does).
+//!
+//! The broker also keeps the book of what a checkpoint must write to the catalog
+//! (`checkpoint.rs`): which catalog pages changed, pending history events, the content bytes each
+//! log segment still holds for stored messages.
 
-pub mod change;
+mod apply;
+mod checkpoint;
 mod control;
 mod enqueue;
 mod lease;
 pub mod message;
 mod notice;
+pub mod op;
+pub mod records;
 pub mod retry;
 pub mod transition;
 
-pub use change::{Change, IdempotencyRecord, QueueRecord, QueueSettings};
-pub use control::{ControlError, Edit};
+pub use apply::ApplyError;
+pub use checkpoint::{
+    page_of, PageChanges, SegmentUsage, Snapshot, TerminalCounts, PAGE_ID_BITS, PAGE_ID_COUNT,
+};
+pub use control::{ControlError, Edit, SettledView, Stored};
 pub use enqueue::{Delivery, EnqueueError, EnqueueOutcome, IdempotencyKey, NewMessage};
-pub use lease::{AckOutcome, ExtendOutcome, FailOutcome, Grant, NackItem, NackOutcome, Refusal};
+pub use lease::{AckOutcome, ExtendItem, ExtendOutcome, Grant, NackItem, NackOutcome, Refusal};
 pub use message::{
-    BodyKind, History, HistoryEvent, HistoryKind, LeaseToken, MessageContent, MessageId,
-    MessageMeta, MessageState, QueueId, ALL_STATES,
+    BodyKind, ContentLocation, History, HistoryEvent, HistoryKind, LeaseToken, MessageContent,
+    MessageId, MessageMeta, MessageState, QueueId, ALL_STATES,
 };
 pub use notice::{Notice, NoticeKind, ALL_NOTICE_KINDS};
+pub use op::{Accepted, EditFields, FailOutcome, Failed, Op};
+pub use records::{IdempotencyRecord, QueueRecord, QueueSettings};
 
-use crate::timer::TimerWheel;
+use crate::hash::FastMap;
+use crate::random::SplitMix64;
+use crate::timer::{TimerHandle, TimerWheel};
 use retry::RetryPolicy;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use transition::{next_state, Event};
 
 /// Settings the broker applies to every queue that does not override them.
@@ -84,6 +102,18 @@ pub struct QueueStats {
     pub settings: QueueSettings,
 }
 
+/// What the broker knows about one message right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its current record (active, or terminal and changed since the last checkpoint).
+    Found(MessageMeta),
+    /// It was removed since the last checkpoint.
+    Removed,
+    /// The broker does not hold it: the catalog, as of the durable checkpoint `epoch`, is current
+    /// for it (it is terminal or absent there).
+    InCatalog { epoch: u64 },
+}
+
 /// The in-memory state of one queue.
 struct QueueState {
     name: String,
@@ -99,17 +129,35 @@ struct QueueState {
 /// Scheduled, ready, leased and retrying come first in `ALL_STATES`.
 const ACTIVE_STATE_COUNT: usize = 4;
 
+/// An active message: its record and its armed timer.
+struct Resident {
+    meta: MessageMeta,
+    /// The timer of a timed state (scheduled, leased, retrying); cancelled when the state changes.
+    timer: Option<TimerHandle>,
+}
+
+/// A dead, delivered or removed message that changed since the last durable checkpoint.
+struct Settled {
+    /// Its record; `None` when it was removed.
+    meta: Option<MessageMeta>,
+    /// The checkpoint epoch that will write this change; 0 for a record read from the catalog and
+    /// not changed since (the catalog already holds it).
+    epoch: u64,
+}
+
 /// Every queue and every active message.
 pub struct Broker {
     config: BrokerConfig,
-    queue_ids: HashMap<String, QueueId>,
+    queue_ids: FastMap<String, QueueId>,
     /// Indexed by `QueueId.0`.
     queues: Vec<QueueState>,
     /// The scheduling record of every active message.
-    active: HashMap<MessageId, MessageMeta>,
-    /// One entry per armed deadline, keyed by message id; stale entries are skipped on expiry.
+    active: FastMap<MessageId, Resident>,
+    /// Terminal and removed messages changed since the last durable checkpoint.
+    settled: FastMap<MessageId, Settled>,
+    /// One entry per armed deadline, keyed by message id; cancelled when the message moves on.
     timers: TimerWheel,
-    idempotency: HashMap<(QueueId, String), IdempotencyRecord>,
+    idempotency: FastMap<(QueueId, String), IdempotencyRecord>,
     /// Idempotency keys in the order they were created, for forgetting them after the window.
     idempotency_order: VecDeque<(u64, QueueId, String)>,
     next_id: u64,
@@ -118,6 +166,8 @@ pub struct Broker {
     woken: Vec<QueueId>,
     /// What happened since the last `take_notices`, for the event stream.
     notices: Vec<Notice>,
+    /// What the next checkpoint must write.
+    book: checkpoint::Book,
 }
 
 impl Broker {
@@ -125,17 +175,24 @@ impl Broker {
     pub fn new(config: BrokerConfig, now_ms: u64, seed: u64) -> Broker {
         Broker {
             config,
-            queue_ids: HashMap::new(),
+            queue_ids: FastMap::default(),
             queues: Vec::new(),
-            active: HashMap::new(),
+            active: FastMap::default(),
+            settled: FastMap::default(),
             timers: TimerWheel::new(now_ms),
-            idempotency: HashMap::new(),
+            idempotency: FastMap::default(),
             idempotency_order: VecDeque::new(),
             next_id: 1,
             rng: SplitMix64(seed),
             woken: Vec::new(),
             notices: Vec::new(),
+            book: checkpoint::Book::default(),
         }
+    }
+
+    /// The settings every queue starts from.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
     }
 
     /// Counts, flags and settings of the queue named `name`, if it exists.
@@ -167,7 +224,7 @@ impl Broker {
     /// The ready message with the smallest id (ids increase in enqueue order).
     fn oldest_ready(&self, queue: &QueueState) -> Option<&MessageMeta> {
         let oldest = *queue.members[MessageState::Ready.index()].first()?;
-        self.active.get(&oldest)
+        self.active.get(&oldest).map(|resident| &resident.meta)
     }
 
     /// The queue id of `name`, if it exists.
@@ -177,7 +234,25 @@ impl Broker {
 
     /// The scheduling record of an active message.
     pub fn active_meta(&self, id: MessageId) -> Option<&MessageMeta> {
-        self.active.get(&id)
+        self.active.get(&id).map(|resident| &resident.meta)
+    }
+
+    /// What the broker knows of a message: its record, its removal, or that the catalog has it.
+    pub fn lookup(&self, id: MessageId) -> Lookup {
+        if let Some(resident) = self.active.get(&id) {
+            return Lookup::Found(resident.meta.clone());
+        }
+        match self.settled.get(&id) {
+            Some(Settled { meta: Some(meta), .. }) => Lookup::Found(meta.clone()),
+            Some(Settled { meta: None, .. }) => Lookup::Removed,
+            None => Lookup::InCatalog { epoch: self.book.durable_epoch },
+        }
+    }
+
+    /// Whether the broker holds the message's current state (active, or settled since the last
+    /// checkpoint, removal included).
+    pub fn is_resident(&self, id: MessageId) -> bool {
+        self.active.contains_key(&id) || self.settled.contains_key(&id)
     }
 
     /// Number of active messages (held in memory).
@@ -185,7 +260,13 @@ impl Broker {
         self.active.len()
     }
 
-    /// The earliest armed deadline, so the storage thread knows how long it may sleep.
+    /// Number of armed timers.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The earliest armed deadline (never later than it), so the storage thread knows how long it
+    /// may sleep.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.timers.next_deadline_ms()
     }
@@ -203,148 +284,92 @@ impl Broker {
         &self.queues[queue_id.0 as usize].name
     }
 
+    /// The number of queues.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
     /// The next id the broker will hand out.
     pub fn next_id(&self) -> u64 {
         self.next_id
     }
 
-    /// Restores a queue from the store at startup.
-    pub fn restore_queue(&mut self, queue_id: QueueId, record: QueueRecord) {
-        let index = queue_id.0 as usize;
-        while self.queues.len() <= index {
-            self.queues.push(QueueState::new(String::new()));
-        }
-        self.queue_ids.insert(record.name.clone(), queue_id);
-        self.queues[index].name = record.name;
-        self.queues[index].paused = record.paused;
-        self.queues[index].settings = record.settings;
-    }
-
-    /// Restores a message from the store at startup: counts it, and indexes and arms it if active.
-    ///
-    /// Overdue deadlines are armed as they are and fire on the first `expire_due`, so a message that
-    /// was leased when the server stopped becomes available when its lease would have expired.
-    pub fn restore_message(&mut self, id: MessageId, meta: MessageMeta) {
-        assert!(
-            (meta.queue_id.0 as usize) < self.queues.len(),
-            "message {id} names queue {} that was not restored",
-            meta.queue_id.0
-        );
-        self.next_id = self.next_id.max(id.0 + 1);
-        let queue = &mut self.queues[meta.queue_id.0 as usize];
-        queue.counts[meta.state.index()] += 1;
-        if !meta.state.is_active() {
-            return;
-        }
-        if meta.state == MessageState::Ready {
-            queue.ready.insert((Reverse(meta.priority), id));
-        }
-        queue.members[meta.state.index()].insert(id);
-        if meta.state.is_timed() {
-            self.timers.insert(meta.due_at_ms, id.0);
-        }
-        self.active.insert(id, meta);
-    }
-
-    /// Restores an idempotency key at startup; keys past their window are forgotten (with a change).
-    pub fn restore_idempotency(
-        &mut self,
-        now_ms: u64,
-        queue_id: QueueId,
-        key: String,
-        record: IdempotencyRecord,
-        changes: &mut Vec<Change>,
-    ) {
-        if record.created_at_ms.saturating_add(crate::limits::IDEMPOTENCY_WINDOW_MS) <= now_ms {
-            changes.push(Change::DeleteIdempotency { queue_id, key });
-            return;
-        }
-        self.idempotency_order.push_back((record.created_at_ms, queue_id, key.clone()));
-        self.idempotency.insert((queue_id, key), record);
-    }
-
-    /// Restores the id counter at startup (it never goes down).
-    pub fn restore_next_id(&mut self, next_id: u64) {
-        self.next_id = self.next_id.max(next_id);
-    }
-
-    /// Sorts the restored idempotency keys by age; call once after restoring them all.
-    pub fn finish_restore(&mut self) {
-        self.idempotency_order.make_contiguous().sort_unstable_by_key(|entry| entry.0);
-    }
-
     /// Fires every timer due at `now_ms` and forgets expired idempotency keys.
-    pub fn expire_due(&mut self, now_ms: u64, changes: &mut Vec<Change>) {
+    ///
+    /// A scheduled or retrying message whose time came becomes ready (one `Due` op); a leased
+    /// message whose lease ran out fails (one `Fail` op), retrying after its backoff or going dead.
+    pub fn expire_due(&mut self, now_ms: u64, ops: &mut Vec<Op>) {
         let mut fired = Vec::new();
         self.timers.expire(now_ms, &mut fired);
+        let mut due_ids = Vec::new();
+        let mut failed = Vec::new();
         for (deadline_ms, key) in fired {
-            self.fire(now_ms, deadline_ms, MessageId(key), changes);
+            let id = MessageId(key);
+            let Some(resident) = self.active.get_mut(&id) else { continue };
+            // The wheel forgot the timer as it fired; the record must not cancel it again.
+            resident.timer = None;
+            let meta = &resident.meta;
+            debug_assert!(meta.state.is_timed() && meta.due_at_ms == deadline_ms, "stale timer");
+            if !meta.state.is_timed() || meta.due_at_ms != deadline_ms {
+                continue;
+            }
+            match meta.state {
+                MessageState::Scheduled | MessageState::Retrying => {
+                    self.apply_due(id, now_ms);
+                    due_ids.push(id);
+                }
+                MessageState::Leased => {
+                    let text = "lease expired before the consumer acked, nacked or extended it";
+                    let item = self.decide_failure(
+                        id,
+                        now_ms,
+                        HistoryKind::LeaseExpired,
+                        text.to_string(),
+                        None,
+                        false,
+                    );
+                    self.apply_fail(&item, now_ms);
+                    failed.push(item);
+                }
+                _ => unreachable!("is_timed covers exactly these states"),
+            }
         }
-        self.forget_idempotency(now_ms, changes);
+        if !due_ids.is_empty() {
+            ops.push(Op::Due { at_ms: now_ms, ids: due_ids });
+        }
+        if !failed.is_empty() {
+            ops.push(Op::Fail { at_ms: now_ms, items: failed });
+        }
+        self.forget_idempotency(now_ms);
     }
 
-    /// Acts on one fired timer, unless it is stale (the message moved on or its deadline changed).
-    fn fire(&mut self, now_ms: u64, deadline_ms: u64, id: MessageId, changes: &mut Vec<Change>) {
-        let Some(meta) = self.active.get(&id) else {
-            return;
-        };
-        if !meta.state.is_timed() || meta.due_at_ms != deadline_ms {
-            return;
-        }
-        match meta.state {
-            MessageState::Scheduled | MessageState::Retrying => {
-                self.transition(id, Event::Due, now_ms, 0, changes);
-            }
-            MessageState::Leased => {
-                let text = "lease expired before the consumer acked, nacked or extended it";
-                let failure = lease::Failure {
-                    kind: HistoryKind::LeaseExpired,
-                    error: text.to_string(),
-                    delay_ms: None,
-                    dead: false,
-                };
-                self.fail(id, now_ms, failure, changes);
-            }
-            _ => unreachable!("is_timed covers exactly these states"),
-        }
-    }
-
-    fn forget_idempotency(&mut self, now_ms: u64, changes: &mut Vec<Change>) {
+    /// Forgets idempotency keys whose window passed (in memory; the catalog drops them by age).
+    pub fn forget_idempotency(&mut self, now_ms: u64) {
         let window_ms = crate::limits::IDEMPOTENCY_WINDOW_MS;
         while let Some((created_at_ms, _, _)) = self.idempotency_order.front() {
             if created_at_ms.saturating_add(window_ms) > now_ms {
                 break;
             }
-            let Some((_, queue_id, key)) = self.idempotency_order.pop_front() else {
+            let Some((created_at_ms, queue_id, key)) = self.idempotency_order.pop_front() else {
                 break;
             };
-            self.idempotency.remove(&(queue_id, key.clone()));
-            changes.push(Change::DeleteIdempotency { queue_id, key });
+            let entry = (queue_id, key);
+            // The key may have been used again (and so re-created) after its first window.
+            if self.idempotency.get(&entry).is_some_and(|r| r.created_at_ms == created_at_ms) {
+                self.idempotency.remove(&entry);
+            }
         }
     }
 
-    /// The id of the queue named `name`, creating it (with a change) on first use.
-    fn intern_queue(&mut self, name: &str, changes: &mut Vec<Change>) -> QueueId {
+    /// The id of the queue named `name`, creating it (with an op) on first use.
+    fn intern_queue(&mut self, name: &str, ops: &mut Vec<Op>) -> QueueId {
         if let Some(queue_id) = self.queue_ids.get(name) {
             return *queue_id;
         }
-        let index = u32::try_from(self.queues.len()).expect("fewer than 2^32 queues");
-        let queue_id = QueueId(index);
-        self.queues.push(QueueState::new(name.to_string()));
-        self.queue_ids.insert(name.to_string(), queue_id);
-        self.persist_queue(queue_id, changes);
+        let queue_id = QueueId(u32::try_from(self.queues.len()).expect("fewer than 2^32 queues"));
+        self.apply_create_queue(queue_id, name.to_string());
+        ops.push(Op::CreateQueue { queue_id, name: name.to_string() });
         queue_id
-    }
-
-    /// Emits the queue's current record.
-    fn persist_queue(&self, queue_id: QueueId, changes: &mut Vec<Change>) {
-        let queue = &self.queues[queue_id.0 as usize];
-        let record = QueueRecord {
-            name: queue.name.clone(),
-            paused: queue.paused,
-            settings: queue.settings.clone(),
-        };
-        changes.push(Change::PutQueue { queue_id, record });
     }
 
     /// The retry policy of a queue: its overrides over the server's defaults.
@@ -359,32 +384,37 @@ impl Broker {
         }
     }
 
-    /// Moves an active message through the state machine and keeps indexes, counters and timers in
-    /// step. `due_at_ms` is the new deadline for timed states and ignored otherwise.
-    ///
-    /// Panics when the state machine refuses: callers check states first, so a refusal is a bug.
-    fn transition(
-        &mut self,
-        id: MessageId,
-        event: Event,
-        now_ms: u64,
-        due_at_ms: u64,
-        changes: &mut Vec<Change>,
-    ) -> MessageMeta {
-        self.transition_with(id, event, now_ms, due_at_ms, changes, |_| {})
+    /// How long a terminal message of a queue stays before retention removes it; `None` forever.
+    pub(super) fn retention_of(&self, queue_id: QueueId, state: MessageState) -> Option<u64> {
+        let settings = &self.queues[queue_id.0 as usize].settings;
+        match state {
+            MessageState::Delivered => {
+                Some(settings.retention_ms.unwrap_or(self.config.retention_ms))
+            }
+            MessageState::Dead => settings.dead_retention_ms,
+            _ => None,
+        }
     }
 
-    /// Like [`Broker::transition`], with `adjust` applied to the record before it is persisted.
+    /// Moves a resident message through the state machine and keeps indexes, counters, timers and
+    /// the checkpoint book in step. `due_at_ms` is the new deadline for timed states and ignored
+    /// otherwise.
+    ///
+    /// Panics when the message is not in `active` or the state machine refuses: callers check
+    /// first (live operations) or validate the op (replay), so either is a bug.
     fn transition_with(
         &mut self,
         id: MessageId,
         event: Event,
         now_ms: u64,
         due_at_ms: u64,
-        changes: &mut Vec<Change>,
         adjust: impl FnOnce(&mut MessageMeta),
     ) -> MessageMeta {
-        let mut meta = self.active.remove(&id).expect("transition of an active message");
+        let Resident { mut meta, timer } =
+            self.active.remove(&id).expect("transition of a resident message");
+        if let Some(timer) = timer {
+            self.timers.cancel(timer);
+        }
         let from = meta.state;
         let to = next_state(from, event).unwrap_or_else(|error| panic!("message {id}: {error}"));
         let queue_id = meta.queue_id;
@@ -395,8 +425,8 @@ impl Broker {
         }
         if from.is_active() {
             queue.members[from.index()].remove(&id);
-        } else {
-            changes.push(Change::UnindexTerminal { queue_id, state: from, id });
+        } else if to.is_active() {
+            self.book.revived.insert(id, self.book.epoch);
         }
         queue.counts[from.index()] -= 1;
         queue.counts[to.index()] += 1;
@@ -414,42 +444,43 @@ impl Broker {
         if to.is_active() {
             queue.members[to.index()].insert(id);
         }
-        if to.is_timed() {
-            self.timers.insert(meta.due_at_ms, id.0);
-        }
+        let timer = to.is_timed().then(|| self.timers.insert(meta.due_at_ms, id.0));
         self.notice_of(event, id, &meta, now_ms);
-        changes.push(Change::PutMeta { id, meta: meta.clone() });
+        self.book.touch(id);
         if to.is_active() {
-            self.active.insert(id, meta.clone());
+            self.active.insert(id, Resident { meta: meta.clone(), timer });
         } else {
-            self.enter_terminal(id, &meta, now_ms, changes);
+            self.enter_terminal(id, meta.clone(), now_ms);
         }
         meta
     }
 
-    /// Lists a message that became dead or delivered, and arms its removal after the retention.
-    fn enter_terminal(
-        &mut self,
-        id: MessageId,
-        meta: &MessageMeta,
-        now_ms: u64,
-        changes: &mut Vec<Change>,
-    ) {
+    /// Keeps a message that became dead or delivered until the catalog has it, and notes when its
+    /// retention ends; a retention of 0 removes it at once.
+    fn enter_terminal(&mut self, id: MessageId, meta: MessageMeta, now_ms: u64) {
         let queue_id = meta.queue_id;
         let retention_ms = self.retention_of(queue_id, meta.state);
         if retention_ms == Some(0) {
             self.queues[queue_id.0 as usize].counts[meta.state.index()] -= 1;
-            changes.push(Change::DeleteMessage { id, queue_id, state: meta.state });
+            self.book.forget_content(id, meta.content);
+            self.book.drop_history(id);
+            self.settle(id, None);
             return;
         }
-        changes.push(Change::IndexTerminal { queue_id, state: meta.state, id });
         if let Some(retention_ms) = retention_ms {
-            changes.push(Change::ExpireAt { at_ms: now_ms.saturating_add(retention_ms), id });
+            self.book.expire_at(now_ms.saturating_add(retention_ms), id);
         }
+        self.settle(id, Some(meta));
     }
 
-    /// Records what a transition means for the event stream (failures are noticed by `fail`, with
-    /// their error text; timer moves to ready and extensions are not news).
+    /// Records a terminal or removed message's change until the next checkpoint writes it.
+    fn settle(&mut self, id: MessageId, meta: Option<MessageMeta>) {
+        self.book.touch(id);
+        self.settled.insert(id, Settled { meta, epoch: self.book.epoch });
+    }
+
+    /// Records what a transition means for the event stream (failures are noticed by `apply_fail`,
+    /// with their error text; timer moves to ready and extensions are not news).
     fn notice_of(&mut self, event: Event, id: MessageId, meta: &MessageMeta, now_ms: u64) {
         let kind = match event {
             Event::Lease => NoticeKind::Leased,
@@ -465,11 +496,6 @@ impl Broker {
     pub fn take_notices(&mut self) -> Vec<Notice> {
         std::mem::take(&mut self.notices)
     }
-
-    /// A uniformly drawn number in [0, 1).
-    fn random_unit(&mut self) -> f64 {
-        (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 impl QueueState {
@@ -482,22 +508,6 @@ impl QueueState {
             members: Default::default(),
             counts: [0; 6],
         }
-    }
-}
-
-/// A small, fast, seedable generator (SplitMix64) for lease nonces and jitter.
-///
-/// Nonces need to be unpredictable enough that a stale token never matches a new delivery by
-/// chance, not cryptographically secret: access control is the job of API tokens.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 

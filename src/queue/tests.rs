@@ -1,7 +1,9 @@
-//! Broker unit tests: every operation with a virtual clock, and recovery from the changes it emitted.
+//! Broker unit tests: every operation with a virtual clock, the ops each one logs, and recovery
+//! (checkpoint plus replay, through the same code as a restart) from what was logged.
 
 use super::*;
 use crate::queue::message::{LeaseToken, ALL_STATES};
+use crate::store::model::DiskModel;
 
 const NOW: u64 = 1_000_000;
 
@@ -15,109 +17,242 @@ fn config() -> BrokerConfig {
     }
 }
 
-fn message(priority: i32) -> NewMessage {
-    NewMessage {
-        content_record: vec![1, 2, 3],
-        priority,
-        attempt_count_max: None,
-        delivery: Delivery::Now,
+/// A broker and the disk its ops go to, driven the way the storage thread drives them.
+struct Harness {
+    broker: Broker,
+    disk: DiskModel,
+    /// Ops of the last call.
+    ops: Vec<Op>,
+}
+
+/// A message to enqueue: its priority and delivery.
+#[derive(Clone, Copy)]
+struct Plan {
+    priority: i32,
+    delivery: Delivery,
+}
+
+fn message(priority: i32) -> Plan {
+    Plan { priority, delivery: Delivery::Now }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness { broker: Broker::new(config(), NOW, 1), disk: DiskModel::new(), ops: Vec::new() }
     }
-}
 
-fn enqueue(broker: &mut Broker, now_ms: u64, messages: Vec<NewMessage>) -> Vec<MessageId> {
-    let mut changes = Vec::new();
-    let outcome = broker.enqueue(now_ms, "q", messages, None, &mut changes).unwrap();
-    outcome.ids().collect()
-}
+    /// Logs what the last call decided, as one frame.
+    fn log(&mut self) {
+        self.disk.log(&self.ops);
+    }
 
-fn lease(broker: &mut Broker, now_ms: u64, count_max: u32) -> Vec<Grant> {
-    broker.lease(now_ms, "q", count_max, Some(1000), &mut Vec::new())
-}
+    fn try_enqueue(
+        &mut self,
+        now_ms: u64,
+        queue: &str,
+        plans: Vec<Plan>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<EnqueueOutcome, EnqueueError> {
+        let contents: Vec<Vec<u8>> =
+            plans.iter().enumerate().map(|(index, _)| vec![index as u8; 3]).collect();
+        let locations = self.disk.place(&contents);
+        let messages = plans
+            .iter()
+            .zip(locations)
+            .map(|(plan, content)| NewMessage {
+                content,
+                priority: plan.priority,
+                attempt_count_max: None,
+                delivery: plan.delivery,
+            })
+            .collect();
+        self.ops.clear();
+        let outcome = self.broker.enqueue(now_ms, queue, messages, key, &mut self.ops);
+        self.log();
+        outcome
+    }
 
-fn counts(broker: &Broker) -> StateCounts {
-    broker.queue_stats("q").map(|stats| stats.counts).unwrap_or_default()
-}
+    fn enqueue(&mut self, now_ms: u64, plans: Vec<Plan>) -> Vec<MessageId> {
+        self.try_enqueue(now_ms, "q", plans, None).unwrap().ids().collect()
+    }
 
-fn count(broker: &Broker, state: MessageState) -> u64 {
-    counts(broker)[state.index()]
+    fn lease(&mut self, now_ms: u64, count_max: u32) -> Vec<Grant> {
+        self.ops.clear();
+        let grants = self.broker.lease(now_ms, "q", count_max, Some(1000), &mut self.ops);
+        self.log();
+        grants
+    }
+
+    fn ack(&mut self, now_ms: u64, queue: &str, tokens: &[Option<LeaseToken>]) -> Vec<AckOutcome> {
+        self.ops.clear();
+        let outcomes = self.broker.ack(now_ms, queue, tokens, &mut self.ops);
+        self.log();
+        outcomes
+    }
+
+    fn nack(&mut self, now_ms: u64, items: Vec<NackItem>) -> Vec<NackOutcome> {
+        self.ops.clear();
+        let outcomes = self.broker.nack(now_ms, "q", items, &mut self.ops);
+        self.log();
+        outcomes
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        self.ops.clear();
+        self.broker.expire_due(now_ms, &mut self.ops);
+        self.log();
+    }
+
+    /// Runs a person's action (it gets the broker, the stored record and the op list).
+    fn act<T>(
+        &mut self,
+        id: MessageId,
+        action: impl FnOnce(&mut Broker, Option<MessageMeta>, &mut Vec<Op>) -> T,
+    ) -> T {
+        let stored =
+            if self.broker.is_resident(id) { None } else { self.disk.observe(&self.broker, id) };
+        self.ops.clear();
+        let result = action(&mut self.broker, stored, &mut self.ops);
+        self.log();
+        result
+    }
+
+    fn checkpoint(&mut self, now_ms: u64) {
+        self.disk.checkpoint(&mut self.broker, now_ms).unwrap();
+    }
+
+    /// A broker rebuilt from the disk, as a restart would.
+    fn recovered(&self, now_ms: u64) -> Broker {
+        self.disk.recover(config(), now_ms, 2).unwrap()
+    }
+
+    fn counts(&self) -> StateCounts {
+        self.broker.queue_stats("q").map(|stats| stats.counts).unwrap_or_default()
+    }
+
+    fn count(&self, state: MessageState) -> u64 {
+        self.counts()[state.index()]
+    }
+
+    /// The message's record as a reader sees it.
+    fn observe(&self, id: MessageId) -> Option<MessageMeta> {
+        self.disk.observe(&self.broker, id)
+    }
+
+    /// Every observable record, counts and ids of `broker` match those of the harness's broker.
+    fn assert_same_state(&self, other: &Broker) {
+        for name in ["q", "p"] {
+            assert_eq!(self.broker.queue_stats(name), other.queue_stats(name), "queue {name}");
+        }
+        assert_eq!(self.broker.next_id(), other.next_id());
+        for id in (1..self.broker.next_id()).map(MessageId) {
+            assert_eq!(self.observe(id), self.disk.observe(other, id), "message {id}");
+            assert_eq!(
+                self.broker.pending_history(id).len() >= other.pending_history(id).len(),
+                true
+            );
+        }
+    }
 }
 
 #[test]
 fn priority_first_then_fifo() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let ids = enqueue(&mut broker, NOW, vec![message(0), message(5), message(0), message(5)]);
-    let order: Vec<MessageId> = lease(&mut broker, NOW, 10).iter().map(|grant| grant.id).collect();
+    let mut harness = Harness::new();
+    let ids = harness.enqueue(NOW, vec![message(0), message(5), message(0), message(5)]);
+    let order: Vec<MessageId> = harness.lease(NOW, 10).iter().map(|grant| grant.id).collect();
     assert_eq!(order, vec![ids[1], ids[3], ids[0], ids[2]]);
 }
 
 #[test]
+fn ops_are_logged_compactly_and_only_when_something_changed() {
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0), message(0)]);
+    assert!(matches!(harness.ops[..], [Op::CreateQueue { .. }, Op::Enqueue { .. }]));
+    let grants = harness.lease(NOW, 10);
+    assert!(matches!(&harness.ops[..], [Op::Lease { ids, .. }] if ids.len() == 2));
+    assert!(harness.lease(NOW, 10).is_empty());
+    assert!(harness.ops.is_empty(), "an empty lease logs nothing");
+    harness.ack(NOW, "q", &[Some(grants[0].token), Some(grants[0].token)]);
+    assert!(matches!(&harness.ops[..], [Op::Ack { ids, .. }] if ids.len() == 1));
+    assert_eq!(harness.disk.frame_count, 3);
+}
+
+#[test]
 fn ack_delivers_and_a_second_ack_is_refused() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let grant = lease(&mut broker, NOW, 1).remove(0);
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0)]);
+    let grant = harness.lease(NOW, 1).remove(0);
     assert_eq!(grant.meta.attempt_count, 1);
-    let mut changes = Vec::new();
-    assert_eq!(broker.ack(NOW + 1, "q", &[Some(grant.token)], &mut changes), vec![Ok(())]);
-    assert_eq!(count(&broker, MessageState::Delivered), 1);
-    assert_eq!(broker.active_count(), 0);
-    let again = broker.ack(NOW + 2, "q", &[Some(grant.token)], &mut changes);
+    assert_eq!(harness.ack(NOW + 1, "q", &[Some(grant.token)]), vec![Ok(())]);
+    assert_eq!(harness.count(MessageState::Delivered), 1);
+    assert_eq!(harness.broker.active_count(), 0);
+    let again = harness.ack(NOW + 2, "q", &[Some(grant.token)]);
     assert_eq!(again, vec![Err(Refusal::NotActive(grant.id))]);
-    assert_eq!(
-        broker.ack(NOW, "other", &[Some(grant.token)], &mut changes),
-        vec![Err(Refusal::Unknown)]
-    );
-    assert_eq!(broker.ack(NOW, "q", &[None], &mut changes), vec![Err(Refusal::Unknown)]);
+    assert_eq!(harness.ack(NOW, "other", &[Some(grant.token)]), vec![Err(Refusal::Unknown)]);
+    assert_eq!(harness.ack(NOW, "q", &[None]), vec![Err(Refusal::Unknown)]);
 }
 
 #[test]
 fn lease_expiry_retries_with_backoff_and_a_stale_token_cannot_ack() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let first = lease(&mut broker, NOW, 1).remove(0);
-    let mut changes = Vec::new();
-    broker.expire_due(NOW + 999, &mut changes);
-    assert_eq!(count(&broker, MessageState::Leased), 1);
-    broker.expire_due(NOW + 1000, &mut changes);
-    assert_eq!(count(&broker, MessageState::Retrying), 1);
-    assert!(changes.iter().any(|change| matches!(change, Change::RecordHistory { .. })));
-    assert!(lease(&mut broker, NOW + 1099, 1).is_empty(), "backoff of 100 ms not over");
-    broker.expire_due(NOW + 1100, &mut changes);
-    let second = lease(&mut broker, NOW + 1100, 1).remove(0);
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0)]);
+    let first = harness.lease(NOW, 1).remove(0);
+    harness.expire(NOW + 999);
+    assert_eq!(harness.count(MessageState::Leased), 1);
+    harness.expire(NOW + 1000);
+    assert_eq!(harness.count(MessageState::Retrying), 1);
+    assert!(
+        matches!(&harness.ops[..], [Op::Fail { items, .. }] if items[0].kind == HistoryKind::LeaseExpired)
+    );
+    assert_eq!(harness.broker.pending_history(first.id).len(), 1, "the expiry is in the history");
+    assert!(harness.lease(NOW + 1099, 1).is_empty(), "backoff of 100 ms not over");
+    harness.expire(NOW + 1100);
+    let second = harness.lease(NOW + 1100, 1).remove(0);
     assert_eq!(second.meta.attempt_count, 2);
     assert_ne!(first.token, second.token);
-    let stale = broker.ack(NOW + 1101, "q", &[Some(first.token)], &mut changes);
+    let stale = harness.ack(NOW + 1101, "q", &[Some(first.token)]);
     assert_eq!(stale, vec![Err(Refusal::LeaseExpired)]);
-    assert_eq!(broker.ack(NOW + 1101, "q", &[Some(second.token)], &mut changes), vec![Ok(())]);
+    assert_eq!(harness.ack(NOW + 1101, "q", &[Some(second.token)]), vec![Ok(())]);
+}
+
+#[test]
+fn acked_leases_leave_no_timer_behind() {
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, (0..100).map(|_| message(0)).collect());
+    let grants = harness.lease(NOW, 100);
+    assert_eq!(harness.broker.timer_count(), 100);
+    let tokens: Vec<Option<LeaseToken>> = grants.iter().map(|grant| Some(grant.token)).collect();
+    harness.ack(NOW + 1, "q", &tokens);
+    assert_eq!(harness.broker.timer_count(), 0, "acks cancel their lease timers");
 }
 
 #[test]
 fn a_lease_past_its_deadline_no_longer_holds_even_before_the_timer_fires() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let grant = lease(&mut broker, NOW, 1).remove(0);
-    let late = broker.ack(NOW + 1000, "q", &[Some(grant.token)], &mut Vec::new());
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0)]);
+    let grant = harness.lease(NOW, 1).remove(0);
+    let late = harness.ack(NOW + 1000, "q", &[Some(grant.token)]);
     assert_eq!(late, vec![Err(Refusal::LeaseExpired)]);
+}
+
+fn nack_item(token: LeaseToken, delay_ms: Option<u64>, dead: bool) -> NackItem {
+    NackItem { token: Some(token), error: "boom".into(), delay_ms, dead }
 }
 
 #[test]
 fn nack_backs_off_exponentially_then_dead_letters_at_max_attempts() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0)]);
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0)]);
     let mut now_ms = NOW;
     let mut outcomes = Vec::new();
     for _ in 0..3 {
-        let grant = lease(&mut broker, now_ms, 1).remove(0);
-        let item = NackItem {
-            token: Some(grant.token),
-            error: "boom".into(),
-            delay_ms: None,
-            dead: false,
-        };
-        let outcome = broker.nack(now_ms, "q", vec![item], &mut Vec::new()).remove(0).unwrap();
+        let grant = harness.lease(now_ms, 1).remove(0);
+        let outcome = harness.nack(now_ms, vec![nack_item(grant.token, None, false)]).remove(0);
+        let outcome = outcome.unwrap();
         outcomes.push(outcome);
         if let FailOutcome::Retrying { next_attempt_at_ms } = outcome {
             now_ms = next_attempt_at_ms;
-            broker.expire_due(now_ms, &mut Vec::new());
+            harness.expire(now_ms);
         }
     }
     assert_eq!(
@@ -128,154 +263,134 @@ fn nack_backs_off_exponentially_then_dead_letters_at_max_attempts() {
             FailOutcome::Dead,
         ]
     );
-    assert_eq!(count(&broker, MessageState::Dead), 1);
-    assert_eq!(broker.active_count(), 0);
+    assert_eq!(harness.count(MessageState::Dead), 1);
+    assert_eq!(harness.broker.active_count(), 0);
 }
 
 #[test]
 fn nack_honours_an_explicit_delay_and_dead_flag() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0), message(0)]);
-    let grants = lease(&mut broker, NOW, 2);
-    let items = vec![
-        NackItem {
-            token: Some(grants[0].token),
-            error: "later".into(),
-            delay_ms: Some(5000),
-            dead: false,
-        },
-        NackItem {
-            token: Some(grants[1].token),
-            error: "bad address".into(),
-            delay_ms: None,
-            dead: true,
-        },
-    ];
-    let outcomes = broker.nack(NOW, "q", items, &mut Vec::new());
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0), message(0)]);
+    let grants = harness.lease(NOW, 2);
+    let items =
+        vec![nack_item(grants[0].token, Some(5000), false), nack_item(grants[1].token, None, true)];
+    let outcomes = harness.nack(NOW, items);
     assert_eq!(outcomes[0], Ok(FailOutcome::Retrying { next_attempt_at_ms: NOW + 5000 }));
     assert_eq!(outcomes[1], Ok(FailOutcome::Dead));
 }
 
 #[test]
-fn extend_moves_the_deadline_and_the_old_timer_is_ignored() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let grant = lease(&mut broker, NOW, 1).remove(0);
-    let extended =
-        broker.extend(NOW + 500, "q", &[(Some(grant.token), Some(2000))], &mut Vec::new());
+fn extend_moves_the_deadline_and_the_old_timer_is_cancelled() {
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0)]);
+    let grant = harness.lease(NOW, 1).remove(0);
+    let item = ExtendItem { token: Some(grant.token), lease_ms: Some(2000) };
+    harness.ops.clear();
+    let extended = harness.broker.extend(NOW + 500, "q", &[item], &mut harness.ops);
+    harness.log();
     assert_eq!(extended, vec![Ok(NOW + 2500)]);
-    broker.expire_due(NOW + 1000, &mut Vec::new());
-    assert_eq!(count(&broker, MessageState::Leased), 1, "the original deadline no longer counts");
-    broker.expire_due(NOW + 2500, &mut Vec::new());
-    assert_eq!(count(&broker, MessageState::Retrying), 1);
+    assert_eq!(harness.broker.timer_count(), 1, "the old lease timer is gone");
+    harness.expire(NOW + 1000);
+    assert_eq!(harness.count(MessageState::Leased), 1, "the original deadline no longer counts");
+    harness.expire(NOW + 2500);
+    assert_eq!(harness.count(MessageState::Retrying), 1);
 }
 
 #[test]
 fn scheduled_messages_wait_for_their_time() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let later = NewMessage { delivery: Delivery::After { delay_ms: 50 }, ..message(0) };
-    let at = NewMessage { delivery: Delivery::At { deliver_at_ms: NOW + 80 }, ..message(9) };
-    let past = NewMessage { delivery: Delivery::At { deliver_at_ms: NOW - 1 }, ..message(0) };
-    let ids = enqueue(&mut broker, NOW, vec![later, at, past]);
-    assert_eq!(count(&broker, MessageState::Scheduled), 2);
-    assert_eq!(
-        lease(&mut broker, NOW, 10).iter().map(|grant| grant.id).collect::<Vec<_>>(),
-        vec![ids[2]]
-    );
-    assert_eq!(broker.next_deadline_ms(), Some(NOW + 50));
-    broker.expire_due(NOW + 79, &mut Vec::new());
-    assert_eq!(broker.take_woken(), vec![QueueId(0)]);
-    broker.expire_due(NOW + 80, &mut Vec::new());
-    let order: Vec<MessageId> =
-        lease(&mut broker, NOW + 80, 10).iter().map(|grant| grant.id).collect();
+    let mut harness = Harness::new();
+    let later = Plan { delivery: Delivery::After { delay_ms: 50 }, ..message(0) };
+    let at = Plan { delivery: Delivery::At { deliver_at_ms: NOW + 80 }, ..message(9) };
+    let past = Plan { delivery: Delivery::At { deliver_at_ms: NOW - 1 }, ..message(0) };
+    let ids = harness.enqueue(NOW, vec![later, at, past]);
+    assert_eq!(harness.count(MessageState::Scheduled), 2);
+    let leased: Vec<MessageId> = harness.lease(NOW, 10).iter().map(|grant| grant.id).collect();
+    assert_eq!(leased, vec![ids[2]]);
+    assert_eq!(harness.broker.next_deadline_ms(), Some(NOW + 50));
+    harness.broker.take_woken();
+    harness.expire(NOW + 79);
+    assert_eq!(harness.broker.take_woken(), vec![QueueId(0)]);
+    harness.expire(NOW + 80);
+    let order: Vec<MessageId> = harness.lease(NOW + 80, 10).iter().map(|grant| grant.id).collect();
     assert_eq!(order, vec![ids[1], ids[0]]);
 }
 
 #[test]
 fn idempotency_returns_the_original_ids_and_refuses_a_different_body() {
-    let mut broker = Broker::new(config(), NOW, 1);
+    let mut harness = Harness::new();
     let key = |hash| Some(IdempotencyKey { key: "k".into(), request_hash: hash });
-    let mut changes = Vec::new();
-    let first =
-        broker.enqueue(NOW, "q", vec![message(0), message(0)], key(7), &mut changes).unwrap();
-    changes.clear();
-    let again =
-        broker.enqueue(NOW + 1, "q", vec![message(0), message(0)], key(7), &mut changes).unwrap();
+    let first = harness.try_enqueue(NOW, "q", vec![message(0), message(0)], key(7)).unwrap();
+    let frames = harness.disk.frame_count;
+    let again = harness.try_enqueue(NOW + 1, "q", vec![message(0), message(0)], key(7)).unwrap();
     assert!(again.duplicate);
     assert_eq!(again.ids().collect::<Vec<_>>(), first.ids().collect::<Vec<_>>());
-    assert!(changes.is_empty(), "a duplicate changes nothing");
-    let conflict = broker.enqueue(NOW + 1, "q", vec![message(0)], key(8), &mut changes);
+    assert_eq!(harness.disk.frame_count, frames, "a duplicate logs nothing");
+    let conflict = harness.try_enqueue(NOW + 1, "q", vec![message(0)], key(8));
     assert_eq!(conflict, Err(EnqueueError::IdempotencyConflict));
-    let other_queue = broker.enqueue(NOW + 1, "p", vec![message(0)], key(8), &mut changes).unwrap();
+    let other_queue = harness.try_enqueue(NOW + 1, "p", vec![message(0)], key(8)).unwrap();
     assert!(!other_queue.duplicate, "keys are scoped per queue");
-    broker.expire_due(NOW + crate::limits::IDEMPOTENCY_WINDOW_MS, &mut changes);
-    let after_window = broker.enqueue(
-        NOW + crate::limits::IDEMPOTENCY_WINDOW_MS,
-        "q",
-        vec![message(0)],
-        key(8),
-        &mut changes,
-    );
+    // A restart keeps the key.
+    harness.checkpoint(NOW + 2);
+    let mut recovered = harness.recovered(NOW + 3);
+    let same = NewMessage {
+        content: ContentLocation::Catalog { len: 0 },
+        priority: 0,
+        attempt_count_max: None,
+        delivery: Delivery::Now,
+    };
+    let repeat = recovered.enqueue(NOW + 3, "q", vec![same.clone(), same], key(7), &mut Vec::new());
+    assert!(repeat.is_ok_and(|outcome| outcome.duplicate));
+    let window = crate::limits::IDEMPOTENCY_WINDOW_MS;
+    harness.expire(NOW + window);
+    let after_window = harness.try_enqueue(NOW + window, "q", vec![message(0)], key(8));
     assert!(!after_window.unwrap().duplicate, "keys are forgotten after the window");
 }
 
 #[test]
-fn paused_queues_lease_nothing() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    broker.restore_queue(
-        QueueId(0),
-        QueueRecord { name: "q".into(), paused: true, settings: QueueSettings::default() },
-    );
-    assert!(lease(&mut broker, NOW, 1).is_empty());
-}
-
-/// Replays the emitted changes into a map (what the store would hold) and rebuilds a broker from it.
-fn rebuild(changes: &[Change], now_ms: u64) -> Broker {
-    let mut queues = std::collections::BTreeMap::new();
-    let mut metas = std::collections::BTreeMap::new();
-    let mut next_id = 0;
-    for change in changes {
-        match change {
-            Change::PutQueue { queue_id, record } => drop(queues.insert(*queue_id, record.clone())),
-            Change::PutMeta { id, meta } => drop(metas.insert(*id, meta.clone())),
-            Change::SetNextId { next_id: value } => next_id = *value,
-            _ => {}
-        }
-    }
-    let mut broker = Broker::new(config(), now_ms, 2);
-    for (queue_id, record) in queues {
-        broker.restore_queue(queue_id, record);
-    }
-    for (id, meta) in metas {
-        broker.restore_message(id, meta);
-    }
-    broker.restore_next_id(next_id);
-    broker.finish_restore();
-    broker
+fn pause_stops_leases_until_resume_and_survives_a_restart() {
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0)]);
+    harness.ops.clear();
+    assert!(harness.broker.set_paused(NOW, "q", true, &mut harness.ops));
+    harness.log();
+    assert!(matches!(harness.ops[..], [Op::PauseQueue { paused: true, .. }]));
+    assert!(harness.lease(NOW, 1).is_empty());
+    let mut recovered = harness.recovered(NOW);
+    assert!(recovered.lease(NOW, "q", 1, None, &mut Vec::new()).is_empty(), "still paused");
+    harness.broker.take_woken();
+    harness.ops.clear();
+    assert!(harness.broker.set_paused(NOW, "q", false, &mut harness.ops));
+    harness.log();
+    assert_eq!(harness.broker.take_woken(), vec![QueueId(0)], "resuming wakes long polls");
+    assert_eq!(harness.lease(NOW, 1).len(), 1);
+    assert!(!harness.broker.set_paused(NOW, "nope", true, &mut Vec::new()));
 }
 
 #[test]
-fn a_broker_rebuilt_from_its_changes_has_the_same_counts_and_leases_expire() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let mut changes = Vec::new();
+fn a_restart_with_or_without_a_checkpoint_rebuilds_the_same_state() {
+    let mut harness = Harness::new();
     let batch = vec![
         message(0),
         message(0),
         message(0),
-        NewMessage { delivery: Delivery::After { delay_ms: 10 }, ..message(0) },
+        Plan { delivery: Delivery::After { delay_ms: 10 }, ..message(0) },
     ];
-    broker.enqueue(NOW, "q", batch, None, &mut changes).unwrap();
-    let grants = broker.lease(NOW, "q", 2, Some(1000), &mut changes);
-    broker.ack(NOW, "q", &[Some(grants[0].token)], &mut changes);
-    let mut rebuilt = rebuild(&changes, NOW + 1);
-    assert_eq!(counts(&rebuilt), counts(&broker));
-    assert_eq!(rebuilt.next_id(), broker.next_id());
+    harness.enqueue(NOW, batch);
+    let grants = harness.lease(NOW, 2);
+    harness.ack(NOW, "q", &[Some(grants[0].token)]);
+    // From the log alone (no checkpoint yet).
+    harness.assert_same_state(&harness.recovered(NOW + 1));
+    // From a checkpoint plus the log after it.
+    harness.checkpoint(NOW + 1);
+    let third = harness.lease(NOW + 2, 1).remove(0);
+    harness.nack(NOW + 2, vec![nack_item(third.token, None, true)]);
+    let mut rebuilt = harness.recovered(NOW + 3);
+    harness.assert_same_state(&rebuilt);
     // The message leased at the "crash" comes back after its deadline with its attempt kept.
     rebuilt.expire_due(NOW + 1000, &mut Vec::new());
-    assert_eq!(count(&rebuilt, MessageState::Retrying), 1);
+    assert_eq!(rebuilt.queue_stats("q").unwrap().counts[MessageState::Retrying.index()], 1);
     rebuilt.expire_due(NOW + 1100, &mut Vec::new());
-    let again: Vec<Grant> = rebuilt.lease(NOW + 1100, "q", 10, Some(1000), &mut Vec::new());
+    let again = rebuilt.lease(NOW + 1100, "q", 10, Some(1000), &mut Vec::new());
     let attempts: Vec<u32> = again.iter().map(|grant| grant.meta.attempt_count).collect();
     assert_eq!(attempts.iter().filter(|&&attempt| attempt == 2).count(), 1);
     let stale = LeaseToken { id: grants[1].id, nonce: grants[1].token.nonce };
@@ -286,252 +401,250 @@ fn a_broker_rebuilt_from_its_changes_has_the_same_counts_and_leases_expire() {
 }
 
 #[test]
-fn counts_always_sum_to_the_number_of_messages() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, (0..20).map(|index| message(index % 3)).collect());
+fn counts_always_sum_to_the_number_of_messages_and_restarts_agree() {
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, (0..20).map(|index| message(index % 3)).collect());
     let mut now_ms = NOW;
     for round in 0..50u64 {
         now_ms += 37;
-        broker.expire_due(now_ms, &mut Vec::new());
-        let grants = lease(&mut broker, now_ms, 3);
+        harness.expire(now_ms);
+        let grants = harness.lease(now_ms, 3);
         for (index, grant) in grants.iter().enumerate() {
-            let mut changes = Vec::new();
             match (round + index as u64) % 3 {
-                0 => drop(broker.ack(now_ms, "q", &[Some(grant.token)], &mut changes)),
-                1 => {
-                    let item = NackItem {
-                        token: Some(grant.token),
-                        error: "x".into(),
-                        delay_ms: None,
-                        dead: false,
-                    };
-                    drop(broker.nack(now_ms, "q", vec![item], &mut changes));
-                }
+                0 => drop(harness.ack(now_ms, "q", &[Some(grant.token)])),
+                1 => drop(harness.nack(now_ms, vec![nack_item(grant.token, None, false)])),
                 _ => {}
             }
         }
-        let total: u64 = ALL_STATES.iter().map(|state| count(&broker, *state)).sum();
+        let total: u64 = ALL_STATES.iter().map(|state| harness.count(*state)).sum();
         assert_eq!(total, 20, "round {round}");
-    }
-}
-
-/// The record the store would hold for `id` after `changes` (for actions on terminal messages).
-fn stored(changes: &[Change], id: MessageId) -> Option<MessageMeta> {
-    let mut found = None;
-    for change in changes {
-        match change {
-            Change::PutMeta { id: changed, meta } if *changed == id => found = Some(meta.clone()),
-            Change::DeleteMessage { id: deleted, .. } if *deleted == id => found = None,
-            _ => {}
+        if round % 7 == 0 {
+            harness.checkpoint(now_ms);
+        }
+        if round % 5 == 0 {
+            harness.assert_same_state(&harness.recovered(now_ms));
         }
     }
-    found
 }
 
-fn dead_message(broker: &mut Broker, changes: &mut Vec<Change>) -> MessageId {
-    broker.enqueue(NOW, "q", vec![message(0)], None, changes).unwrap();
-    let grant = broker.lease(NOW, "q", 1, Some(1000), changes).remove(0);
-    let item =
-        NackItem { token: Some(grant.token), error: "bad".into(), delay_ms: None, dead: true };
-    assert_eq!(broker.nack(NOW, "q", vec![item], changes), vec![Ok(FailOutcome::Dead)]);
+/// A message nacked to dead; returns its id.
+fn dead_message(harness: &mut Harness) -> MessageId {
+    harness.enqueue(NOW, vec![message(0)]);
+    let grant = harness.lease(NOW, 1).remove(0);
+    let outcomes = harness.nack(NOW, vec![nack_item(grant.token, None, true)]);
+    assert_eq!(outcomes, vec![Ok(FailOutcome::Dead)]);
     grant.id
 }
 
 #[test]
-fn a_dead_message_is_indexed_and_retry_brings_it_back_with_its_attempts() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let mut changes = Vec::new();
-    let id = dead_message(&mut broker, &mut changes);
-    assert!(changes.contains(&Change::IndexTerminal {
-        queue_id: QueueId(0),
-        state: MessageState::Dead,
-        id
-    }));
-    let meta = broker.retry(NOW + 1, id, stored(&changes, id), false, &mut changes).unwrap();
+fn a_dead_message_retried_from_the_catalog_comes_back_with_its_attempts() {
+    let mut harness = Harness::new();
+    let id = dead_message(&mut harness);
+    // After a checkpoint the broker no longer holds the dead message: the action carries the
+    // catalog's record.
+    harness.checkpoint(NOW);
+    assert!(!harness.broker.is_resident(id));
+    assert_eq!(harness.broker.lookup(id), Lookup::InCatalog { epoch: 1 });
+    let meta = harness
+        .act(id, |broker, stored, ops| broker.retry(NOW + 1, id, stored, false, ops))
+        .unwrap();
     assert_eq!((meta.state, meta.attempt_count), (MessageState::Ready, 1));
-    assert!(changes.contains(&Change::UnindexTerminal {
-        queue_id: QueueId(0),
-        state: MessageState::Dead,
-        id
-    }));
-    assert_eq!(count(&broker, MessageState::Dead), 0);
-    assert_eq!(lease(&mut broker, NOW + 1, 1)[0].meta.attempt_count, 2);
+    assert_eq!(harness.count(MessageState::Dead), 0);
+    assert_eq!(harness.lease(NOW + 1, 1)[0].meta.attempt_count, 2);
+    harness.assert_same_state(&harness.recovered(NOW + 2));
 }
 
 #[test]
 fn retry_can_reset_attempts_and_refuses_ready_and_leased_messages() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let mut changes = Vec::new();
-    let id = dead_message(&mut broker, &mut changes);
-    let meta = broker.retry(NOW, id, stored(&changes, id), true, &mut changes).unwrap();
+    let mut harness = Harness::new();
+    let id = dead_message(&mut harness);
+    let meta =
+        harness.act(id, |broker, stored, ops| broker.retry(NOW, id, stored, true, ops)).unwrap();
     assert_eq!(meta.attempt_count, 0);
-    assert_eq!(
-        broker.retry(NOW, id, None, false, &mut changes),
-        Err(ControlError::WrongState(MessageState::Ready))
-    );
-    lease(&mut broker, NOW, 1);
-    assert_eq!(broker.retry(NOW, id, None, false, &mut changes), Err(ControlError::Leased));
-    assert_eq!(
-        broker.retry(NOW, MessageId(999), None, false, &mut changes),
-        Err(ControlError::NotFound)
-    );
+    let again = harness.act(id, |broker, stored, ops| broker.retry(NOW, id, stored, false, ops));
+    assert_eq!(again, Err(ControlError::WrongState(MessageState::Ready)));
+    harness.lease(NOW, 1);
+    let leased = harness.act(id, |broker, stored, ops| broker.retry(NOW, id, stored, false, ops));
+    assert_eq!(leased, Err(ControlError::Leased));
+    let missing = harness.act(MessageId(999), |broker, stored, ops| {
+        broker.retry(NOW, MessageId(999), stored, false, ops)
+    });
+    assert_eq!(missing, Err(ControlError::NotFound));
 }
 
 #[test]
 fn edit_moves_a_ready_message_in_the_priority_order_and_refuses_leased_ones() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let ids = enqueue(&mut broker, NOW, vec![message(0), message(0)]);
-    let mut changes = Vec::new();
-    let edit = Edit { priority: Some(9), fields: vec!["priority"], ..Edit::default() };
-    broker.edit(NOW, ids[1], None, edit, &mut changes).unwrap();
-    assert!(changes.iter().any(|change| matches!(change, Change::RecordHistory { .. })));
-    let grant = lease(&mut broker, NOW, 1).remove(0);
+    let mut harness = Harness::new();
+    let ids = harness.enqueue(NOW, vec![message(0), message(0)]);
+    let edit = Edit {
+        priority: Some(9),
+        fields: EditFields::default().with(EditFields::PRIORITY),
+        ..Edit::default()
+    };
+    harness.act(ids[1], |broker, stored, ops| broker.edit(NOW, ids[1], stored, edit, ops)).unwrap();
+    assert_eq!(harness.broker.pending_history(ids[1])[0].detail, "changed priority");
+    let grant = harness.lease(NOW, 1).remove(0);
     assert_eq!(grant.id, ids[1], "the edited priority leads");
-    let refused =
-        broker.edit(NOW, ids[1], None, Edit { priority: Some(1), ..Edit::default() }, &mut changes);
+    let refused = harness.act(ids[1], |broker, stored, ops| {
+        broker.edit(NOW, ids[1], stored, Edit { priority: Some(1), ..Edit::default() }, ops)
+    });
     assert_eq!(refused, Err(ControlError::Leased));
 }
 
 #[test]
 fn an_edited_delivery_time_reschedules() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let ids = enqueue(&mut broker, NOW, vec![message(0)]);
-    let edit =
-        Edit { deliver_at_ms: Some(NOW + 500), fields: vec!["deliver_at"], ..Edit::default() };
-    let meta = broker.edit(NOW, ids[0], None, edit, &mut Vec::new()).unwrap();
+    let mut harness = Harness::new();
+    let ids = harness.enqueue(NOW, vec![message(0)]);
+    let edit = Edit {
+        deliver_at_ms: Some(NOW + 500),
+        fields: EditFields::default().with(EditFields::DELIVER_AT),
+        ..Edit::default()
+    };
+    let meta =
+        harness.act(ids[0], |broker, stored, ops| broker.edit(NOW, ids[0], stored, edit, ops));
+    let meta = meta.unwrap();
     assert_eq!((meta.state, meta.due_at_ms), (MessageState::Scheduled, NOW + 500));
-    assert!(lease(&mut broker, NOW + 499, 1).is_empty());
-    broker.expire_due(NOW + 500, &mut Vec::new());
-    assert_eq!(lease(&mut broker, NOW + 500, 1).len(), 1);
+    assert!(harness.lease(NOW + 499, 1).is_empty());
+    harness.expire(NOW + 500);
+    assert_eq!(harness.lease(NOW + 500, 1).len(), 1);
 }
 
 #[test]
 fn reschedule_to_the_past_readies_and_to_the_future_schedules() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let later = NewMessage { delivery: Delivery::After { delay_ms: 10_000 }, ..message(0) };
-    let ids = enqueue(&mut broker, NOW, vec![later, message(0)]);
-    let meta = broker.reschedule(NOW, ids[0], None, NOW - 1, &mut Vec::new()).unwrap();
-    assert_eq!(meta.state, MessageState::Ready);
-    let meta = broker.reschedule(NOW, ids[1], None, NOW + 50, &mut Vec::new()).unwrap();
-    assert_eq!(meta.state, MessageState::Scheduled);
+    let mut harness = Harness::new();
+    let later = Plan { delivery: Delivery::After { delay_ms: 10_000 }, ..message(0) };
+    let ids = harness.enqueue(NOW, vec![later, message(0)]);
+    let meta = harness
+        .act(ids[0], |broker, stored, ops| broker.reschedule(NOW, ids[0], stored, NOW - 1, ops));
+    assert_eq!(meta.unwrap().state, MessageState::Ready);
+    let meta = harness
+        .act(ids[1], |broker, stored, ops| broker.reschedule(NOW, ids[1], stored, NOW + 50, ops));
+    assert_eq!(meta.unwrap().state, MessageState::Scheduled);
+    let scheduled =
+        harness.broker.list_active(QueueId(0), MessageState::Scheduled, None, false, 10);
+    assert_eq!(scheduled.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[1]]);
+    harness.expire(NOW + 10_000);
     assert_eq!(
-        broker.list_active(QueueId(0), MessageState::Scheduled, None, false, 10),
-        vec![ids[1]]
-    );
-    broker.expire_due(NOW + 10_000, &mut Vec::new());
-    assert_eq!(
-        count(&broker, MessageState::Ready),
+        harness.count(MessageState::Ready),
         2,
-        "the stale 10 s timer of ids[0] does nothing"
+        "the cancelled 10 s timer of ids[0] did nothing"
     );
 }
 
 #[test]
 fn delete_removes_from_every_index_and_refuses_leased_messages() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let ids = enqueue(&mut broker, NOW, vec![message(0), message(0)]);
-    let mut changes = Vec::new();
-    broker.delete(NOW, ids[0], None, &mut changes).unwrap();
-    assert_eq!(count(&broker, MessageState::Ready), 1);
-    assert!(changes.contains(&Change::DeleteMessage {
-        id: ids[0],
-        queue_id: QueueId(0),
-        state: MessageState::Ready
-    }));
-    assert_eq!(lease(&mut broker, NOW, 10).len(), 1);
-    assert_eq!(broker.delete(NOW, ids[1], None, &mut changes), Err(ControlError::Leased));
-    assert_eq!(broker.delete(NOW, ids[0], None, &mut changes), Err(ControlError::NotFound));
-    let dead = dead_message(&mut broker, &mut changes);
-    broker.delete(NOW, dead, stored(&changes, dead), &mut changes).unwrap();
-    assert_eq!(count(&broker, MessageState::Dead), 0);
+    let mut harness = Harness::new();
+    let ids = harness.enqueue(NOW, vec![message(0), message(0)]);
+    harness.act(ids[0], |broker, stored, ops| broker.delete(NOW, ids[0], stored, ops)).unwrap();
+    assert_eq!(harness.count(MessageState::Ready), 1);
+    assert_eq!(harness.broker.lookup(ids[0]), Lookup::Removed);
+    assert_eq!(harness.lease(NOW, 10).len(), 1);
+    let leased = harness.act(ids[1], |broker, stored, ops| broker.delete(NOW, ids[1], stored, ops));
+    assert_eq!(leased, Err(ControlError::Leased));
+    let gone = harness.act(ids[0], |broker, stored, ops| broker.delete(NOW, ids[0], stored, ops));
+    assert_eq!(gone, Err(ControlError::NotFound));
+    let dead = dead_message(&mut harness);
+    harness.checkpoint(NOW);
+    harness.act(dead, |broker, stored, ops| broker.delete(NOW, dead, stored, ops)).unwrap();
+    assert_eq!(harness.count(MessageState::Dead), 0);
+    harness.checkpoint(NOW);
+    assert_eq!(harness.observe(dead), None, "the catalog dropped it too");
+    harness.assert_same_state(&harness.recovered(NOW));
 }
 
 #[test]
 fn listing_pages_through_active_messages_in_both_orders() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let ids = enqueue(&mut broker, NOW, (0..5).map(|_| message(0)).collect());
+    let mut harness = Harness::new();
+    let ids = harness.enqueue(NOW, (0..5).map(|_| message(0)).collect());
     let queue = QueueId(0);
-    assert_eq!(broker.list_active(queue, MessageState::Ready, None, false, 2), ids[..2].to_vec());
-    assert_eq!(
-        broker.list_active(queue, MessageState::Ready, Some(ids[1]), false, 2),
-        ids[2..4].to_vec()
-    );
-    assert_eq!(broker.list_active(queue, MessageState::Ready, None, true, 2), vec![ids[4], ids[3]]);
-    assert_eq!(
-        broker.list_active(queue, MessageState::Ready, Some(ids[3]), true, 9),
-        vec![ids[2], ids[1], ids[0]]
-    );
-    assert!(broker.list_active(queue, MessageState::Leased, None, false, 9).is_empty());
-}
-
-#[test]
-fn pause_stops_leases_until_resume_and_is_persisted() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let mut changes = Vec::new();
-    assert!(broker.set_paused(NOW, "q", true, &mut changes));
-    assert!(changes
-        .iter()
-        .any(|change| matches!(change, Change::PutQueue { record, .. } if record.paused)));
-    assert!(lease(&mut broker, NOW, 1).is_empty());
-    broker.take_woken();
-    assert!(broker.set_paused(NOW, "q", false, &mut changes));
-    assert_eq!(broker.take_woken(), vec![QueueId(0)], "resuming wakes long polls");
-    assert_eq!(lease(&mut broker, NOW, 1).len(), 1);
-    assert!(!broker.set_paused(NOW, "nope", true, &mut changes));
+    let list = |after, descending, limit| -> Vec<MessageId> {
+        let listed =
+            harness.broker.list_active(queue, MessageState::Ready, after, descending, limit);
+        listed.into_iter().map(|(id, _)| id).collect()
+    };
+    assert_eq!(list(None, false, 2), ids[..2].to_vec());
+    assert_eq!(list(Some(ids[1]), false, 2), ids[2..4].to_vec());
+    assert_eq!(list(None, true, 2), vec![ids[4], ids[3]]);
+    assert_eq!(list(Some(ids[3]), true, 9), vec![ids[2], ids[1], ids[0]]);
+    assert!(harness.broker.list_active(queue, MessageState::Leased, None, false, 9).is_empty());
 }
 
 #[test]
 fn queue_settings_override_attempts_backoff_and_lease() {
-    let mut broker = Broker::new(config(), NOW, 1);
+    let mut harness = Harness::new();
     let settings = QueueSettings {
         max_attempts: Some(1),
         lease_ms: Some(7),
         backoff_initial_ms: Some(5),
         ..QueueSettings::default()
     };
-    broker.configure(NOW, "q", settings, &mut Vec::new());
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let grant = broker.lease(NOW, "q", 1, None, &mut Vec::new()).remove(0);
+    harness.broker.configure(NOW, "q", settings, &mut Vec::new());
+    harness.enqueue(NOW, vec![message(0)]);
+    let grant = harness.broker.lease(NOW, "q", 1, None, &mut Vec::new()).remove(0);
     assert_eq!(grant.meta.due_at_ms, NOW + 7);
     assert_eq!(grant.meta.attempt_count_max, 1);
 }
 
 #[test]
 fn delivered_messages_expire_after_the_retention_and_zero_removes_them_at_once() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let mut changes = Vec::new();
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let grant = lease(&mut broker, NOW, 1).remove(0);
-    broker.ack(NOW, "q", &[Some(grant.token)], &mut changes);
+    let mut harness = Harness::new();
+    harness.enqueue(NOW, vec![message(0)]);
+    let grant = harness.lease(NOW, 1).remove(0);
+    harness.ack(NOW, "q", &[Some(grant.token)]);
     let at_ms = NOW + config().retention_ms;
-    assert!(changes.contains(&Change::ExpireAt { at_ms, id: grant.id }));
-    let meta = stored(&changes, grant.id);
-    broker.sweep(at_ms - 1, at_ms, grant.id, meta.clone(), &mut changes);
-    assert_eq!(count(&broker, MessageState::Delivered), 1, "not yet due");
-    broker.sweep(at_ms, at_ms, grant.id, meta, &mut changes);
-    assert_eq!(count(&broker, MessageState::Delivered), 0);
+    harness.checkpoint(NOW);
+    let stored = harness.observe(grant.id);
+    let swept = |harness: &mut Harness, now_ms: u64| {
+        let candidates = vec![(grant.id, stored.clone())];
+        harness.ops.clear();
+        let removed = harness.broker.expire_retained(now_ms, candidates, &mut harness.ops);
+        harness.log();
+        removed
+    };
+    assert_eq!(swept(&mut harness, at_ms - 1), 0, "not yet due");
+    assert_eq!(harness.count(MessageState::Delivered), 1);
+    assert_eq!(swept(&mut harness, at_ms), 1);
+    assert_eq!(harness.count(MessageState::Delivered), 0);
+    harness.assert_same_state(&harness.recovered(at_ms));
 
-    broker.configure(
+    harness.broker.configure(
         NOW,
         "q",
         QueueSettings { retention_ms: Some(0), ..QueueSettings::default() },
-        &mut changes,
+        &mut Vec::new(),
     );
-    enqueue(&mut broker, NOW, vec![message(0)]);
-    let grant = lease(&mut broker, NOW, 1).remove(0);
-    changes.clear();
-    broker.ack(NOW, "q", &[Some(grant.token)], &mut changes);
-    assert!(changes.iter().any(|change| matches!(change, Change::DeleteMessage { .. })));
-    assert_eq!(count(&broker, MessageState::Delivered), 0);
+    harness.enqueue(NOW, vec![message(0)]);
+    let grant = harness.lease(NOW, 1).remove(0);
+    harness.ack(NOW, "q", &[Some(grant.token)]);
+    assert_eq!(harness.count(MessageState::Delivered), 0);
+    assert_eq!(harness.broker.lookup(grant.id), Lookup::Removed);
+}
+
+#[test]
+fn content_counts_follow_messages_so_segments_can_be_deleted() {
+    let mut harness = Harness::new();
+    harness.broker.configure(
+        NOW,
+        "q",
+        QueueSettings { retention_ms: Some(0), ..QueueSettings::default() },
+        &mut Vec::new(),
+    );
+    harness.enqueue(NOW, vec![message(0), message(0)]);
+    let usage = harness.broker.segment_usage()[&0];
+    assert_eq!(usage.live_count, 2);
+    let grants = harness.lease(NOW, 2);
+    harness.ack(NOW, "q", &[Some(grants[0].token)]);
+    assert_eq!(harness.broker.segment_usage()[&0].live_count, 1);
+    harness.ack(NOW, "q", &[Some(grants[1].token)]);
+    assert!(harness.broker.segment_usage().is_empty(), "no stored message points into segment 0");
 }
 
 #[test]
 fn notices_follow_the_life_of_a_message() {
-    let mut broker = Broker::new(config(), NOW, 1);
-    let mut changes = Vec::new();
-    dead_message(&mut broker, &mut changes);
-    let kinds: Vec<NoticeKind> = broker.take_notices().iter().map(|notice| notice.kind).collect();
+    let mut harness = Harness::new();
+    dead_message(&mut harness);
+    let kinds: Vec<NoticeKind> =
+        harness.broker.take_notices().iter().map(|notice| notice.kind).collect();
     assert_eq!(kinds, vec![NoticeKind::Enqueued, NoticeKind::Leased, NoticeKind::Dead]);
-    assert!(broker.take_notices().is_empty());
+    assert!(harness.broker.take_notices().is_empty());
 }

@@ -1,93 +1,141 @@
-//! The sled key layout: big-endian integers, so that sled's byte order is numeric order.
+//! The catalog's key layout: one sled tree, a one-byte kind prefix, big-endian integers after it,
+//! so that sled's byte order is numeric order within each kind.
 //!
-//! | tree          | key                                   | value                       |
-//! |---------------|---------------------------------------|-----------------------------|
-//! | `meta`        | message id, u64 BE (8 bytes)          | `MessageMeta` record        |
-//! | `content`     | message id, u64 BE                    | `MessageContent` record     |
-//! | `history`     | message id, u64 BE                    | `History` record            |
-//! | `queues`      | queue id, u32 BE (4 bytes)            | `QueueRecord` record        |
-//! | `terminal`    | queue id u32 BE, state u8, id u64 BE  | empty                       |
-//! | `expiry`      | remove-at ms u64 BE, id u64 BE        | empty                       |
-//! | `idempotency` | queue id u32 BE, then the key's bytes | `IdempotencyRecord` record  |
-//! | `system`      | ASCII name (`checkpoint`, `next_id`)  | fixed-width LE integers     |
+//! | kind | key after the prefix                          | value                                |
+//! |------|-----------------------------------------------|--------------------------------------|
+//! | `m`  | (none)                                        | the manifest                         |
+//! | `q`  | queue id u32                                  | queue record                         |
+//! | `p`  | page u64 (`id >> 8`)                          | page of message records              |
+//! | `a`  | page u64                                      | u32 LE: active records in the page   |
+//! | `t`  | queue id u32, state u8, page u64              | u32 LE: that queue's records in that (dead or delivered) state in the page |
+//! | `h`  | message id u64                                | history record                       |
+//! | `c`  | message id u64                                | content kept in the catalog          |
+//! | `e`  | remove-at second (ms) u64, page u64           | empty: the page holds a message whose retention ends then |
+//! | `i`  | created-at ms u64, queue id u32, key bytes    | idempotency record                   |
 //!
-//! Ids increase in enqueue order, so iterating `meta` visits messages oldest first. `terminal` lists
-//! dead and delivered messages (which are not in memory) per queue and state in id order, for
-//! listing and purging; `expiry` orders terminal messages by the time their retention ends.
+//! What the orders buy: `a` lists the few pages a restart must load; `t` lists a queue's dead (or
+//! delivered) messages page by page in id order, both ways, without reading other pages; `e`
+//! yields the pages whose retention is due, oldest first; `i` ages out a day of keys with one
+//! range.
 
 use crate::queue::{MessageId, MessageState, QueueId};
 
-/// System key: the WAL position the last checkpoint covers (segment u64 LE, offset u64 LE).
-pub const CHECKPOINT_KEY: &[u8] = b"checkpoint";
-/// System key: the next message id (u64 LE).
-pub const NEXT_ID_KEY: &[u8] = b"next_id";
+pub const MANIFEST: u8 = b'm';
+pub const QUEUE: u8 = b'q';
+pub const PAGE: u8 = b'p';
+pub const ACTIVE: u8 = b'a';
+pub const TERMINAL: u8 = b't';
+pub const HISTORY: u8 = b'h';
+pub const CONTENT: u8 = b'c';
+pub const EXPIRY: u8 = b'e';
+pub const IDEMPOTENCY: u8 = b'i';
 
-pub fn message_key(id: MessageId) -> [u8; 8] {
-    id.0.to_be_bytes()
-}
+/// The manifest's key.
+pub const MANIFEST_KEY: &[u8] = b"m";
 
-pub fn decode_message_key(key: &[u8]) -> Option<MessageId> {
-    let bytes: [u8; 8] = key.try_into().ok()?;
-    Some(MessageId(u64::from_be_bytes(bytes)))
-}
-
-pub fn queue_key(queue_id: QueueId) -> [u8; 4] {
-    queue_id.0.to_be_bytes()
+pub fn queue_key(queue_id: QueueId) -> [u8; 5] {
+    let mut key = [QUEUE, 0, 0, 0, 0];
+    key[1..].copy_from_slice(&queue_id.0.to_be_bytes());
+    key
 }
 
 pub fn decode_queue_key(key: &[u8]) -> Option<QueueId> {
-    let bytes: [u8; 4] = key.try_into().ok()?;
+    let bytes: [u8; 4] = key.strip_prefix(&[QUEUE])?.try_into().ok()?;
     Some(QueueId(u32::from_be_bytes(bytes)))
 }
 
-pub fn terminal_key(queue_id: QueueId, state: MessageState, id: MessageId) -> [u8; 13] {
-    let mut key = [0u8; 13];
-    key[..4].copy_from_slice(&queue_id.0.to_be_bytes());
-    key[4] = state as u8;
-    key[5..].copy_from_slice(&id.0.to_be_bytes());
+fn kind_u64(kind: u8, value: u64) -> [u8; 9] {
+    let mut key = [kind; 9];
+    key[1..].copy_from_slice(&value.to_be_bytes());
     key
 }
 
-/// The prefix of every `terminal` key of one queue and state.
-pub fn terminal_prefix(queue_id: QueueId, state: MessageState) -> [u8; 5] {
-    let mut prefix = [0u8; 5];
-    prefix[..4].copy_from_slice(&queue_id.0.to_be_bytes());
-    prefix[4] = state as u8;
-    prefix
+fn decode_kind_u64(kind: u8, key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.strip_prefix(&[kind])?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
 }
 
-/// The message id of a `terminal` key.
-pub fn decode_terminal_key(key: &[u8]) -> Option<MessageId> {
-    decode_message_key(key.get(5..)?)
+pub fn page_key(page: u64) -> [u8; 9] {
+    kind_u64(PAGE, page)
 }
 
-pub fn expiry_key(at_ms: u64, id: MessageId) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&at_ms.to_be_bytes());
-    key[8..].copy_from_slice(&id.0.to_be_bytes());
+pub fn decode_page_key(key: &[u8]) -> Option<u64> {
+    decode_kind_u64(PAGE, key)
+}
+
+pub fn active_key(page: u64) -> [u8; 9] {
+    kind_u64(ACTIVE, page)
+}
+
+pub fn decode_active_key(key: &[u8]) -> Option<u64> {
+    decode_kind_u64(ACTIVE, key)
+}
+
+pub fn history_key(id: MessageId) -> [u8; 9] {
+    kind_u64(HISTORY, id.0)
+}
+
+pub fn content_key(id: MessageId) -> [u8; 9] {
+    kind_u64(CONTENT, id.0)
+}
+
+pub fn terminal_key(queue_id: QueueId, state: MessageState, page: u64) -> [u8; 14] {
+    let mut key = [0u8; 14];
+    key[0] = TERMINAL;
+    key[1..5].copy_from_slice(&queue_id.0.to_be_bytes());
+    key[5] = state as u8;
+    key[6..].copy_from_slice(&page.to_be_bytes());
     key
 }
 
-pub fn decode_expiry_key(key: &[u8]) -> Option<(u64, MessageId)> {
-    let at: [u8; 8] = key.get(..8)?.try_into().ok()?;
-    Some((u64::from_be_bytes(at), decode_message_key(key.get(8..)?)?))
+/// The page of a `t` key, if it is one of `queue_id` and `state`.
+pub fn decode_terminal_key(key: &[u8], queue_id: QueueId, state: MessageState) -> Option<u64> {
+    if key.len() != 14 || key[..6] != terminal_key(queue_id, state, 0)[..6] {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[6..].try_into().ok()?))
 }
 
-pub fn idempotency_key(queue_id: QueueId, key: &str) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(4 + key.len());
+pub fn expiry_key(at_ms: u64, page: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = EXPIRY;
+    key[1..9].copy_from_slice(&at_ms.to_be_bytes());
+    key[9..].copy_from_slice(&page.to_be_bytes());
+    key
+}
+
+pub fn decode_expiry_key(key: &[u8]) -> Option<(u64, u64)> {
+    if key.len() != 17 || key[0] != EXPIRY {
+        return None;
+    }
+    let at_ms = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let page = u64::from_be_bytes(key[9..].try_into().ok()?);
+    Some((at_ms, page))
+}
+
+pub fn idempotency_key(created_at_ms: u64, queue_id: QueueId, key: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(13 + key.len());
+    bytes.push(IDEMPOTENCY);
+    bytes.extend_from_slice(&created_at_ms.to_be_bytes());
     bytes.extend_from_slice(&queue_id.0.to_be_bytes());
     bytes.extend_from_slice(key.as_bytes());
     bytes
 }
 
-pub fn decode_idempotency_key(bytes: &[u8]) -> Option<(QueueId, String)> {
-    if bytes.len() < 4 {
+/// The created-at time, queue and key of an `i` key.
+pub fn decode_idempotency_key(key: &[u8]) -> Option<(u64, QueueId, String)> {
+    if key.len() < 14 || key[0] != IDEMPOTENCY {
         return None;
     }
-    let (queue, key) = bytes.split_at(4);
-    let queue_id = decode_queue_key(queue)?;
-    let key = std::str::from_utf8(key).ok()?;
-    Some((queue_id, key.to_string()))
+    let created_at_ms = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let queue_id = QueueId(u32::from_be_bytes(key[9..13].try_into().ok()?));
+    let name = std::str::from_utf8(&key[13..]).ok()?.to_string();
+    Some((created_at_ms, queue_id, name))
+}
+
+/// The first key of a kind, and the first key after it (for a range over the kind).
+pub fn kind_range(kind: u8) -> (Vec<u8>, Vec<u8>) {
+    (vec![kind], vec![kind + 1])
 }
 
 #[cfg(test)]
@@ -95,35 +143,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn message_keys_sort_numerically() {
-        let ids = [0u64, 1, 255, 256, 65_536, u64::MAX - 1, u64::MAX];
-        for pair in ids.windows(2) {
-            assert!(message_key(MessageId(pair[0])) < message_key(MessageId(pair[1])));
-        }
-        for id in ids {
-            assert_eq!(decode_message_key(&message_key(MessageId(id))), Some(MessageId(id)));
-        }
-        assert_eq!(decode_message_key(&[1, 2, 3]), None);
-    }
-
-    #[test]
-    fn terminal_and_expiry_keys_sort_and_round_trip() {
-        let early = terminal_key(QueueId(1), MessageState::Dead, MessageId(5));
-        let late = terminal_key(QueueId(1), MessageState::Dead, MessageId(300));
-        assert!(early < late);
-        assert!(early.starts_with(&terminal_prefix(QueueId(1), MessageState::Dead)));
-        assert_eq!(decode_terminal_key(&late), Some(MessageId(300)));
-        assert!(expiry_key(1, MessageId(9)) < expiry_key(2, MessageId(1)));
-        assert_eq!(decode_expiry_key(&expiry_key(7, MessageId(9))), Some((7, MessageId(9))));
-        assert_eq!(decode_expiry_key(&[0; 3]), None);
-    }
-
-    #[test]
-    fn idempotency_keys_round_trip_and_reject_garbage() {
-        let bytes = idempotency_key(QueueId(7), "order-42");
-        assert_eq!(decode_idempotency_key(&bytes), Some((QueueId(7), "order-42".into())));
-        assert_eq!(decode_idempotency_key(&[0, 0]), None);
-        assert_eq!(decode_idempotency_key(&[0, 0, 0, 1, 0xff]), None);
-        assert_eq!(decode_queue_key(&queue_key(QueueId(u32::MAX))), Some(QueueId(u32::MAX)));
+    fn keys_round_trip_and_order_numerically() {
+        assert_eq!(decode_queue_key(&queue_key(QueueId(7))), Some(QueueId(7)));
+        assert_eq!(decode_page_key(&page_key(u64::MAX)), Some(u64::MAX));
+        assert_eq!(decode_active_key(&active_key(3)), Some(3));
+        assert!(page_key(255) < page_key(256));
+        assert!(expiry_key(1000, 9) < expiry_key(1001, 0));
+        assert_eq!(decode_expiry_key(&expiry_key(5, 6)), Some((5, 6)));
+        let terminal = terminal_key(QueueId(2), MessageState::Dead, 300);
+        assert_eq!(decode_terminal_key(&terminal, QueueId(2), MessageState::Dead), Some(300));
+        assert_eq!(decode_terminal_key(&terminal, QueueId(2), MessageState::Delivered), None);
+        assert!(terminal < terminal_key(QueueId(2), MessageState::Dead, 301));
+        let key = idempotency_key(42, QueueId(1), "signup-1");
+        assert_eq!(decode_idempotency_key(&key), Some((42, QueueId(1), "signup-1".into())));
+        assert!(idempotency_key(41, QueueId(9), "z") < key);
+        assert_eq!(decode_page_key(&[PAGE, 1]), None);
     }
 }

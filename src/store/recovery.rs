@@ -1,109 +1,246 @@
-//! Startup recovery: open sled, replay the WAL after the last checkpoint, rebuild the broker.
+//! Startup recovery: load the catalog, replay the log after its checkpoint, checkpoint again.
 //!
-//! After recovery the store holds every change whose WAL frame was synced, the broker's memory (ready
-//! indexes, counters, timers, idempotency keys) is rebuilt from the store alone, a checkpoint covers
-//! the replayed log and a fresh WAL segment is open for appends. Overdue timers are armed as they
-//! are and fire on the storage thread's first tick: a message leased when the server died becomes
-//! available when its lease would have expired, with its attempt count intact.
+//! The catalog is exactly the state after its manifest's log position (checkpoints are atomic
+//! sled batches), so recovery is: restore the broker from the catalog (queues, counts, the active
+//! messages from the pages the `a` index names, idempotency keys), then apply every op logged after
+//! that position, in log order, with the same code that applied it live. An op that touches a dead
+//! or delivered message the broker does not hold fetches its record from the catalog first. Then a
+//! checkpoint at the start of a fresh segment makes the replayed state the catalog's, and the
+//! segments that hold nothing still needed are deleted.
+//!
+//! Overdue timers are armed as they are and fire on the storage thread's first tick: a message
+//! leased when the server died becomes available when its lease would have expired, with its
+//! attempt count intact.
 
-use super::wal::{self, Wal, WalPosition};
-use super::{codec, Store, StoreError};
-use crate::limits::WAL_SEGMENT_BYTES;
-use crate::queue::{Broker, BrokerConfig};
+use super::catalog::{Catalog, CheckpointJob};
+use super::codec;
+use super::wal::{self, SegmentFiles, Wal, WalPosition};
+use super::{StoreError, LOG_DIR};
+use crate::limits::{IDEMPOTENCY_WINDOW_MS, WAL_SEGMENT_BYTES};
+use crate::queue::{Broker, BrokerConfig, ContentLocation, MessageId, Op, QueueId};
 use std::path::Path;
 
 /// What recovery found, for the startup log line.
 #[derive(Debug, Default)]
 pub struct RecoverySummary {
-    /// WAL frames replayed into sled.
+    /// Log frames replayed.
     pub frame_count: u64,
-    /// A torn WAL tail that was cut off: (segment file, offset, bytes dropped).
+    /// Ops applied from them.
+    pub op_count: u64,
+    /// A torn log tail that was cut off: (segment file, offset, bytes dropped).
     pub truncated: Option<(String, u64, u64)>,
     pub queue_count: u64,
-    pub message_count: u64,
+    /// Active messages after recovery.
     pub active_count: u64,
-    /// Damaged message records set aside (with `--quarantine-corrupt`).
-    pub quarantined_count: u64,
+    /// Catalog pages read to restore the active messages.
+    pub page_count: u64,
+    /// Log segments deleted after the recovery checkpoint.
+    pub removed_segment_count: usize,
 }
 
 /// The recovered state, ready for the storage thread.
 pub struct Recovered {
     pub broker: Broker,
-    pub store: Store,
+    pub catalog: Catalog,
     pub wal: Wal,
+    pub segments: SegmentFiles,
     pub summary: RecoverySummary,
 }
 
 /// Recovers the data directory (creating it if absent).
-///
-/// A damaged message record (crc mismatch, undecodable) stops recovery with an error naming the
-/// message, unless `quarantine` is set: then the record is moved to the `quarantine` tree, logged,
-/// and recovery goes on without it.
 pub fn recover(
     data_dir: &Path,
     config: BrokerConfig,
     now_ms: u64,
     seed: u64,
-    quarantine: bool,
 ) -> Result<Recovered, StoreError> {
     let io = |source| StoreError::Io { path: data_dir.to_path_buf(), source };
     std::fs::create_dir_all(data_dir).map_err(io)?;
-    let wal_dir = data_dir.join("wal");
-    std::fs::create_dir_all(&wal_dir)
-        .map_err(|source| StoreError::Io { path: wal_dir.clone(), source })?;
-    let store = Store::open(data_dir)?;
+    if super::is_old_format(data_dir) {
+        return Err(StoreError::OldFormat { data_dir: data_dir.to_path_buf() });
+    }
+    let log_dir = data_dir.join(LOG_DIR);
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|source| StoreError::Io { path: log_dir.clone(), source })?;
+    let catalog = Catalog::open(data_dir)?;
+    let segments = SegmentFiles::new(&log_dir);
     let mut summary = RecoverySummary::default();
-    let from = store.checkpoint_position()?;
-    let replayed = wal::replay(&wal_dir, from, |position: WalPosition, payload: &[u8]| {
-        let changes = codec::decode_changes(payload).map_err(|source| StoreError::Corrupt {
-            what: format!(
-                "WAL frame ending at segment {} offset {}",
-                position.segment_seq, position.offset
-            ),
-            source,
-        })?;
-        store.apply(&changes)
+    let (mut broker, from, page_count) = restore(&catalog, config, now_ms, seed)?;
+    summary.page_count = page_count;
+    check_segments_exist(&broker, &log_dir, from)?;
+    let mut moved_contents = Vec::new();
+    let mut read_content = |location: ContentLocation| match location {
+        ContentLocation::Log { segment, offset, len } => {
+            segments.read(segment, offset, len).map_err(|source| StoreError::Io {
+                path: wal::segment_path(&log_dir, u64::from(segment)),
+                source,
+            })
+        }
+        ContentLocation::Catalog { .. } => Ok(Vec::new()),
+    };
+    let replayed = wal::replay(&log_dir, from, |position: WalPosition, payload: &[u8]| {
+        summary.op_count += replay_frame(
+            &mut broker,
+            &catalog,
+            position,
+            payload,
+            &mut read_content,
+            &mut moved_contents,
+        )?;
+        Ok::<(), StoreError>(())
     })?;
     summary.frame_count = replayed.frame_count;
     summary.truncated = replayed
         .truncated
         .map(|tail| (tail.segment_path.display().to_string(), tail.offset, tail.dropped_bytes));
-    let broker = rebuild(&store, config, now_ms, seed, quarantine, &mut summary)?;
-    let mut wal = Wal::open(&wal_dir, WAL_SEGMENT_BYTES)?;
+    broker.take_notices();
+    broker.take_woken();
+    let mut wal = Wal::open(&log_dir, WAL_SEGMENT_BYTES)?;
     let position = wal.committed_position();
-    store.checkpoint(position)?;
-    wal.remove_before(position)?;
-    Ok(Recovered { broker, store, wal, summary })
+    let job = CheckpointJob {
+        snapshot: broker.snapshot(),
+        position,
+        now_ms,
+        moved_contents,
+        ..Default::default()
+    };
+    catalog.write_checkpoint(&job)?;
+    broker.checkpoint_durable(job.snapshot.epoch);
+    let removable = removable_segments(&wal, &job.snapshot.segments, position);
+    summary.removed_segment_count = wal.remove_segments(&removable)?;
+    for seq in &removable {
+        segments.forget(*seq as u32);
+    }
+    summary.queue_count = broker.queue_count() as u64;
+    summary.active_count = broker.active_count() as u64;
+    Ok(Recovered { broker, catalog, wal, segments, summary })
 }
 
-/// Builds the broker's memory from the store.
-fn rebuild(
-    store: &Store,
+/// Builds the broker from the catalog; returns it, the log position to replay from, and how many
+/// catalog pages it read.
+pub fn restore(
+    catalog: &Catalog,
     config: BrokerConfig,
     now_ms: u64,
     seed: u64,
-    quarantine: bool,
-    summary: &mut RecoverySummary,
-) -> Result<Broker, StoreError> {
+) -> Result<(Broker, WalPosition, u64), StoreError> {
     let mut broker = Broker::new(config, now_ms, seed);
-    store.for_each_queue(|queue_id, record| {
-        broker.restore_queue(queue_id, record);
-        summary.queue_count += 1;
-    })?;
-    summary.quarantined_count = store.for_each_meta(quarantine, |id, meta| {
-        summary.message_count += 1;
-        summary.active_count += u64::from(meta.state.is_active());
-        broker.restore_message(id, meta);
-    })?;
-    if let Some(next_id) = store.next_id()? {
-        broker.restore_next_id(next_id);
+    catalog.for_each_queue(|queue_id, record| broker.restore_queue(queue_id, record))?;
+    let manifest = catalog.manifest()?.unwrap_or_default();
+    for (index, counts) in manifest.terminal_counts.iter().enumerate() {
+        if index < broker.queue_count() {
+            broker.restore_terminal_counts(QueueId(index as u32), *counts);
+        }
     }
-    let mut expired = Vec::new();
-    store.for_each_idempotency(|queue_id, key, record| {
-        broker.restore_idempotency(now_ms, queue_id, key, record, &mut expired);
+    for (seq, usage) in &manifest.segments {
+        broker.restore_segment(*seq, *usage);
+    }
+    broker.restore_counters(manifest.next_id, manifest.epoch);
+    let page_count = catalog.for_each_active(|id, meta| broker.restore_active(id, meta))?;
+    let since_ms = now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS);
+    catalog.for_each_idempotency(since_ms, |queue_id, key, record| {
+        broker.restore_idempotency(now_ms, queue_id, key, record);
     })?;
     broker.finish_restore();
-    // Forgetting expired keys needs no WAL frame: losing the delete only means forgetting again.
-    store.apply(&expired)?;
-    Ok(broker)
+    Ok((broker, manifest.position, page_count))
+}
+
+/// Applies one replayed log frame (whose end is at `position`) to the broker; returns how many
+/// ops it held. Messages the frame's ops touch that the broker does not hold are fetched from the
+/// catalog first; contents a `MoveContent` op moves into the catalog are read (`read_content`)
+/// and collected in `moved` for the next checkpoint.
+pub fn replay_frame(
+    broker: &mut Broker,
+    catalog: &Catalog,
+    position: WalPosition,
+    payload: &[u8],
+    read_content: &mut dyn FnMut(ContentLocation) -> Result<Vec<u8>, StoreError>,
+    moved: &mut Vec<(MessageId, Vec<u8>)>,
+) -> Result<u64, StoreError> {
+    let payload_offset = position.offset - payload.len() as u64;
+    let segment = u32::try_from(position.segment_seq).map_err(|_| StoreError::Corrupt {
+        what: format!("log segment {}", position.segment_seq),
+        source: codec::CodecError::Layout { offset: 0, what: "segment number beyond 2^32" },
+    })?;
+    let ops = codec::decode_frame(payload, segment, payload_offset).map_err(|source| {
+        StoreError::Corrupt {
+            what: format!(
+                "log frame ending at segment {} offset {}",
+                position.segment_seq, position.offset
+            ),
+            source,
+        }
+    })?;
+    for op in &ops {
+        fetch_touched(broker, catalog, op)?;
+        if let Op::MoveContent { items } = op {
+            for (id, target) in items {
+                let current = match broker.lookup(*id) {
+                    crate::queue::Lookup::Found(meta) => Some(meta.content),
+                    _ => None,
+                };
+                if let (Some(current), ContentLocation::Catalog { .. }) = (current, target) {
+                    moved.push((*id, read_content(current)?));
+                }
+            }
+        }
+        broker.apply(op).map_err(|source| StoreError::Replay { position, source })?;
+    }
+    Ok(ops.len() as u64)
+}
+
+/// Fails when a segment that stored messages point into is missing (it was deleted or lost:
+/// their contents are gone).
+fn check_segments_exist(
+    broker: &Broker,
+    log_dir: &Path,
+    from: WalPosition,
+) -> Result<(), StoreError> {
+    let existing: std::collections::BTreeSet<u64> =
+        wal::list_segments(log_dir)?.into_iter().map(|(seq, _)| seq).collect();
+    for seq in broker.segment_usage().keys() {
+        let seq = u64::from(*seq);
+        if !existing.contains(&seq) && seq < from.segment_seq {
+            let path = wal::segment_path(log_dir, seq);
+            let source = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "this log segment holds message contents but is missing (restore the data \
+                 directory from a backup)",
+            );
+            return Err(StoreError::Io { path, source });
+        }
+    }
+    Ok(())
+}
+
+/// Makes resident every dead or delivered message an op touches that the broker does not hold.
+fn fetch_touched(broker: &mut Broker, catalog: &Catalog, op: &Op) -> Result<(), StoreError> {
+    let mut ids = Vec::new();
+    op.touched_ids(&mut ids);
+    for id in ids {
+        if broker.is_resident(id) {
+            continue;
+        }
+        if let Some(meta) = catalog.meta(id)? {
+            if !meta.state.is_active() {
+                broker.ensure_resident(id, meta);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The closed log segments nothing needs any more: before the checkpoint position (no replay
+/// reads them) and holding no content of a stored message as of that checkpoint (`live`, by seq).
+pub fn removable_segments(
+    wal: &Wal,
+    live: &[(u32, crate::queue::SegmentUsage)],
+    checkpoint: WalPosition,
+) -> Vec<u64> {
+    wal.closed_segments()
+        .keys()
+        .copied()
+        .filter(|seq| *seq < checkpoint.segment_seq)
+        .filter(|seq| live.binary_search_by_key(seq, |(live_seq, _)| u64::from(*live_seq)).is_err())
+        .collect()
 }

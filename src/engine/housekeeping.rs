@@ -1,0 +1,253 @@
+//! Housekeeping between groups: checkpoints, retention sweeps, log segment deletion, the disk
+//! watermark. Each step is bounded and paced, and none of them waits for sled.
+//!
+//! A checkpoint: when enough changed (records, log bytes) or enough time passed, the broker's
+//! snapshot and the committed log position go to the checkpoint writer; the storage thread goes
+//! on serving. When the writer reports the catalog durable, the broker drops what it kept for
+//! reads, and the log segments that hold nothing still needed are deleted: those before the
+//! checkpoint position that no stored message's content is in (as of that checkpoint).
+//!
+//! A sweep: every `SWEEP_INTERVAL`, the writer reads the catalog's retention notes that are due and
+//! names the messages whose retention passed; if the catalog is still at the epoch it read, the
+//! broker removes them (one `Remove` op, logged like any other) and the notes are deleted by the
+//! next checkpoint.
+
+use super::checkpointer::{Checkpointer, Job, Outcome};
+use super::Engine;
+use crate::limits::{CHECKPOINT_DIRTY_COUNT, CHECKPOINT_INTERVAL_MS};
+use crate::queue::SegmentUsage;
+use crate::store::catalog::{Catalog, CheckpointJob};
+use crate::store::wal::{Wal, WalPosition};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the retention sweep looks for expired dead and delivered messages.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the free space is looked up (a statvfs call).
+const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How often memory freed by checkpoints is handed back to the system.
+const TRIM_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The storage thread's housekeeping state.
+pub(super) struct Housekeeping {
+    checkpointer: Checkpointer,
+    /// Running backups: while any holds a pin, no log segment is deleted.
+    pub pins: Arc<AtomicUsize>,
+    /// The log position the durable catalog is exact up to.
+    pub durable_position: WalPosition,
+    /// The segments that held content of stored messages at the durable checkpoint.
+    durable_segments: Vec<(u32, SegmentUsage)>,
+    /// The checkpoint handed to the writer and not finished yet: its epoch.
+    in_flight: Option<u64>,
+    sweep_in_flight: bool,
+    last_checkpoint: Instant,
+    last_sweep: Instant,
+    last_trim: Instant,
+    log_bytes_at_checkpoint: u64,
+    /// Retention notes handled since the last checkpoint job (deleted by the next one).
+    expiry_done: Vec<(u64, u64)>,
+    /// Retention notes to add at the next checkpoint.
+    expiry_added: Vec<(u64, u64)>,
+    /// Free bytes at the last look, and when that was.
+    disk_free_bytes: u64,
+    disk_checked_at: Option<Instant>,
+}
+
+impl Housekeeping {
+    pub(super) fn new(catalog: Arc<Catalog>, wal: &Wal) -> std::io::Result<Housekeeping> {
+        let durable = catalog.manifest().ok().flatten().unwrap_or_default();
+        Ok(Housekeeping {
+            checkpointer: Checkpointer::spawn(catalog)?,
+            pins: Arc::default(),
+            durable_position: durable.position,
+            durable_segments: durable.segments,
+            in_flight: None,
+            sweep_in_flight: false,
+            last_checkpoint: Instant::now(),
+            last_sweep: Instant::now(),
+            last_trim: Instant::now(),
+            log_bytes_at_checkpoint: wal.disk_bytes(),
+            expiry_done: Vec::new(),
+            expiry_added: Vec::new(),
+            disk_free_bytes: u64::MAX,
+            disk_checked_at: None,
+        })
+    }
+}
+
+impl Engine {
+    /// Runs between groups: takes the checkpoint writer's outcomes, starts the next checkpoint or
+    /// sweep when due. `stopping` forces a final checkpoint and waits for it.
+    pub(super) fn housekeeping(&mut self, stopping: bool) {
+        while let Some(outcome) = self.house.checkpointer.try_outcome() {
+            self.take_outcome(outcome);
+        }
+        if self.house.last_sweep.elapsed() >= SWEEP_INTERVAL {
+            self.shared.waiters.forget_idle();
+        }
+        if self.failed().is_none() {
+            if self.checkpoint_due() || (stopping && self.house.in_flight.is_none()) {
+                self.start_checkpoint();
+            }
+            if !stopping && !self.house.sweep_in_flight && self.sweep_due() {
+                self.start_sweep();
+            }
+        }
+        if stopping {
+            while self.house.in_flight.is_some() || self.house.sweep_in_flight {
+                let Some(outcome) = self.house.checkpointer.wait_outcome() else { break };
+                self.take_outcome(outcome);
+            }
+            self.house.checkpointer.stop();
+        }
+        let gauges = &self.shared.gauges;
+        gauges.settled_count.store(self.broker.settled_count() as u64, Ordering::Relaxed);
+        gauges.timer_count.store(self.broker.timer_count() as u64, Ordering::Relaxed);
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        if self.house.in_flight.is_some() {
+            return false;
+        }
+        let dirty_count = self.broker.dirty_count();
+        let grown_bytes = self.wal.disk_bytes().saturating_sub(self.house.log_bytes_at_checkpoint);
+        let elapsed_ms = self.house.last_checkpoint.elapsed().as_millis() as u64;
+        let anything = dirty_count > 0 || grown_bytes > 0 || !self.house.expiry_done.is_empty();
+        dirty_count >= CHECKPOINT_DIRTY_COUNT
+            || grown_bytes >= self.config.checkpoint_wal_bytes
+            || (anything && elapsed_ms >= CHECKPOINT_INTERVAL_MS)
+    }
+
+    fn sweep_due(&self) -> bool {
+        self.house.last_sweep.elapsed() >= SWEEP_INTERVAL && self.broker.durable_epoch() > 0
+    }
+
+    /// Hands the broker's changes since the last checkpoint to the writer.
+    fn start_checkpoint(&mut self) {
+        let position = self.wal.committed_position();
+        debug_assert_eq!(position, self.wal.pending_position(), "frames left uncommitted");
+        let job = CheckpointJob {
+            snapshot: self.broker.snapshot(),
+            position,
+            now_ms: self.now_ms(),
+            expiry_done: std::mem::take(&mut self.house.expiry_done),
+            expiry_added: std::mem::take(&mut self.house.expiry_added),
+            moved_contents: Vec::new(),
+        };
+        self.house.in_flight = Some(job.snapshot.epoch);
+        self.house.last_checkpoint = Instant::now();
+        self.house.log_bytes_at_checkpoint = self.wal.disk_bytes();
+        self.house.checkpointer.submit(Job::Checkpoint(Box::new(job)));
+    }
+
+    fn start_sweep(&mut self) {
+        self.house.last_sweep = Instant::now();
+        self.house.sweep_in_flight = true;
+        let job = Job::Sweep {
+            now_ms: self.now_ms(),
+            retention: self.broker.retention_table(),
+            epoch: self.broker.durable_epoch(),
+        };
+        self.house.checkpointer.submit(job);
+    }
+
+    fn take_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Checkpointed { job, result, elapsed } => {
+                self.house.in_flight = None;
+                match result {
+                    Ok(stats) => {
+                        self.checkpointed(&job, elapsed);
+                        tracing::debug!(
+                            epoch = job.snapshot.epoch,
+                            pages = stats.page_count,
+                            records = stats.record_count,
+                            bytes = stats.batch_bytes,
+                            elapsed_ms = elapsed.as_millis() as u64,
+                            "checkpoint"
+                        );
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "checkpoint failed; the log is kept and it is retried");
+                        let job = *job;
+                        self.house.expiry_done.extend(job.expiry_done);
+                        self.house.expiry_added.extend(job.expiry_added);
+                        self.broker.checkpoint_failed(job.snapshot);
+                    }
+                }
+            }
+            Outcome::Swept(result) => {
+                self.house.sweep_in_flight = false;
+                match result {
+                    Ok(batch) if batch.epoch == self.broker.durable_epoch() => {
+                        let now_ms = self.now_ms();
+                        let candidates = batch
+                            .candidates
+                            .into_iter()
+                            .map(|(id, meta)| (id, Some(meta)))
+                            .collect();
+                        self.broker.expire_retained(now_ms, candidates, &mut self.ops);
+                        self.append_ops(0, |_, _| {});
+                        self.finish();
+                        self.house.expiry_done.extend(batch.done);
+                        self.house.expiry_added.extend(batch.added);
+                    }
+                    // The catalog moved on while the sweep read it: the notes are read again.
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "reading the retention notes failed"),
+                }
+            }
+        }
+    }
+
+    /// A checkpoint is durable: the broker forgets what the catalog now holds, and the log
+    /// segments nothing needs any more are deleted.
+    fn checkpointed(&mut self, job: &CheckpointJob, elapsed: Duration) {
+        self.broker.checkpoint_durable(job.snapshot.epoch);
+        self.house.durable_position = job.position;
+        self.house.durable_segments = job.snapshot.segments.clone();
+        metrics::histogram!(crate::metrics::CHECKPOINT_DURATION_SECONDS)
+            .record(elapsed.as_secs_f64());
+        if self.house.pins.load(Ordering::SeqCst) == 0 {
+            let removable = crate::store::recovery::removable_segments(
+                &self.wal,
+                &self.house.durable_segments,
+                job.position,
+            );
+            match self.wal.remove_segments(&removable) {
+                Ok(_) => {
+                    for seq in removable {
+                        self.shared.segments.forget(seq as u32);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "deleting log segments failed; retried later"),
+            }
+        }
+        if self.house.last_trim.elapsed() >= TRIM_INTERVAL {
+            self.house.last_trim = Instant::now();
+            crate::store::release_free_memory();
+        }
+    }
+
+    /// Whether free disk space is under the watermark, looked up at most every 200 ms.
+    ///
+    /// Enqueues stop before the disk is full, so that the log and the catalog never meet ENOSPC
+    /// (sled cannot recover from a failed write without a restart) and consumers can still lease
+    /// and ack.
+    pub(super) fn disk_low(&mut self) -> Option<u64> {
+        if self.config.disk_free_min_bytes == 0 {
+            return None;
+        }
+        let stale = self.house.disk_checked_at.is_none_or(|at| at.elapsed() >= DISK_CHECK_INTERVAL);
+        if stale {
+            self.house.disk_checked_at = Some(Instant::now());
+            match fs2::available_space(&self.config.data_dir) {
+                Ok(free_bytes) => self.house.disk_free_bytes = free_bytes,
+                Err(error) => tracing::warn!(%error, "cannot read the free disk space"),
+            }
+        }
+        let free_bytes = self.house.disk_free_bytes;
+        (free_bytes < self.config.disk_free_min_bytes).then_some(free_bytes)
+    }
+}
