@@ -116,11 +116,14 @@ settings! {
     max_connections: usize = CONNECTION_COUNT_DEFAULT, "OUTBOXD_MAX_CONNECTIONS";
     /// Enqueues are refused (507) while the data directory's filesystem has fewer free bytes (0: off).
     disk_free_min_bytes: u64 = DISK_FREE_MIN_BYTES_DEFAULT, "OUTBOXD_DISK_FREE_MIN_BYTES";
-    /// WAL growth, in bytes, after which a checkpoint lets older log segments go (smaller means
-    /// less log to replay after a crash, and more frequent sled flushes).
+    /// Log growth, in bytes, after which a checkpoint writes the catalog (smaller means less log
+    /// to replay after a crash, and more frequent catalog writes).
     checkpoint_wal_bytes: u64 = CHECKPOINT_WAL_BYTES, "OUTBOXD_CHECKPOINT_WAL_BYTES";
-    /// At startup, set damaged message records aside (logged, kept in a `quarantine` tree) instead
-    /// of refusing to start.
+    /// Size of a log segment file, in bytes: a segment is deleted once none of the messages whose
+    /// contents it holds is stored any more (smaller gives space back sooner, in more files).
+    log_segment_bytes: u64 = WAL_SEGMENT_BYTES, "OUTBOXD_LOG_SEGMENT_BYTES";
+    /// At startup, set damaged catalog pages aside (logged, kept byte for byte) instead of
+    /// refusing to start.
     #[arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     quarantine_corrupt: bool = false, "OUTBOXD_QUARANTINE_CORRUPT";
     /// How long shutdown waits for in-flight requests, in milliseconds.
@@ -273,6 +276,8 @@ pub struct Config {
     pub connection_count_max: usize,
     pub disk_free_min_bytes: u64,
     pub checkpoint_wal_bytes: u64,
+    /// Size of a log segment before the next one starts.
+    pub log_segment_bytes: u64,
     pub quarantine_corrupt: bool,
     pub shutdown_timeout_ms: u64,
     pub log_format: LogFormat,
@@ -421,6 +426,11 @@ impl Config {
                 &s.checkpoint_wal_bytes,
                 1024 * 1024,
                 CHECKPOINT_WAL_BYTES_MAX,
+            )?,
+            log_segment_bytes: range(
+                &s.log_segment_bytes,
+                WAL_SEGMENT_BYTES_MIN,
+                WAL_SEGMENT_BYTES_MAX,
             )?,
             quarantine_corrupt: s.quarantine_corrupt.value,
             shutdown_timeout_ms: range(&s.shutdown_timeout_ms, 0, 600_000)?,

@@ -81,8 +81,11 @@ pub const COMMAND_QUEUE_DEPTH: usize = 4096;
 /// Most commands one group commit takes from the channel before it syncs.
 pub const GROUP_COMMAND_COUNT_MAX: usize = 1024;
 
-/// Log segment size before rotation, and log growth that triggers a checkpoint.
+/// Log segment size before rotation (default and range), and log growth that triggers a
+/// checkpoint.
 pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 pub const CHECKPOINT_WAL_BYTES: u64 = 64 * 1024 * 1024;
 pub const CHECKPOINT_WAL_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 /// A checkpoint is taken at least this often while anything changes: it bounds how much log a
@@ -132,5 +135,7 @@ const _: () = assert!(LEASE_MS_MAX <= RETENTION_MS_DEFAULT);
 const _: () = assert!(MESSAGE_BYTES_MAX * 8 <= WAL_SEGMENT_BYTES);
 // Content locations are 32-bit offsets: a segment (its limit plus one more request) stays far
 // below 4 GiB.
-const _: () = assert!(WAL_SEGMENT_BYTES + REQUEST_BYTES_MAX * 2 < u32::MAX as u64);
+const _: () = assert!(WAL_SEGMENT_BYTES_MAX + REQUEST_BYTES_MAX * 2 < u32::MAX as u64);
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES);
+const _: () = assert!(WAL_SEGMENT_BYTES <= WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(CHECKPOINT_DIRTY_COUNT < SETTLED_COUNT_MAX);

@@ -31,6 +31,8 @@ pub const STORE_BYTES: &str = "outboxd_store_bytes";
 pub const CHECKPOINT_DURATION_SECONDS: &str = "outboxd_checkpoint_duration_seconds";
 /// Gauge: dead, delivered and removed records held in memory until a checkpoint writes them.
 pub const PENDING_RECORDS: &str = "outboxd_pending_records";
+/// Gauge: bytes of log after the last durable checkpoint: what a restart would replay.
+pub const REPLAY_BYTES: &str = "outboxd_replay_bytes";
 /// Gauge: armed timers (scheduled deliveries, retry backoffs, leases).
 pub const TIMERS: &str = "outboxd_timers";
 /// Gauge: 1 after a storage failure (writes refused until a restart).

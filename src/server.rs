@@ -31,7 +31,16 @@ async fn serve(config: Config) -> Result<(), Error> {
     let now_ms = crate::clock::now_ms();
     let seed = now_ms ^ (u64::from(std::process::id()) << 32);
     let started = std::time::Instant::now();
-    let recovered = recovery::recover(&config.data_dir, config.broker, now_ms, seed)?;
+    let recovered = recovery::recover(
+        &config.data_dir,
+        config.broker,
+        now_ms,
+        seed,
+        recovery::RecoveryOptions {
+            quarantine: config.quarantine_corrupt,
+            segment_bytes: config.log_segment_bytes,
+        },
+    )?;
     let summary = &recovered.summary;
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -40,6 +49,8 @@ async fn serve(config: Config) -> Result<(), Error> {
         queues = summary.queue_count,
         active = summary.active_count,
         pages = summary.page_count,
+        quarantined_pages = summary.quarantined_count,
+        dropped_items = summary.dropped_count,
         removed_segments = summary.removed_segment_count,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered"

@@ -40,30 +40,38 @@ fn run_expecting_exit(data_dir: &std::path::Path, extra_args: &[&str]) -> (bool,
 }
 
 #[test]
-fn a_damaged_record_stops_startup_naming_the_message_or_is_quarantined() {
+fn a_damaged_record_stops_startup_naming_the_messages_or_is_quarantined() {
     let mut server = Server::start(&[]);
-    let ids = server.enqueue("faults", &json!([{"body": 1}, {"body": 2}, {"body": 3}]));
-    assert!(server.terminate().success());
-    let damaged = u64::from_str_radix(&ids[1], 16).unwrap();
+    // 300 messages fill catalog page 0 (ids 1 to 255) and part of page 1 (from id 256).
+    let messages: Vec<serde_json::Value> = (0..300).map(|i| json!({"body": i})).collect();
+    let ids = server.enqueue("faults", &json!(messages));
+    assert!(server.terminate().success(), "a clean stop writes the pages");
     {
-        let store = outboxd::store::Store::open(server.data_dir()).expect("open the stopped store");
-        // A record of plausible length whose crc cannot match.
-        store.put_raw("meta", &damaged.to_be_bytes(), &[1, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0]).unwrap();
+        let catalog =
+            outboxd::store::catalog::Catalog::open(server.data_dir()).expect("open the catalog");
+        // A page of plausible length whose crc cannot match.
+        let key = outboxd::store::keys::page_key(1);
+        catalog.put_raw(&key, &[1, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0]).unwrap();
     }
     let (started, stderr) = run_expecting_exit(server.data_dir(), &[]);
     assert!(!started, "the server must not start on a damaged record");
-    assert!(stderr.contains(&format!("meta of message {}", ids[1])), "{stderr}");
+    assert!(
+        stderr.contains("catalog page 1 (messages 0000000000000100 to 00000000000001ff)"),
+        "the error names the damaged messages: {stderr}"
+    );
     assert!(stderr.contains("crc mismatch"), "{stderr}");
     assert!(stderr.contains("--quarantine-corrupt"), "the error says what to do: {stderr}");
 
     let copy = tempfile::TempDir::new().unwrap();
     copy_dir(server.data_dir(), copy.path());
     let server = Server::start_in(copy, &["--quarantine-corrupt"]);
-    assert_eq!(server.get_message(&ids[0])["state"], "ready");
-    assert_eq!(server.get_message(&ids[2])["state"], "ready");
-    assert_error(&server.get(&format!("/v1/messages/{}", ids[1])), 404, "message_not_found");
-    assert_eq!(server.queue_counts("faults")["ready"], 2);
-    assert!(server.stderr_text().contains("quarantined a damaged message record"));
+    assert_eq!(server.get_message(&ids[0])["body"], 0);
+    assert_eq!(server.get_message(&ids[254])["state"], "ready");
+    assert_error(&server.get(&format!("/v1/messages/{}", ids[255])), 404, "message_not_found");
+    assert_eq!(server.queue_counts("faults")["ready"], 255);
+    assert!(server.stderr_text().contains("quarantined a damaged catalog page"));
+    // The undamaged messages work as usual.
+    assert_eq!(server.lease("faults", 1000, 30_000, 0).len(), 255);
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -174,8 +182,10 @@ fn a_damaged_history_record_is_replaced_rather_than_blocking_the_message_or_a_re
     assert!(server.terminate().success());
     let id = u64::from_str_radix(&ids[0], 16).unwrap();
     {
-        let store = outboxd::store::Store::open(server.data_dir()).expect("open the stopped store");
-        store.put_raw("history", &id.to_be_bytes(), &[1, 2, 3, 4, 5, 6, 7]).unwrap();
+        let catalog =
+            outboxd::store::catalog::Catalog::open(server.data_dir()).expect("open the catalog");
+        let key = outboxd::store::keys::history_key(outboxd::queue::MessageId(id));
+        catalog.put_raw(&key, &[1, 2, 3, 4, 5, 6, 7]).unwrap();
     }
     server.restart();
     let leased = server.lease("history", 1, 30_000, 0);
@@ -188,4 +198,75 @@ fn a_damaged_history_record_is_replaced_rather_than_blocking_the_message_or_a_re
     server.restart();
     assert_eq!(server.get_message(&ids[0])["last_error"]["message"], "after damage");
     assert!(server.stderr_text().contains("replacing a damaged history record"));
+}
+
+/// After a failed fsync the server refuses writes, but every message acknowledged before the
+/// failure stays readable and listable, in every state, whether the catalog or only memory holds
+/// its latest change.
+#[test]
+fn every_acknowledged_message_stays_readable_and_listable_after_a_storage_failure() {
+    let server = Server::start(&[]);
+    let messages: Vec<serde_json::Value> =
+        (0..600).map(|i| json!({"body": {"i": i}, "max_attempts": 1})).collect();
+    let mut ids = server.enqueue("fail", &json!(messages));
+    // 200 delivered, 100 dead; then a checkpoint (every 2 s at the latest) writes them.
+    let leased = server.lease("fail", 300, 600_000, 0);
+    let tokens: Vec<String> =
+        leased.iter().map(|m| m["lease"].as_str().unwrap().to_string()).collect();
+    let acked: Vec<&str> = tokens[..200].iter().map(String::as_str).collect();
+    server.ack("fail", &acked);
+    let dead: Vec<serde_json::Value> =
+        tokens[200..].iter().map(|token| json!({"lease": token, "error": "boom"})).collect();
+    server.nack("fail", &json!(dead));
+    std::thread::sleep(Duration::from_millis(2500));
+    // More changes that only memory and the log hold: 100 delivered, 50 dead, 100 leased.
+    let leased = server.lease("fail", 250, 600_000, 0);
+    let tokens: Vec<String> =
+        leased.iter().map(|m| m["lease"].as_str().unwrap().to_string()).collect();
+    let acked: Vec<&str> = tokens[..100].iter().map(String::as_str).collect();
+    server.ack("fail", &acked);
+    let dead: Vec<serde_json::Value> =
+        tokens[100..150].iter().map(|token| json!({"lease": token, "error": "late"})).collect();
+    server.nack("fail", &json!(dead));
+    ids.extend(server.enqueue("fail", &json!([{"body": "last"}])));
+
+    server.set_failpoint("wal.sync", "return");
+    let refused = server.enqueue_raw("fail", &json!({"messages": [{"body": 1}]}).to_string(), None);
+    assert_error(&refused, 503, "storage_failed");
+
+    // The refused batch ran in memory before its sync failed: its outcome is unknown to the
+    // client, so it may show as one more ready message until a restart.
+    let expected = [("ready", 51), ("leased", 100), ("dead", 150), ("delivered", 300)];
+    let counts = server.queue_counts("fail");
+    for (state, count) in expected {
+        let shown = counts[state].as_u64().unwrap();
+        assert!(shown == count || (state == "ready" && shown == count + 1), "{state}: {counts}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (state, count) in expected {
+        let mut cursor = String::new();
+        let mut listed = 0;
+        loop {
+            let path = format!("/v1/queues/fail/messages?state={state}&limit=70{cursor}");
+            let page = server.get(&path);
+            assert_eq!(page.status, 200, "{path}: {page:?}");
+            for message in page.body["messages"].as_array().unwrap() {
+                assert_eq!(message["state"], state, "{message}");
+                assert!(seen.insert(message["id"].as_str().unwrap().to_string()));
+                listed += 1;
+            }
+            match page.body["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => break,
+            }
+        }
+        let extra = if state == "ready" { 1 } else { 0 };
+        assert!(listed == count || listed == count + extra, "{state}: {listed} listed");
+    }
+    for id in &ids {
+        let response = server.get(&format!("/v1/messages/{id}"));
+        assert_eq!(response.status, 200, "message {id} after the failure: {response:?}");
+        assert!(seen.contains(id), "message {id} was not listed");
+    }
+    assert!(seen.len() == ids.len() || seen.len() == ids.len() + 1, "{} listed", seen.len());
 }

@@ -12,7 +12,7 @@
 //! broker removes them (one `Remove` op, logged like any other) and the notes are deleted by the
 //! next checkpoint.
 
-use super::checkpointer::{Checkpointer, Job, Outcome};
+use super::checkpointer::{Checkpointer, CompactBatch, Job, Outcome};
 use super::Engine;
 use crate::limits::{CHECKPOINT_DIRTY_COUNT, CHECKPOINT_INTERVAL_MS};
 use crate::queue::SegmentUsage;
@@ -28,6 +28,13 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How often memory freed by checkpoints is handed back to the system.
 const TRIM_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the log's closed segments are looked at for reclaiming.
+const COMPACT_INTERVAL: Duration = Duration::from_secs(2);
+/// A closed segment is reclaimed when less than 1/`COMPACT_LIVE_FRACTION` of it still holds
+/// contents of stored messages: those are copied into the current segment, and it is deleted.
+/// Copying at most a quarter of a segment per segment reclaimed bounds the copying to a third of
+/// what is written, however long messages are kept.
+const COMPACT_LIVE_FRACTION: u64 = 4;
 
 /// The storage thread's housekeeping state.
 pub(super) struct Housekeeping {
@@ -52,13 +59,22 @@ pub(super) struct Housekeeping {
     /// Free bytes at the last look, and when that was.
     disk_free_bytes: u64,
     disk_checked_at: Option<Instant>,
+    /// A compaction step handed to the writer and not finished yet.
+    compact_in_flight: bool,
+    /// The segment being reclaimed and the catalog pages still to read for it.
+    compacting: Option<(u32, u64, u64)>,
+    last_compact: Instant,
 }
 
 impl Housekeeping {
-    pub(super) fn new(catalog: Arc<Catalog>, wal: &Wal) -> std::io::Result<Housekeeping> {
+    pub(super) fn new(
+        catalog: Arc<Catalog>,
+        segments: Arc<crate::store::wal::SegmentFiles>,
+        wal: &Wal,
+    ) -> std::io::Result<Housekeeping> {
         let durable = catalog.manifest().ok().flatten().unwrap_or_default();
         Ok(Housekeeping {
-            checkpointer: Checkpointer::spawn(catalog)?,
+            checkpointer: Checkpointer::spawn(catalog, segments)?,
             pins: Arc::default(),
             durable_position: durable.position,
             durable_segments: durable.segments,
@@ -72,6 +88,9 @@ impl Housekeeping {
             expiry_added: Vec::new(),
             disk_free_bytes: u64::MAX,
             disk_checked_at: None,
+            compact_in_flight: false,
+            compacting: None,
+            last_compact: Instant::now(),
         })
     }
 }
@@ -93,9 +112,15 @@ impl Engine {
             if !stopping && !self.house.sweep_in_flight && self.sweep_due() {
                 self.start_sweep();
             }
+            if !stopping && !self.house.compact_in_flight {
+                self.start_compaction();
+            }
         }
         if stopping {
-            while self.house.in_flight.is_some() || self.house.sweep_in_flight {
+            while self.house.in_flight.is_some()
+                || self.house.sweep_in_flight
+                || self.house.compact_in_flight
+            {
                 let Some(outcome) = self.house.checkpointer.wait_outcome() else { break };
                 self.take_outcome(outcome);
             }
@@ -104,6 +129,8 @@ impl Engine {
         let gauges = &self.shared.gauges;
         gauges.settled_count.store(self.broker.settled_count() as u64, Ordering::Relaxed);
         gauges.timer_count.store(self.broker.timer_count() as u64, Ordering::Relaxed);
+        let replay_bytes = self.wal.bytes_after(self.house.durable_position);
+        gauges.replay_bytes.store(replay_bytes, Ordering::Relaxed);
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -152,8 +179,96 @@ impl Engine {
         self.house.checkpointer.submit(job);
     }
 
+    /// Starts (or goes on with) reclaiming a closed segment that is mostly dead.
+    fn start_compaction(&mut self) {
+        if self.house.compacting.is_none() {
+            if self.house.last_compact.elapsed() < COMPACT_INTERVAL
+                || self.broker.durable_epoch() == 0
+            {
+                return;
+            }
+            self.house.last_compact = Instant::now();
+            self.house.compacting = self.segment_to_reclaim();
+        }
+        let Some((segment, first_page, last_page)) = self.house.compacting else { return };
+        self.house.compact_in_flight = true;
+        let job = Job::Compact {
+            segment,
+            first_page,
+            last_page,
+            epoch: self.broker.durable_epoch(),
+            resident: self.broker.resident_contents_in(segment),
+        };
+        self.house.checkpointer.submit(job);
+    }
+
+    /// The closed segment behind the durable checkpoint with the most bytes to gain, among those
+    /// less than a quarter of which still holds stored contents; and its catalog pages.
+    fn segment_to_reclaim(&self) -> Option<(u32, u64, u64)> {
+        let closed = self.wal.closed_segments();
+        self.broker
+            .segment_usage()
+            .iter()
+            .filter(|(seq, _)| u64::from(**seq) < self.house.durable_position.segment_seq)
+            .filter_map(|(seq, usage)| {
+                let size = *closed.get(&u64::from(*seq))?;
+                (usage.live_bytes.saturating_mul(COMPACT_LIVE_FRACTION) < size).then_some((
+                    size - usage.live_bytes,
+                    *seq,
+                    *usage,
+                ))
+            })
+            .max_by_key(|(gain, _, _)| *gain)
+            .map(|(_, seq, usage)| {
+                let page = |id: u64| crate::queue::page_of(crate::queue::MessageId(id));
+                (seq, page(usage.id_low), page(usage.id_high))
+            })
+    }
+
+    /// Copies the contents a compaction step read into a new frame, for the messages that still
+    /// point at them.
+    fn take_compaction(&mut self, batch: CompactBatch) {
+        if batch.epoch != self.broker.durable_epoch() {
+            // The catalog moved on while the step read it: read the same pages again.
+            return;
+        }
+        let valid: Vec<(crate::queue::MessageId, Vec<u8>)> = batch
+            .items
+            .into_iter()
+            .filter_map(|(id, stored, old, bytes)| {
+                (self.broker.current_content(id, stored) == Some(old)).then_some((id, bytes))
+            })
+            .collect();
+        if !valid.is_empty() {
+            if let Some(mut writer) = self.begin_frame(valid.len()) {
+                let items = valid
+                    .iter()
+                    .map(|(id, bytes)| (*id, writer.content(self.wal.frame_buffer(), bytes)))
+                    .collect();
+                self.broker.move_contents(items, &mut self.ops);
+                writer.finish(self.wal.frame_buffer(), &self.ops);
+                self.wal.end_frame();
+                self.ops.clear();
+                inject_crash("compaction.before_commit");
+                self.finish();
+                inject_crash("compaction.after_commit");
+            }
+        }
+        self.house.compacting = batch.next_pages.map(|(first, last)| (batch.segment, first, last));
+    }
+
     fn take_outcome(&mut self, outcome: Outcome) {
         match outcome {
+            Outcome::Compacted(result) => {
+                self.house.compact_in_flight = false;
+                match result {
+                    Ok(batch) => self.take_compaction(batch),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading a log segment to reclaim failed");
+                        self.house.compacting = None;
+                    }
+                }
+            }
             Outcome::Checkpointed { job, result, elapsed } => {
                 self.house.in_flight = None;
                 match result {
@@ -215,6 +330,9 @@ impl Engine {
                 &self.house.durable_segments,
                 job.position,
             );
+            if !removable.is_empty() {
+                inject_crash("segments.before_remove");
+            }
             match self.wal.remove_segments(&removable) {
                 Ok(_) => {
                     for seq in removable {
@@ -251,3 +369,17 @@ impl Engine {
         (free_bytes < self.config.disk_free_min_bytes).then_some(free_bytes)
     }
 }
+
+/// Kills the process at a failpoint (test builds): crash tests stop the server in the middle of
+/// segment deletion or compaction this way.
+#[cfg(feature = "testing")]
+fn inject_crash(name: &str) {
+    fail::fail_point!(name, |_| {
+        eprintln!("crash injected at {name}");
+        std::process::abort()
+    });
+}
+
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+fn inject_crash(_name: &str) {}

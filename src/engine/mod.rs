@@ -113,6 +113,8 @@ pub struct Gauges {
     pub settled_count: AtomicU64,
     /// Armed timers.
     pub timer_count: AtomicU64,
+    /// Bytes of log after the durable checkpoint (what a restart replays).
+    pub replay_bytes: AtomicU64,
 }
 
 /// Keeps every log segment from being deleted while it lives (a running backup holds one).
@@ -159,7 +161,8 @@ pub fn spawn(
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(config.depth);
     let failure = Arc::new(RwLock::new(None));
-    let house = housekeeping::Housekeeping::new(shared.catalog.clone(), &wal)?;
+    let house =
+        housekeeping::Housekeeping::new(shared.catalog.clone(), shared.segments.clone(), &wal)?;
     let engine = Engine {
         broker,
         wal,

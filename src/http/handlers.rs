@@ -487,6 +487,8 @@ pub async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> {
     metrics::gauge!(m::PENDING_RECORDS).set(pending as f64);
     let timers = gauges.timer_count.load(std::sync::atomic::Ordering::Relaxed);
     metrics::gauge!(m::TIMERS).set(timers as f64);
+    let replay_bytes = gauges.replay_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(m::REPLAY_BYTES).set(replay_bytes as f64);
     metrics::gauge!(m::STORAGE_FAILED).set(f64::from(u8::from(state.engine.failure().is_some())));
     let mut response = super::raw_json_response(StatusCode::OK, handle.render().into_bytes());
     response.headers_mut().insert(
@@ -511,6 +513,10 @@ pub fn health(state: &AppState) -> HttpResponse {
 }
 
 /// Arms a fault-injection point (test builds only): the body is a `fail` crate action.
+///
+/// The name `power_cut` is special: the process dies at once as in a power loss, with every log
+/// byte written since the last completed fdatasync lost (`store::wal::file::power_cut`); a body
+/// `torn=N` keeps N bytes of that unsynced tail, as a partly written page would.
 #[cfg(feature = "testing")]
 pub async fn set_failpoint(
     state: &AppState,
@@ -519,6 +525,10 @@ pub async fn set_failpoint(
 ) -> Result<HttpResponse, ApiError> {
     let bytes = read_body(request, state.limits.request_bytes_max).await?;
     let action = String::from_utf8_lossy(&bytes).trim().to_string();
+    if name == "power_cut" {
+        let torn_bytes = action.strip_prefix("torn=").and_then(|bytes| bytes.parse().ok());
+        crate::store::wal::file::power_cut(torn_bytes);
+    }
     fail::cfg(name, &action).map_err(ApiError::invalid_request)?;
     let body = serde_json::json!({"name": name, "action": action});
     Ok(json_response(StatusCode::OK, &body))

@@ -77,9 +77,9 @@ impl Broker {
                 self.apply_enqueue(*queue_id, *first_id, *at_ms, idempotency.clone(), messages);
             }
             Op::Lease { at_ms, deadline_ms, nonce_seed, ids } => {
-                for (index, id) in ids.iter().enumerate() {
+                for id in ids {
                     self.expect_state(*id, &[MessageState::Ready]).map_err(refuse)?;
-                    let nonce = super::op::lease_nonce(*nonce_seed, index);
+                    let nonce = super::op::lease_nonce(*nonce_seed, *id);
                     self.apply_lease(*id, *at_ms, *deadline_ms, nonce);
                 }
             }

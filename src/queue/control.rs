@@ -303,6 +303,45 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Every message the broker holds (active or settled) whose content is in log segment
+    /// `segment`, with the content's location.
+    pub fn resident_contents_in(&self, segment: u32) -> Vec<(MessageId, ContentLocation)> {
+        let in_segment = |meta: &MessageMeta| meta.content.segment() == Some(segment);
+        let active = self.active.iter().map(|(id, resident)| (*id, &resident.meta));
+        let settled =
+            self.settled.iter().filter_map(|(id, settled)| settled.meta.as_ref().map(|m| (*id, m)));
+        let mut found: Vec<(MessageId, ContentLocation)> = active
+            .chain(settled)
+            .filter(|(_, meta)| in_segment(meta))
+            .map(|(id, meta)| (id, meta.content))
+            .collect();
+        found.sort_unstable_by_key(|(id, _)| *id);
+        found
+    }
+
+    /// Where a message's content is now: the broker's record, else `stored` (made resident);
+    /// `None` when the message is gone.
+    pub fn current_content(
+        &mut self,
+        id: MessageId,
+        stored: Option<MessageMeta>,
+    ) -> Option<ContentLocation> {
+        self.resolve(id, stored).ok().map(|meta| meta.content)
+    }
+
+    /// Points messages at new copies of their contents (a reclaimed segment's, copied into this
+    /// request's frame). Each must be resident ([`Broker::current_content`] makes it so).
+    pub fn move_contents(&mut self, items: Vec<(MessageId, ContentLocation)>, ops: &mut Vec<Op>) {
+        for (id, content) in &items {
+            self.apply_move_content(*id, *content);
+        }
+        if !items.is_empty() {
+            ops.push(Op::MoveContent { items });
+        }
+    }
+}
+
 /// What the broker holds of one queue's terminal messages: see [`Broker::settled_of`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SettledView {

@@ -79,7 +79,7 @@ impl Broker {
             let Some(&(_, id)) = self.queues[queue_id.0 as usize].ready.first() else {
                 break;
             };
-            let nonce = lease_nonce(nonce_seed, ids.len());
+            let nonce = lease_nonce(nonce_seed, id);
             self.apply_lease(id, now_ms, deadline_ms, nonce);
             ids.push(id);
             let meta = self.active[&id].meta.clone();

@@ -33,8 +33,8 @@ pub enum Op {
         idempotency: Option<(String, u64)>,
         messages: Vec<Accepted>,
     },
-    /// Ready messages were leased until `deadline_ms`; the `i`-th gets the nonce
-    /// [`lease_nonce`]`(nonce_seed, i)`.
+    /// Ready messages were leased until `deadline_ms`; message `id` gets the nonce
+    /// [`lease_nonce`]`(nonce_seed, id)`.
     Lease { at_ms: u64, deadline_ms: u64, nonce_seed: u64, ids: Vec<MessageId> },
     /// Leases were extended to the given deadlines.
     Extend { at_ms: u64, items: Vec<(MessageId, u64)> },
@@ -61,8 +61,8 @@ pub enum Op {
         content: Option<ContentLocation>,
         deliver_at_ms: Option<u64>,
     },
-    /// Contents were moved out of a log segment into the catalog, so that the segment can be
-    /// deleted; each item is the message and its content's new location.
+    /// Contents were copied out of a log segment being reclaimed into the frame of this op, so
+    /// that the segment can be deleted; each item is the message and its content's new location.
     MoveContent { items: Vec<(MessageId, ContentLocation)> },
 }
 
@@ -135,10 +135,11 @@ impl EditFields {
     }
 }
 
-/// The nonce of the `index`-th message of a lease whose seed is `seed`: a SplitMix64 output, odd so
-/// that it is never 0 (0 means "not leased").
-pub fn lease_nonce(seed: u64, index: usize) -> u64 {
-    crate::random::mix64(seed.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))) | 1
+/// The nonce message `id` gets in a lease whose seed is `seed`: a SplitMix64 output, odd so that it
+/// is never 0 (0 means "not leased"). It depends on the id, not on the message's place in the
+/// lease, so the nonces of the others stay the same when recovery drops an item.
+pub fn lease_nonce(seed: u64, id: MessageId) -> u64 {
+    crate::random::mix64(seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1
 }
 
 impl Op {
@@ -159,6 +160,39 @@ impl Op {
             Op::Reschedule { .. } => "reschedule",
             Op::Edit { .. } => "edit",
             Op::MoveContent { .. } => "move_content",
+        }
+    }
+
+    /// Drops the items naming a message for which `keep` is false (recovery drops the items of
+    /// messages set aside as damaged); returns how many it dropped. An op about one message
+    /// becomes an empty `Remove` when it is dropped; an enqueue keeps everything (it creates).
+    pub fn retain_touched(&mut self, keep: impl Fn(MessageId) -> bool) -> u64 {
+        fn retain<T>(items: &mut Vec<T>, keep: impl Fn(&T) -> bool) -> u64 {
+            let before = items.len();
+            items.retain(|item| keep(item));
+            (before - items.len()) as u64
+        }
+        match self {
+            Op::CreateQueue { .. }
+            | Op::PauseQueue { .. }
+            | Op::ConfigureQueue { .. }
+            | Op::Enqueue { .. } => 0,
+            Op::Lease { ids, .. }
+            | Op::Ack { ids, .. }
+            | Op::Due { ids, .. }
+            | Op::Remove { ids, .. }
+            | Op::Retry { ids, .. } => retain(ids, |id| keep(*id)),
+            Op::Extend { items, .. } => retain(items, |(id, _)| keep(*id)),
+            Op::Fail { items, .. } => retain(items, |item| keep(item.id)),
+            Op::MoveContent { items } => retain(items, |(id, _)| keep(*id)),
+            Op::Reschedule { id, at_ms, .. } | Op::Edit { id, at_ms, .. } => {
+                if keep(*id) {
+                    0
+                } else {
+                    *self = Op::Remove { at_ms: *at_ms, ids: Vec::new() };
+                    1
+                }
+            }
         }
     }
 
@@ -189,12 +223,12 @@ mod tests {
 
     #[test]
     fn lease_nonces_are_odd_distinct_and_repeatable() {
-        let nonces: Vec<u64> = (0..1000).map(|index| lease_nonce(42, index)).collect();
+        let nonces: Vec<u64> = (0..1000).map(|id| lease_nonce(42, MessageId(id))).collect();
         assert!(nonces.iter().all(|nonce| nonce & 1 == 1));
         let distinct: std::collections::HashSet<u64> = nonces.iter().copied().collect();
         assert_eq!(distinct.len(), nonces.len());
-        assert_eq!(lease_nonce(42, 7), nonces[7]);
-        assert_ne!(lease_nonce(43, 7), nonces[7]);
+        assert_eq!(lease_nonce(42, MessageId(7)), nonces[7]);
+        assert_ne!(lease_nonce(43, MessageId(7)), nonces[7]);
     }
 
     #[test]

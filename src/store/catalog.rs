@@ -87,6 +87,9 @@ fn count_value(value: &[u8]) -> Option<u32> {
     Some(u32::from_le_bytes(value.try_into().ok()?))
 }
 
+/// Message records, by id.
+pub type Records = Vec<(MessageId, MessageMeta)>;
+
 /// The writes of one checkpoint, with their size.
 #[derive(Default)]
 struct Batch {
@@ -136,7 +139,11 @@ impl Catalog {
     /// The records of a page, by id (empty when the page does not exist).
     pub fn page(&self, page: u64) -> Result<Vec<(MessageId, MessageMeta)>, StoreError> {
         let Some(bytes) = self.kv.get(&keys::page_key(page))? else { return Ok(Vec::new()) };
-        codec::decode_page(page, &bytes).map_err(corrupt(format!("catalog page {page}")))
+        codec::decode_page(page, &bytes).map_err(corrupt(format!(
+            "catalog page {page} (messages {:016x} to {:016x})",
+            page << PAGE_ID_BITS,
+            ((page + 1) << PAGE_ID_BITS) - 1
+        )))
     }
 
     /// A message's record as of the last checkpoint.
@@ -174,24 +181,52 @@ impl Catalog {
     }
 
     /// Visits every active message (the pages the `a` index names), in id order; returns how
-    /// many pages it read.
+    /// many pages it read and how many damaged ones it set aside.
+    ///
+    /// A damaged page stops the visit with an error naming it, unless `quarantine`: then it is
+    /// moved to the `x` kind byte for byte (its messages no longer exist for the server), logged,
+    /// and the visit goes on.
     pub fn for_each_active(
         &self,
+        quarantine: bool,
         mut visit: impl FnMut(MessageId, MessageMeta),
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, u64), StoreError> {
         let mut pages = Vec::new();
         self.scan_kind(keys::ACTIVE, |key, _| {
             pages.push(keys::decode_active_key(key).ok_or_else(|| corrupt_key("active", key))?);
             Ok(true)
         })?;
+        let mut quarantined_count = 0;
         for page in &pages {
-            for (id, meta) in self.page(*page)? {
+            let records = match self.page(*page) {
+                Ok(records) => records,
+                Err(StoreError::Corrupt { what, source }) if quarantine => {
+                    tracing::error!(%what, error = %source, "quarantined a damaged catalog page");
+                    self.quarantine_page(*page)?;
+                    quarantined_count += 1;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            for (id, meta) in records {
                 if meta.state.is_active() {
                     visit(id, meta);
                 }
             }
         }
-        Ok(pages.len() as u64)
+        Ok((pages.len() as u64, quarantined_count))
+    }
+
+    /// Moves a damaged page aside (`x` kind) with its index entries.
+    fn quarantine_page(&self, page: u64) -> Result<(), StoreError> {
+        let Some(bytes) = self.kv.get(&keys::page_key(page))? else { return Ok(()) };
+        let writes = vec![
+            (keys::quarantine_key(page).to_vec(), Some(bytes)),
+            (keys::page_key(page).to_vec(), None),
+            (keys::active_key(page).to_vec(), None),
+        ];
+        self.kv.apply(writes)?;
+        self.kv.make_durable()
     }
 
     /// Visits every idempotency key created at or after `since_ms`.
@@ -274,12 +309,46 @@ impl Catalog {
         let held = view.in_state.iter().filter(|(id, _)| in_range(*id)).cloned();
         found.extend(held);
         if descending {
-            found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            found.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
         } else {
             found.sort_unstable_by_key(|(id, _)| *id);
         }
         found.truncate(limit);
         Ok(found)
+    }
+
+    /// The dead and delivered messages whose content is in log segment `segment`, among the
+    /// pages `first_page..=last_page` (at most `page_limit` pages are read); also returns the next
+    /// page to look at when it stopped early.
+    pub fn contents_in(
+        &self,
+        segment: u32,
+        first_page: u64,
+        last_page: u64,
+        page_limit: usize,
+    ) -> Result<(Records, Option<u64>), StoreError> {
+        let mut pages = Vec::new();
+        let start = keys::page_key(first_page);
+        let end = keys::page_key(last_page.saturating_add(1));
+        let mut next = None;
+        self.kv.scan(&start, &end, false, &mut |key, _| {
+            let page = keys::decode_page_key(key).ok_or_else(|| corrupt_key("page", key))?;
+            if pages.len() == page_limit {
+                next = Some(page);
+                return Ok(false);
+            }
+            pages.push(page);
+            Ok(true)
+        })?;
+        let mut found = Vec::new();
+        for page in pages {
+            for (id, meta) in self.page(page)? {
+                if !meta.state.is_active() && meta.content.segment() == Some(segment) {
+                    found.push((id, meta));
+                }
+            }
+        }
+        Ok((found, next))
     }
 
     /// Finds the retained messages whose retention has passed, from the notes due at `now_ms`

@@ -12,6 +12,7 @@
 //! | `c`  | message id u64                                | content kept in the catalog          |
 //! | `e`  | remove-at second (ms) u64, page u64           | empty: the page holds a message whose retention ends then |
 //! | `i`  | created-at ms u64, queue id u32, key bytes    | idempotency record                   |
+//! | `x`  | page u64                                      | a damaged page set aside by `--quarantine-corrupt`, byte for byte |
 //!
 //! What the orders buy: `a` lists the few pages a restart must load; `t` lists a queue's dead (or
 //! delivered) messages page by page in id order, both ways, without reading other pages; `e`
@@ -29,6 +30,7 @@ pub const HISTORY: u8 = b'h';
 pub const CONTENT: u8 = b'c';
 pub const EXPIRY: u8 = b'e';
 pub const IDEMPOTENCY: u8 = b'i';
+pub const QUARANTINE: u8 = b'x';
 
 /// The manifest's key.
 pub const MANIFEST_KEY: &[u8] = b"m";
@@ -69,6 +71,10 @@ pub fn active_key(page: u64) -> [u8; 9] {
 
 pub fn decode_active_key(key: &[u8]) -> Option<u64> {
     decode_kind_u64(ACTIVE, key)
+}
+
+pub fn quarantine_key(page: u64) -> [u8; 9] {
+    kind_u64(QUARANTINE, page)
 }
 
 pub fn history_key(id: MessageId) -> [u8; 9] {

@@ -55,6 +55,11 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Sled(error) => write!(f, "catalog (sled): {error}"),
             StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StoreError::Corrupt { what, source } if what.starts_with("catalog page") => write!(
+                f,
+                "corrupt record {what}: {source} (restore the data directory from a backup, or \
+                 start with --quarantine-corrupt to set damaged pages aside)"
+            ),
             StoreError::Corrupt { what, source } => write!(
                 f,
                 "corrupt record {what}: {source} (restore the data directory from a backup)"

@@ -114,7 +114,7 @@ impl DiskModel {
         now_ms: u64,
         seed: u64,
     ) -> Result<Broker, StoreError> {
-        let (mut broker, from, _) = recovery::restore(&self.catalog, config, now_ms, seed)?;
+        let (mut broker, from, _) = recovery::restore(&self.catalog, config, now_ms, seed, false)?;
         let mut moved = Vec::new();
         let mut read = |location: ContentLocation| {
             Ok(self.content(MessageId(0), location).unwrap_or_default())
@@ -128,6 +128,7 @@ impl DiskModel {
                 &self.catalog,
                 *position,
                 &self.segment[payload.clone()],
+                false,
                 &mut read,
                 &mut moved,
             )?;

@@ -34,6 +34,10 @@ pub struct RecoverySummary {
     pub active_count: u64,
     /// Catalog pages read to restore the active messages.
     pub page_count: u64,
+    /// Damaged catalog pages set aside (with `--quarantine-corrupt`).
+    pub quarantined_count: u64,
+    /// Logged op items dropped because they named a message of a page set aside.
+    pub dropped_count: u64,
     /// Log segments deleted after the recovery checkpoint.
     pub removed_segment_count: usize,
 }
@@ -48,12 +52,29 @@ pub struct Recovered {
 }
 
 /// Recovers the data directory (creating it if absent).
+/// How recovery opens a data directory.
+#[derive(Clone, Copy, Debug)]
+pub struct RecoveryOptions {
+    /// Set damaged catalog pages aside instead of failing (`--quarantine-corrupt`).
+    pub quarantine: bool,
+    /// Size of a log segment before the next one starts.
+    pub segment_bytes: u64,
+}
+
+impl Default for RecoveryOptions {
+    fn default() -> RecoveryOptions {
+        RecoveryOptions { quarantine: false, segment_bytes: WAL_SEGMENT_BYTES }
+    }
+}
+
 pub fn recover(
     data_dir: &Path,
     config: BrokerConfig,
     now_ms: u64,
     seed: u64,
+    options: RecoveryOptions,
 ) -> Result<Recovered, StoreError> {
+    let quarantine = options.quarantine;
     let io = |source| StoreError::Io { path: data_dir.to_path_buf(), source };
     std::fs::create_dir_all(data_dir).map_err(io)?;
     if super::is_old_format(data_dir) {
@@ -65,8 +86,9 @@ pub fn recover(
     let catalog = Catalog::open(data_dir)?;
     let segments = SegmentFiles::new(&log_dir);
     let mut summary = RecoverySummary::default();
-    let (mut broker, from, page_count) = restore(&catalog, config, now_ms, seed)?;
-    summary.page_count = page_count;
+    let (mut broker, from, restored) = restore(&catalog, config, now_ms, seed, quarantine)?;
+    summary.page_count = restored.page_count;
+    summary.quarantined_count = restored.quarantined_count;
     check_segments_exist(&broker, &log_dir, from)?;
     let mut moved_contents = Vec::new();
     let mut read_content = |location: ContentLocation| match location {
@@ -79,14 +101,17 @@ pub fn recover(
         ContentLocation::Catalog { .. } => Ok(Vec::new()),
     };
     let replayed = wal::replay(&log_dir, from, |position: WalPosition, payload: &[u8]| {
-        summary.op_count += replay_frame(
+        let replayed = replay_frame(
             &mut broker,
             &catalog,
             position,
             payload,
+            quarantine,
             &mut read_content,
             &mut moved_contents,
         )?;
+        summary.op_count += replayed.op_count;
+        summary.dropped_count += replayed.dropped_count;
         Ok::<(), StoreError>(())
     })?;
     summary.frame_count = replayed.frame_count;
@@ -95,7 +120,7 @@ pub fn recover(
         .map(|tail| (tail.segment_path.display().to_string(), tail.offset, tail.dropped_bytes));
     broker.take_notices();
     broker.take_woken();
-    let mut wal = Wal::open(&log_dir, WAL_SEGMENT_BYTES)?;
+    let mut wal = Wal::open(&log_dir, options.segment_bytes)?;
     let position = wal.committed_position();
     let job = CheckpointJob {
         snapshot: broker.snapshot(),
@@ -116,14 +141,24 @@ pub fn recover(
     Ok(Recovered { broker, catalog, wal, segments, summary })
 }
 
-/// Builds the broker from the catalog; returns it, the log position to replay from, and how many
-/// catalog pages it read.
+/// What restoring from the catalog read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Restored {
+    /// Catalog pages read for the active messages.
+    pub page_count: u64,
+    /// Damaged pages set aside.
+    pub quarantined_count: u64,
+}
+
+/// Builds the broker from the catalog; returns it, the log position to replay from, and what it
+/// read. With `quarantine`, a damaged page of active messages is set aside instead of failing.
 pub fn restore(
     catalog: &Catalog,
     config: BrokerConfig,
     now_ms: u64,
     seed: u64,
-) -> Result<(Broker, WalPosition, u64), StoreError> {
+    quarantine: bool,
+) -> Result<(Broker, WalPosition, Restored), StoreError> {
     let mut broker = Broker::new(config, now_ms, seed);
     catalog.for_each_queue(|queue_id, record| broker.restore_queue(queue_id, record))?;
     let manifest = catalog.manifest()?.unwrap_or_default();
@@ -136,27 +171,38 @@ pub fn restore(
         broker.restore_segment(*seq, *usage);
     }
     broker.restore_counters(manifest.next_id, manifest.epoch);
-    let page_count = catalog.for_each_active(|id, meta| broker.restore_active(id, meta))?;
+    let (page_count, quarantined_count) =
+        catalog.for_each_active(quarantine, |id, meta| broker.restore_active(id, meta))?;
     let since_ms = now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS);
     catalog.for_each_idempotency(since_ms, |queue_id, key, record| {
         broker.restore_idempotency(now_ms, queue_id, key, record);
     })?;
     broker.finish_restore();
-    Ok((broker, manifest.position, page_count))
+    Ok((broker, manifest.position, Restored { page_count, quarantined_count }))
 }
 
-/// Applies one replayed log frame (whose end is at `position`) to the broker; returns how many
-/// ops it held. Messages the frame's ops touch that the broker does not hold are fetched from the
-/// catalog first; contents a `MoveContent` op moves into the catalog are read (`read_content`)
-/// and collected in `moved` for the next checkpoint.
+/// What replaying one frame did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayedFrame {
+    pub op_count: u64,
+    /// Op items dropped because their message does not exist (its page was set aside).
+    pub dropped_count: u64,
+}
+
+/// Applies one replayed log frame (whose end is at `position`) to the broker. Messages the
+/// frame's ops touch that the broker does not hold are fetched from the catalog first; contents a
+/// `MoveContent` op moves into the catalog are read (`read_content`) and collected in `moved` for
+/// the next checkpoint. With `quarantine`, op items naming a message that does not exist (its page
+/// was set aside) are dropped instead of failing the replay.
 pub fn replay_frame(
     broker: &mut Broker,
     catalog: &Catalog,
     position: WalPosition,
     payload: &[u8],
+    quarantine: bool,
     read_content: &mut dyn FnMut(ContentLocation) -> Result<Vec<u8>, StoreError>,
     moved: &mut Vec<(MessageId, Vec<u8>)>,
-) -> Result<u64, StoreError> {
+) -> Result<ReplayedFrame, StoreError> {
     let payload_offset = position.offset - payload.len() as u64;
     let segment = u32::try_from(position.segment_seq).map_err(|_| StoreError::Corrupt {
         what: format!("log segment {}", position.segment_seq),
@@ -171,9 +217,13 @@ pub fn replay_frame(
             source,
         }
     })?;
-    for op in &ops {
-        fetch_touched(broker, catalog, op)?;
-        if let Op::MoveContent { items } = op {
+    let mut replayed = ReplayedFrame::default();
+    for mut op in ops {
+        fetch_touched(broker, catalog, &op)?;
+        if quarantine {
+            replayed.dropped_count += op.retain_touched(|id| broker.is_resident(id));
+        }
+        if let Op::MoveContent { items } = &op {
             for (id, target) in items {
                 let current = match broker.lookup(*id) {
                     crate::queue::Lookup::Found(meta) => Some(meta.content),
@@ -184,9 +234,10 @@ pub fn replay_frame(
                 }
             }
         }
-        broker.apply(op).map_err(|source| StoreError::Replay { position, source })?;
+        broker.apply(&op).map_err(|source| StoreError::Replay { position, source })?;
+        replayed.op_count += 1;
     }
-    Ok(ops.len() as u64)
+    Ok(replayed)
 }
 
 /// Fails when a segment that stored messages point into is missing (it was deleted or lost:

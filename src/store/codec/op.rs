@@ -10,7 +10,8 @@
 //!
 //! Contents come first so that the storage thread can copy each request body straight into the
 //! log's buffer and know where it will be on disk before the broker decides anything; the ops then
-//! use them in order (an enqueue takes one per message, an edit with a new body takes one). A
+//! use them in order (an enqueue takes one per message, an edit with a new body takes one, a
+//! content move takes one per message it moves). A
 //! message's [`ContentLocation`] is the segment, the byte offset of its content in the segment file,
 //! and the content's length: exactly what a lease needs to read it back.
 //!
@@ -104,21 +105,6 @@ fn put_ids(out: &mut Vec<u8>, ids: &[MessageId]) {
             put_i64(out, id.0.wrapping_sub(previous) as i64);
         }
         previous = id.0;
-    }
-}
-
-fn put_location(out: &mut Vec<u8>, location: ContentLocation) {
-    match location {
-        ContentLocation::Log { segment, offset, len } => {
-            out.push(0);
-            put_u64(out, u64::from(segment));
-            put_u64(out, u64::from(offset));
-            put_u64(out, u64::from(len));
-        }
-        ContentLocation::Catalog { len } => {
-            out.push(1);
-            put_u64(out, u64::from(len));
-        }
     }
 }
 
@@ -268,12 +254,10 @@ fn encode_op(out: &mut Vec<u8>, op: &Op) {
             }
         }
         Op::MoveContent { items } => {
+            // The contents are in the frame, in order: the locations are implied.
             out.push(TAG_MOVE_CONTENT);
             let ids: Vec<MessageId> = items.iter().map(|(id, _)| *id).collect();
             put_ids(out, &ids);
-            for (_, location) in items {
-                put_location(out, *location);
-            }
         }
     }
 }
@@ -346,19 +330,6 @@ fn get_ids(reader: &mut Reader<'_>) -> Result<Vec<MessageId>, CodecError> {
         previous = id;
     }
     Ok(ids)
-}
-
-fn get_location(reader: &mut Reader<'_>) -> Result<ContentLocation, CodecError> {
-    let fail = CodecError::layout("content location");
-    match reader.u8().map_err(&fail)? {
-        0 => Ok(ContentLocation::Log {
-            segment: reader.u32().map_err(&fail)?,
-            offset: reader.u32().map_err(&fail)?,
-            len: reader.u32().map_err(&fail)?,
-        }),
-        1 => Ok(ContentLocation::Catalog { len: reader.u32().map_err(&fail)? }),
-        _ => Err(CodecError::Layout { offset: reader.offset(), what: "content location kind" }),
-    }
 }
 
 /// Reads a queue's settings written by [`put_settings`].
@@ -512,7 +483,7 @@ fn decode_op(
             let ids = get_ids(reader)?;
             let mut items = Vec::with_capacity(ids.len());
             for id in ids {
-                items.push((id, get_location(reader)?));
+                items.push((id, next_content(contents, reader.offset())?));
             }
             Op::MoveContent { items }
         }
@@ -594,10 +565,7 @@ mod tests {
                 deliver_at_ms: Some(u64::MAX),
             },
             Op::MoveContent {
-                items: vec![
-                    (MessageId(8), ContentLocation::Catalog { len: 5 }),
-                    (MessageId(9), ContentLocation::Log { segment: 3, offset: 40, len: 2 }),
-                ],
+                items: vec![(MessageId(8), contents[3]), (MessageId(9), contents[4])],
             },
         ]
     }
@@ -606,8 +574,8 @@ mod tests {
     fn every_op_round_trips_with_its_content_locations() {
         let payload_offset = 4096;
         let mut out = vec![0xaa; 10];
-        let mut writer = FrameWriter::begin(&mut out, 7, payload_offset, 3);
-        let bodies: [&[u8]; 3] = [b"first", b"", b"third content"];
+        let mut writer = FrameWriter::begin(&mut out, 7, payload_offset, 5);
+        let bodies: [&[u8]; 5] = [b"first", b"", b"third content", b"moved", b"m2"];
         let contents: Vec<ContentLocation> =
             bodies.iter().map(|body| writer.content(&mut out, body)).collect();
         let ops = sample_ops(&contents);
@@ -626,9 +594,9 @@ mod tests {
     #[test]
     fn damaged_frames_are_errors_not_panics() {
         let mut out = Vec::new();
-        let mut writer = FrameWriter::begin(&mut out, 0, 16, 3);
+        let mut writer = FrameWriter::begin(&mut out, 0, 16, 5);
         let contents: Vec<ContentLocation> =
-            (0..3).map(|_| writer.content(&mut out, b"body")).collect();
+            (0..5).map(|_| writer.content(&mut out, b"body")).collect();
         writer.finish(&mut out, &sample_ops(&contents));
         for length in 0..out.len() {
             assert!(decode_frame(&out[..length], 0, 16).is_err(), "prefix of {length} bytes");
@@ -642,7 +610,7 @@ mod tests {
         // An op that uses a content the frame does not carry.
         let mut out = Vec::new();
         FrameWriter::begin(&mut out, 0, 16, 0)
-            .finish(&mut out, &sample_ops(&[ContentLocation::Catalog { len: 0 }; 3])[3..4]);
+            .finish(&mut out, &sample_ops(&[ContentLocation::Catalog { len: 0 }; 5])[3..4]);
         assert!(decode_frame(&out, 0, 16).is_err());
     }
 }

@@ -69,8 +69,8 @@ impl Wal {
             Some((&highest_seq, _)) => next_seq(dir, highest_seq)?,
             None => 0,
         };
-        let (file, temp_path, segment_path) = prepare_segment(dir, segment_seq)?;
-        publish_segment(dir, &temp_path, &segment_path)?;
+        let (mut file, temp_path, segment_path) = prepare_segment(dir, segment_seq)?;
+        publish_segment(dir, &mut file, &temp_path, &segment_path)?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             segment_bytes_max,
@@ -201,8 +201,8 @@ impl Wal {
         }
         let segment_seq = next_seq(&self.dir, self.segment_seq)?;
         assert!(segment_seq < u64::from(u32::MAX), "segment numbers fit in content locations");
-        let (file, temp_path, segment_path) = prepare_segment(&self.dir, segment_seq)?;
-        if let Err(error) = publish_segment(&self.dir, &temp_path, &segment_path) {
+        let (mut file, temp_path, segment_path) = prepare_segment(&self.dir, segment_seq)?;
+        if let Err(error) = publish_segment(&self.dir, &mut file, &temp_path, &segment_path) {
             // The new file may or may not exist now; appending anywhere could be ambiguous.
             self.poison = Some(error.duplicate(""));
             return Err(error);
@@ -248,6 +248,7 @@ impl Wal {
             file::forget(&path);
             self.closed_segment_bytes.remove(seq);
             removed_count += 1;
+            inject_crash("segments.after_first_remove");
         }
         if removed_count > 0 {
             sync_dir(&self.dir)?;
@@ -267,6 +268,28 @@ impl Wal {
     /// Computed from bookkeeping (no syscall); the current segment counts its committed bytes.
     pub fn disk_bytes(&self) -> u64 {
         self.closed_segment_bytes.values().sum::<u64>() + self.committed_offset
+    }
+
+    /// Bytes of committed log after `position`: what a restart replays when the catalog is exact
+    /// up to `position`.
+    pub fn bytes_after(&self, position: WalPosition) -> u64 {
+        let committed = self.committed_position();
+        if position >= committed {
+            return 0;
+        }
+        if position.segment_seq == committed.segment_seq {
+            return committed.offset - position.offset;
+        }
+        let first = self
+            .closed_segment_bytes
+            .get(&position.segment_seq)
+            .map_or(0, |bytes| bytes.saturating_sub(position.offset));
+        let middle: u64 = self
+            .closed_segment_bytes
+            .range(position.segment_seq + 1..)
+            .map(|(_, bytes)| *bytes)
+            .sum();
+        first + middle + committed.offset
     }
 
     /// Returns whether an earlier write or sync failure has poisoned the log.
@@ -326,3 +349,17 @@ fn inject(name: &str) -> io::Result<()> {
 fn inject(_name: &str) -> io::Result<()> {
     Ok(())
 }
+
+/// Kills the process at a failpoint (test builds): crash tests stop the server between the
+/// deletions of two segments this way.
+#[cfg(feature = "testing")]
+fn inject_crash(name: &str) {
+    fail::fail_point!(name, |_| {
+        eprintln!("crash injected at {name}");
+        std::process::abort()
+    });
+}
+
+#[cfg(not(feature = "testing"))]
+#[inline(always)]
+fn inject_crash(_name: &str) {}

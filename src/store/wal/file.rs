@@ -60,6 +60,13 @@ impl LogFile {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// Records that the file was renamed to `path`.
+    pub fn renamed(&mut self, path: &Path) {
+        #[cfg(feature = "testing")]
+        tracking::renamed(&self.path, path);
+        self.path = path.to_path_buf();
+    }
 }
 
 /// Forgets a deleted or renamed file (test builds track every file written).
@@ -68,14 +75,6 @@ pub fn forget(path: &Path) {
     tracking::forget(path);
     #[cfg(not(feature = "testing"))]
     let _ = path;
-}
-
-/// Records that a file was renamed (its tracking follows it).
-pub fn renamed(from: &Path, to: &Path) {
-    #[cfg(feature = "testing")]
-    tracking::renamed(from, to);
-    #[cfg(not(feature = "testing"))]
-    let _ = (from, to);
 }
 
 #[cfg(feature = "testing")]

@@ -1,6 +1,6 @@
 //! Segment files: their names, their atomic creation, and the validating frame reader.
 
-use super::file::{self, LogFile};
+use super::file::LogFile;
 use super::{
     WalError, FRAME_HEADER_BYTES, FRAME_HEADER_LEN, FRAME_PAYLOAD_BYTES_MAX,
     REPLAY_READ_BUFFER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
@@ -226,11 +226,12 @@ pub(super) fn prepare_segment(
 /// Gives a prepared segment its final name and makes the rename durable.
 pub(super) fn publish_segment(
     dir: &Path,
+    file: &mut LogFile,
     temp_path: &Path,
     final_path: &Path,
 ) -> Result<(), WalError> {
     fs::rename(temp_path, final_path).map_err(|e| WalError::io(final_path, e))?;
-    file::renamed(temp_path, final_path);
+    file.renamed(final_path);
     sync_dir(dir)
 }
 
