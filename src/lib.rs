@@ -6,11 +6,18 @@
 //! - `auth`: API tokens, their roles and queue patterns.
 //! - `error`: the top-level `Error` (why the server could not start or had to stop).
 //! - `clock`: the wall clock, read only by the I/O shell.
-//! - `timer`: the hierarchical timer wheel that drives scheduled delivery, backoff and lease expiry.
-//! - `queue`: the broker (pure): message records, the state machine, retry policy, enqueue and leases.
-//! - `store`: durability: the record codec, the sled key layout, the write-ahead log, recovery, and
-//!   the storage thread (group commit).
-//! - `http`: the API: routing, request parsing and validation, handlers, error bodies.
+//! - `random`: SplitMix64, the one seedable generator (nonces, jitter, tests).
+//! - `hash`: the fast hasher of the broker's maps.
+//! - `timer`: the hierarchical timer wheel (cancellable) behind scheduled delivery, backoff and
+//!   lease expiry.
+//! - `queue`: the broker (pure): message records, the state machine, the ops every change is made
+//!   of and the one function that applies them, retry policy, the checkpoint book.
+//! - `store`: the disk: the write-ahead log (also the message store), the sled catalog, the record
+//!   codecs and key layout, recovery, backup and check; an in-memory model of the disk for tests.
+//! - `engine`: the storage thread: group commit, reads of the broker, housekeeping (checkpoints,
+//!   retention, segment reclaiming) and the checkpoint writer's thread.
+//! - `http`: the API: routing, request parsing and validation, handlers, reads of the catalog and
+//!   the log, error bodies.
 //! - `events`: the bounded ring of published events behind `GET /v1/events`.
 //! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
 //! - `metrics`: every metric name, the Prometheus recorder, and what `/metrics` sets at a scrape.
