@@ -279,18 +279,32 @@ pub enum TokenResult<T> {
     },
 }
 
-/// Why a storage failure happened: what failed and the error's text.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why the storage failed: which step, and the log's error (shared by every request it fails).
+#[derive(Clone, Debug)]
 pub struct StorageFailure {
-    /// The part of the store that failed ("write-ahead log", "segment rotation").
+    /// The step that failed ("write-ahead log", "log segment rotation").
     pub part: &'static str,
-    /// The error, as text (the I/O error itself cannot be cloned to every waiting request).
-    pub detail: String,
+    /// The error, as the log reported it.
+    pub source: std::sync::Arc<crate::store::wal::WalError>,
 }
+
+impl PartialEq for StorageFailure {
+    fn eq(&self, other: &StorageFailure) -> bool {
+        self.part == other.part && self.source.to_string() == other.source.to_string()
+    }
+}
+
+impl Eq for StorageFailure {}
 
 impl std::fmt::Display for StorageFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.part, self.detail)
+        write!(f, "{}: {}", self.part, self.source)
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
     }
 }
 

@@ -265,7 +265,7 @@ impl Engine {
             return None;
         }
         if let Err(error) = self.wal.rotate_if_full() {
-            self.fail_storage("log segment rotation", error.to_string());
+            self.fail_storage("log segment rotation", error);
             return None;
         }
         let position = self.wal.begin_frame();
@@ -274,11 +274,11 @@ impl Engine {
     }
 
     /// Records a storage failure: writes are refused from now on.
-    fn fail_storage(&mut self, part: &'static str, detail: String) {
-        tracing::error!(part, error = %detail, "storage failed; refusing writes until restart");
+    fn fail_storage(&mut self, part: &'static str, error: crate::store::wal::WalError) {
+        tracing::error!(part, %error, "storage failed; refusing writes until restart");
         let mut failure = self.failure.write();
         if failure.is_none() {
-            *failure = Some(StorageFailure { part, detail });
+            *failure = Some(StorageFailure { part, source: Arc::new(error) });
         }
     }
 
@@ -371,7 +371,7 @@ impl Engine {
                 Ok(())
             }
             Err(error) => {
-                self.fail_storage("write-ahead log", error.to_string());
+                self.fail_storage("write-ahead log", error);
                 Err(CommitError::StorageFailed(self.failed().expect("just set")))
             }
         }
