@@ -14,15 +14,16 @@
 //! [`backup`] and [`check`] copy and verify a data directory. This module imports the domain types
 //! of `queue` and nothing of the storage thread or the HTTP side.
 
-// pub mod backup;
+pub mod backup;
 pub mod catalog;
-// pub mod check;
+pub mod check;
 pub mod codec;
 pub mod keys;
 pub mod kv;
 #[cfg(any(test, feature = "testing"))]
 pub mod model;
 pub mod recovery;
+pub mod v1;
 pub mod wal;
 
 use codec::CodecError;
