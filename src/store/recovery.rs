@@ -56,9 +56,7 @@ pub fn recover(
 ) -> Result<Recovered, StoreError> {
     let io = |source| StoreError::Io { path: data_dir.to_path_buf(), source };
     std::fs::create_dir_all(data_dir).map_err(io)?;
-    if super::is_old_format(data_dir) {
-        return Err(StoreError::OldFormat { data_dir: data_dir.to_path_buf() });
-    }
+    super::v1::convert_if_needed(data_dir, now_ms)?;
     let log_dir = data_dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|source| StoreError::Io { path: log_dir.clone(), source })?;
