@@ -15,8 +15,10 @@
 //! - every log frame after the checkpoint has a valid crc and decodes (a torn tail at the very end,
 //!   which a restart cuts off, is a note).
 //!
-//! The pages are the state as of the checkpoint; the frames after it are verified, not applied.
-//! Each problem names where it is (catalog key or log position) and says what to do.
+//! When all that holds, the frames after the checkpoint are applied in memory to a broker restored
+//! from the catalog, exactly as a start would (nothing is written), and the counts reported are
+//! the ones a server would serve; otherwise they are the pages', as of the checkpoint. Each
+//! problem names where it is (catalog key or log position) and says what to do.
 
 use super::catalog::Catalog;
 use super::codec::{self, Manifest};
@@ -42,7 +44,8 @@ const INDEX: &str = "listings or counts are wrong until it is fixed: restore the
 pub struct CheckReport {
     /// Catalog entries per kind.
     pub catalog: BTreeMap<&'static str, u64>,
-    /// Messages per state, per queue name, as of the checkpoint.
+    /// Messages per state, per queue name: after the frames a start would replay (as of the
+    /// checkpoint when a problem was found).
     pub queues: BTreeMap<String, BTreeMap<&'static str, u64>>,
     pub log: LogReport,
     /// Things worth knowing that need no action.
@@ -144,6 +147,14 @@ pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
     check_manifest(&tally, &manifest, &mut report);
     check_contents(&tally, &data_dir.join(LOG_DIR), &manifest, &mut report)?;
     check_log(&data_dir.join(LOG_DIR), &manifest, &mut report);
+    if report.problems.is_empty() {
+        // Everything decodes and agrees: apply the frames after the checkpoint as a start would
+        // (in memory), so that the counts are those a server would serve.
+        if let Some(queues) = replay(&catalog, &data_dir.join(LOG_DIR), &mut report) {
+            report.queues = queues;
+            return Ok(report);
+        }
+    }
     for (queue_id, counts) in &tally.states {
         let name =
             tally.queue_names.get(queue_id).cloned().unwrap_or_else(|| format!("#{queue_id}"));
@@ -559,4 +570,58 @@ fn check_log(log_dir: &Path, manifest: &Manifest, report: &mut CheckReport) {
             report.problem("log", log_dir.display().to_string(), error.to_string(), RESTORE)
         }
     }
+}
+
+/// Applies the frames after the checkpoint to a broker restored from the catalog, in memory, as
+/// recovery does (nothing is written); returns the messages per state per queue it ends with, or
+/// `None` (and a problem) when a frame does not apply.
+fn replay(
+    catalog: &Catalog,
+    log_dir: &Path,
+    report: &mut CheckReport,
+) -> Option<BTreeMap<String, BTreeMap<&'static str, u64>>> {
+    let now_ms = crate::clock::now_ms();
+    let config = crate::queue::BrokerConfig::default();
+    let (mut broker, from, _) = match super::recovery::restore(catalog, config, now_ms, 1) {
+        Ok(restored) => restored,
+        Err(error) => {
+            report.catalog_problem(String::new(), error.to_string(), RESTORE);
+            return None;
+        }
+    };
+    let segments = SegmentFiles::new(log_dir);
+    let mut read_content = |location: ContentLocation| match location {
+        ContentLocation::Log { segment, offset, len } => {
+            segments.read(segment, offset, len).map_err(|source| StoreError::Io {
+                path: wal::segment_path(log_dir, u64::from(segment)),
+                source,
+            })
+        }
+        ContentLocation::Catalog { .. } => Ok(Vec::new()),
+    };
+    let mut moved = Vec::new();
+    let result = wal::read_range(log_dir, from, None, |position, payload| {
+        super::recovery::replay_frame(
+            &mut broker,
+            catalog,
+            position,
+            payload,
+            &mut read_content,
+            &mut moved,
+        )
+        .map(drop)
+    });
+    if let Err(error) = result {
+        report.problem("log", log_dir.display().to_string(), error.to_string(), RESTORE);
+        return None;
+    }
+    let queues = broker
+        .all_queue_stats()
+        .into_iter()
+        .map(|stats| {
+            let counts = ALL_STATES.iter().map(|state| (state.name(), stats.counts[state.index()]));
+            (stats.name, counts.collect())
+        })
+        .collect();
+    Some(queues)
 }
