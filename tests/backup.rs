@@ -300,6 +300,7 @@ fn with_catalog(data_dir: &Path, change: impl FnOnce(&outboxd::store::catalog::C
     outboxd::store::wait_until_released(data_dir).expect("sled lets go of the catalog");
 }
 
+#[cfg(feature = "testing")]
 fn message_id(text: &str) -> outboxd::queue::MessageId {
     outboxd::queue::MessageId::parse(text).expect("a message id")
 }

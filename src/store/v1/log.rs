@@ -85,10 +85,7 @@ pub fn replay(
         let mut payload = Vec::new();
         while offset < file_bytes {
             let frame_start = offset;
-            let damage = match read_frame(&mut reader, file_bytes - offset, &mut payload) {
-                Ok(()) => None,
-                Err(reason) => Some(reason),
-            };
+            let damage = read_frame(&mut reader, file_bytes - offset, &mut payload).err();
             if let Some(reason) = damage {
                 if is_last && offset >= start {
                     replayed.torn_tail = Some((path.clone(), offset));
