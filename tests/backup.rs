@@ -7,9 +7,9 @@
 //! --data-dir` (which goes through the server's `GET /v1/admin/backup`) runs; the backup is
 //! restored with `outboxd restore`, checked with `outboxd check`, and a server started on it must
 //! return every message enqueued (and every ack made) before the backup began. Damage is made by
-//! hand: bytes of a backup file cut off or flipped, a stored record's byte flipped (or an index
-//! entry removed) through sled. A server with API tokens must get the token from `--token` or
-//! `OUTBOXD_TOKEN`.
+//! hand: bytes of a backup file cut off or flipped, a catalog record's byte flipped or an index
+//! count changed (through `Catalog::put_raw`, in test builds), a byte of a log segment flipped.
+//! A server with API tokens must get the token from `--token` or `OUTBOXD_TOKEN`.
 
 mod common;
 
@@ -201,7 +201,7 @@ fn a_stopped_servers_directory_is_backed_up_and_restored_only_into_an_empty_plac
     let target = work.path().join("restored");
     outboxd_ok(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
     // A data directory is refused without --force, and left as it was.
-    let old_log = target.join("wal").join("from-before");
+    let old_log = target.join("log").join("from-before");
     std::fs::write(&old_log, b"old").unwrap();
     let (_, stderr) =
         outboxd_fails(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
@@ -283,30 +283,39 @@ fn check_prints_a_summary_of_a_healthy_directory() {
     assert_eq!(json["queues"]["orders"]["ready"], 2, "{json}");
     assert_eq!(json["queues"]["orders"]["delivered"], 1, "{json}");
     assert_eq!(json["queues"]["emails"]["ready"], 1, "{json}");
-    assert_eq!(json["trees"]["meta"], 4, "{json}");
-    assert_eq!(json["trees"]["content"], 4, "{json}");
-    assert_eq!(json["trees"]["terminal"], 1, "{json}");
+    assert_eq!(json["catalog"]["page"], 1, "four messages share one page: {json}");
+    assert_eq!(json["catalog"]["queue"], 2, "{json}");
+    assert_eq!(json["catalog"]["terminal index"], 1, "{json}");
+    assert_eq!(json["log"]["content_count"], 4, "every content was read back: {json}");
     assert_eq!(json["problems"], json!([]), "{json}");
 }
 
+/// Opens a stopped server's catalog (test builds write raw entries through it), runs `change`,
+/// and waits until sled has let go of the directory again.
+#[cfg(feature = "testing")]
+fn with_catalog(data_dir: &Path, change: impl FnOnce(&outboxd::store::catalog::Catalog)) {
+    let catalog = outboxd::store::catalog::Catalog::open(data_dir).expect("open the catalog");
+    change(&catalog);
+    drop(catalog);
+    outboxd::store::wait_until_released(data_dir).expect("sled lets go of the catalog");
+}
+
+#[cfg(feature = "testing")]
+fn message_id(text: &str) -> outboxd::queue::MessageId {
+    outboxd::queue::MessageId::parse(text).expect("a message id")
+}
+
+#[cfg(feature = "testing")]
 #[test]
 fn check_finds_a_damaged_record_and_says_what_to_do() {
     let (server, ids) = stopped_server_with_messages();
-    {
-        let db = open_sled(server.data_dir());
-        let meta = db.open_tree("meta").unwrap();
-        let key = u64::from_str_radix(&ids[1], 16).unwrap().to_be_bytes();
-        let mut value = meta.get(key).unwrap().expect("the message's record").to_vec();
-        let middle = value.len() / 2;
-        value[middle] ^= 0x01;
-        meta.insert(key, value).unwrap();
-        db.flush().unwrap();
-        drop(meta);
-        close_sled(db, server.data_dir());
-    }
+    with_catalog(server.data_dir(), |catalog| {
+        let key = outboxd::store::keys::history_key(message_id(&ids[1]));
+        catalog.put_raw(&key, b"\x01not a history record").unwrap();
+    });
     let (stdout, stderr) = outboxd_fails(&["check", "--data-dir", path(server.data_dir())]);
-    assert!(stdout.contains(&format!("meta {}: crc mismatch", ids[1])), "{stdout}");
-    assert!(stdout.contains("what to do: restore the data directory from a backup"), "{stdout}");
+    assert!(stdout.contains(&format!("history message {}: crc mismatch", ids[1])), "{stdout}");
+    assert!(stdout.contains("what to do: the server cannot use it: restore"), "{stdout}");
     assert!(stderr.contains("check found 1 problem"), "{stderr}");
 
     let output = outboxd(&["check", "--data-dir", path(server.data_dir()), "--json"]);
@@ -315,8 +324,34 @@ fn check_finds_a_damaged_record_and_says_what_to_do() {
     assert_eq!(json["ok"], false, "{json}");
     let problems = json["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 1, "{json}");
-    assert_eq!(problems[0]["tree"], "meta");
-    assert_eq!(problems[0]["key"], json!(ids[1]));
+    assert_eq!(problems[0]["part"], "catalog");
+    assert_eq!(problems[0]["key"], json!(format!("history message {}", ids[1])));
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn check_finds_a_damaged_content_in_a_log_segment() {
+    let (server, ids) = stopped_server_with_messages();
+    let mut location = None;
+    with_catalog(server.data_dir(), |catalog| {
+        location = catalog.meta(message_id(&ids[2])).unwrap().map(|meta| meta.content);
+    });
+    let Some(outboxd::queue::ContentLocation::Log { segment, offset, len }) = location else {
+        panic!("the content of {} is in the log: {location:?}", ids[2]);
+    };
+    let segment_path = server.data_dir().join("log").join(format!("{segment:020}.log"));
+    let mut bytes = std::fs::read(&segment_path).unwrap();
+    bytes[offset as usize + len as usize - 1] ^= 0x20;
+    std::fs::write(&segment_path, bytes).unwrap();
+    let output = outboxd(&["check", "--data-dir", path(server.data_dir()), "--json"]);
+    assert!(!output.status.success(), "a damaged content is a problem");
+    let json: Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+    let problems = json["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{json}");
+    assert_eq!(problems[0]["part"], "log", "{json}");
+    assert_eq!(problems[0]["key"], json!(format!("segment {segment} offset {offset}")), "{json}");
+    let problem = problems[0]["problem"].as_str().unwrap();
+    assert!(problem.contains(&ids[2]) && problem.contains("crc mismatch"), "{problem}");
 }
 
 #[test]
@@ -344,67 +379,39 @@ fn check_refuses_a_directory_a_server_runs_on_and_backup_goes_through_the_server
     let _ = ids;
 }
 
-/// Closes a sled opened by the test (its trees must be dropped first) and waits until its lock is
-/// free: sled's background thread lets go of the database a moment after the last handle is
-/// dropped, and a `check` started before that would find the directory in use.
-fn close_sled(db: sled::Db, data_dir: &Path) {
-    drop(db);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !matches!(
-        outboxd::store::directory_state(data_dir),
-        Ok(outboxd::store::DirectoryState::Free)
-    ) {
-        assert!(std::time::Instant::now() < deadline, "sled never released {}", data_dir.display());
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Opens a stopped server's sled with the server's own settings (sled refuses another segment size).
-fn open_sled(data_dir: &Path) -> sled::Db {
-    sled::Config::new()
-        .path(data_dir.join("sled"))
-        .segment_size(outboxd::store::SLED_SEGMENT_BYTES)
-        .open()
-        .expect("open the stopped server's sled")
-}
-
+#[cfg(feature = "testing")]
 #[test]
-fn check_finds_indexes_that_disagree_with_the_records() {
+fn check_finds_indexes_and_counts_that_disagree_with_the_pages() {
+    use outboxd::queue::{MessageState, QueueId};
+    use outboxd::store::{codec, keys};
     let (server, ids) = stopped_server_with_messages();
-    {
-        let db = open_sled(server.data_dir());
-        // ids[0] was delivered: drop its entry in the terminal index; drop ids[2]'s content.
-        let terminal = db.open_tree("terminal").unwrap();
-        let delivered = u64::from_str_radix(&ids[0], 16).unwrap();
-        let entries: Vec<_> = terminal.iter().keys().map(Result::unwrap).collect();
-        assert_eq!(entries.len(), 1);
-        assert!(entries[0].ends_with(&delivered.to_be_bytes()));
-        terminal.remove(&entries[0]).unwrap();
-        let content = db.open_tree("content").unwrap();
-        content.remove(u64::from_str_radix(&ids[2], 16).unwrap().to_be_bytes()).unwrap();
-        db.flush().unwrap();
-        drop((terminal, content));
-        close_sled(db, server.data_dir());
-    }
+    with_catalog(server.data_dir(), |catalog| {
+        // ids[0] (orders, queue 0) was delivered; the four messages are in page 0.
+        assert_eq!(outboxd::queue::page_of(message_id(&ids[0])), 0);
+        let terminal = keys::terminal_key(QueueId(0), MessageState::Delivered, 0);
+        catalog.put_raw(&terminal, &5u32.to_le_bytes()).unwrap();
+        catalog.put_raw(&keys::active_key(0), &9u32.to_le_bytes()).unwrap();
+        let mut manifest = catalog.manifest().unwrap().unwrap();
+        manifest.terminal_counts[0].delivered = 7;
+        catalog.put_raw(keys::MANIFEST_KEY, &codec::encode_manifest(&manifest)).unwrap();
+    });
     let output = outboxd(&["check", "--data-dir", path(server.data_dir()), "--json"]);
     assert!(!output.status.success());
     let json: Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
-    let problems: Vec<(String, String)> = json["problems"]
+    let problems: Vec<&str> = json["problems"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|problem| {
-            (
-                problem["tree"].as_str().unwrap().to_string(),
-                problem["key"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|problem| problem["key"].as_str().unwrap())
         .collect();
     assert_eq!(
         problems,
-        vec![("terminal".to_string(), ids[0].clone()), ("content".to_string(), ids[2].clone())],
+        ["active index page 0", "terminal index queue 0 delivered page 0", "manifest queue 0"],
         "{json}"
     );
+    let text = outboxd_fails(&["check", "--data-dir", path(server.data_dir())]).0;
+    assert!(text.contains("the index says 5 messages, the page holds 1"), "{text}");
+    assert!(text.contains("the manifest counts 0 dead and 7 delivered"), "{text}");
 }
 
 #[test]
@@ -419,8 +426,8 @@ fn check_sees_the_log_a_killed_server_left_to_replay() {
         "--json",
     ]))
     .expect("--json prints JSON");
-    assert!(json["wal"]["pending_frame_count"].as_u64().unwrap() >= 1, "{json}");
-    assert_eq!(json["queues"]["crashed"]["ready"], 3, "{json}");
+    assert!(json["log"]["pending_frame_count"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(json["queues"]["crashed"]["ready"], 3, "counted after the replay: {json}");
     assert_eq!(json["ok"], true, "{json}");
     // A backup of the directory copies that log too, and restores it.
     let work = tempfile::TempDir::new().unwrap();
@@ -434,6 +441,21 @@ fn check_sees_the_log_a_killed_server_left_to_replay() {
     // Neither changed anything: the server still replays and serves the messages.
     server.restart();
     assert_eq!(server.queue_counts("crashed")["ready"], 3);
+}
+
+#[test]
+fn a_backup_of_the_first_storage_format_is_refused_saying_what_reads_it() {
+    let work = tempfile::TempDir::new().unwrap();
+    let old = work.path().join("old.backup");
+    std::fs::write(&old, b"OUTBOXD-BACKUP 1\n\x10\0\0\0whatever").unwrap();
+    let target = work.path().join("target");
+    let (_, stderr) =
+        outboxd_fails(&["restore", "--backup", path(&old), "--data-dir", path(&target)]);
+    assert!(stderr.contains("first storage format"), "{stderr}");
+    assert!(stderr.contains("converts it"), "the refusal says what to do: {stderr}");
+    assert!(!target.exists(), "a refused restore leaves nothing behind");
+    let (_, stderr) = outboxd_fails(&["check", "--backup", path(&old)]);
+    assert!(stderr.contains("first storage format"), "{stderr}");
 }
 
 #[test]
@@ -497,13 +519,13 @@ fn restore_fills_the_target_in_place_so_a_mount_point_works() {
     let restore = ["restore", "--backup", path(&backup_file), "--data-dir", path(target.path())];
     outboxd_ok(&restore);
     assert_eq!(std::fs::metadata(target.path()).unwrap().ino(), inode, "the target was replaced");
-    assert_eq!(entries(target.path()), ["sled", "wal"], "nothing else is left in the target");
+    assert_eq!(entries(target.path()), ["catalog", "log"], "nothing else is left in the target");
     let mut with_force = restore.to_vec();
     with_force.push("--force");
     std::fs::write(target.path().join("outboxd.addr"), "127.0.0.1:1\n").unwrap();
     outboxd_ok(&with_force);
     assert_eq!(std::fs::metadata(target.path()).unwrap().ino(), inode, "the target was replaced");
-    assert_eq!(entries(target.path()), ["sled", "wal"], "a stale address file goes too");
+    assert_eq!(entries(target.path()), ["catalog", "log"], "a stale address file goes too");
     let parent = target.path().parent().unwrap();
     let beside: Vec<String> = entries(parent)
         .into_iter()
@@ -570,14 +592,14 @@ fn leftovers_of_interrupted_runs_are_removed_and_those_of_running_ones_kept() {
     let target = work.path().join("target");
     let stale_restore = target.join(".outboxd-restore-interrupted");
     let young_restore = target.join(".outboxd-restore-young");
-    std::fs::create_dir_all(stale_restore.join("sled")).unwrap();
-    std::fs::write(stale_restore.join("sled").join("db"), b"half").unwrap();
+    std::fs::create_dir_all(stale_restore.join("catalog")).unwrap();
+    std::fs::write(stale_restore.join("catalog").join("db"), b"half").unwrap();
     std::fs::create_dir_all(&young_restore).unwrap();
     age(&stale_restore);
     let output = outboxd(&["restore", "--backup", path(&backup_file), "--data-dir", path(&target)]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stderr).contains("left by an interrupted restore"), "it says so");
-    assert_eq!(entries(&target), [".outboxd-restore-young", "sled", "wal"]);
+    assert_eq!(entries(&target), [".outboxd-restore-young", "catalog", "log"]);
 }
 
 #[test]
@@ -607,7 +629,7 @@ fn a_stale_address_file_never_leads_a_backup_to_another_server() {
     ]);
     assert!(stderr.contains("serves the data directory"), "{stderr}");
     // The right pairing passes, through a path that is not canonical too.
-    let indirect = other.data_dir().join("wal").join("..");
+    let indirect = other.data_dir().join("log").join("..");
     outboxd_ok(&[
         "backup",
         "--url",

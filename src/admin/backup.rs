@@ -2,8 +2,9 @@
 //!
 //! A backup is written under a temporary name beside `--out` and renamed only once the whole
 //! stream has been verified (every record's crc and the trailer), so `--out` is either a complete
-//! backup or untouched. A restore builds the new `sled/` and `wal/` in a temporary directory
-//! inside the target and moves them into it at the end, so the target can be a mount point, the
+//! backup or untouched. A restore builds the new `catalog/` and `log/` in a temporary directory
+//! inside the target, opens them as a server would (replaying the log after the checkpoint), and
+//! moves them into it at the end, so the target can be a mount point, the
 //! copy stays on the target's file system, and a restore that fails leaves the target as it was.
 //!
 //! Each command holds an exclusive `flock` on its temporary file or directory while it runs, and
@@ -12,8 +13,9 @@
 
 use super::{existing_directory_state, AdminError, BackupArgs, RestoreArgs, ADDRESS_FILE};
 use crate::http::admin::{data_dir_header_value, DATA_DIR_HEADER};
-use crate::store::backup::{self as format, BackupReader, BackupWriter, RestoreSummary, Trailer};
-use crate::store::{DirectoryState, Store};
+use crate::store::backup::{self as format, BackupReader, RestoreSummary, Trailer};
+use crate::store::catalog::{Catalog, CATALOG_DIR};
+use crate::store::{DirectoryState, LOG_DIR};
 use fs2::FileExt;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -34,8 +36,17 @@ const RESTORE_TEMPORARY_PREFIX: &str = ".outboxd-restore-";
 const STALE_TEMPORARY_AGE: Duration = Duration::from_secs(60);
 
 /// The entries of a data directory; `restore --force` replaces a directory holding only these
-/// (and temporary directories of restores).
-const DATA_DIR_ENTRIES: [&str; 4] = ["sled", "wal", ADDRESS_FILE, "outboxd.addr.tmp"];
+/// (and temporary directories of restores). `sled` and `wal` are the first storage format's
+/// (replaced too); `format-1` is that format's data kept aside by a conversion (left in place).
+const DATA_DIR_ENTRIES: [&str; 7] = [
+    CATALOG_DIR,
+    LOG_DIR,
+    "sled",
+    "wal",
+    crate::store::v1::KEPT_DIR,
+    ADDRESS_FILE,
+    "outboxd.addr.tmp",
+];
 /// Most unexpected entries a refusal names.
 const NAMED_ENTRY_COUNT_MAX: usize = 10;
 /// How long a restore waits for the restored store's lock, which sled releases as it closes.
@@ -94,9 +105,11 @@ pub fn backup(args: &BackupArgs) -> Result<(), AdminError> {
         Source::Server(url) => format!("taken through the server at {url}"),
     };
     println!(
-        "backup written to {} ({via}): {} tree records and {} log frames, {bytes} bytes",
+        "backup written to {} ({via}): {} catalog entries, {} log segments with {} frames, \
+         {bytes} bytes",
         args.out.display(),
         trailer.entry_count,
+        trailer.segment_count,
         trailer.frame_count
     );
     Ok(())
@@ -117,27 +130,25 @@ fn server_url(data_dir: &Path) -> Result<String, AdminError> {
     }
 }
 
-/// Backs up a data directory that no server uses: the trees, then the log from the checkpoint
-/// to its end. Changes none of outboxd's data (opening the directory lets sled finish its own
-/// crash recovery, which may rewrite sled's files).
+/// Backs up a data directory that no server uses: the catalog, then the log segments it points
+/// into and the log from its checkpoint to its end. Changes none of outboxd's data (opening the
+/// catalog lets sled finish its own crash recovery, which may rewrite sled's files).
 fn backup_directory(data_dir: &Path, file: &File) -> Result<Trailer, AdminError> {
     let failed = |error: &dyn std::fmt::Display| {
         AdminError::new(format!("backing up {}: {error}", data_dir.display()))
     };
-    let store = Store::open(data_dir).map_err(|error| {
+    let catalog = Catalog::open(data_dir).map_err(|error| {
         AdminError::new(format!(
             "cannot open {}: {error} (if a server just started on it, run the backup again: it \
              then goes through the server)",
             data_dir.display()
         ))
     })?;
-    let from = store.checkpoint_position().map_err(|error| failed(&error))?;
-    let mut out = BackupWriter::new(BufWriter::new(file)).map_err(|error| failed(&error))?;
-    let (from, to) =
-        format::write_backup(&store, &data_dir.join("wal"), from, || Ok(None), &mut out)
-            .map_err(|error| failed(&error))?;
+    let log_dir = data_dir.join(LOG_DIR);
+    let out = BufWriter::new(file);
     let (trailer, mut writer) =
-        out.finish(from, to, crate::clock::now_ms()).map_err(|error| failed(&error))?;
+        format::backup_stopped(&catalog, &log_dir, out, crate::clock::now_ms())
+            .map_err(|error| failed(&error))?;
     writer.flush().map_err(|error| failed(&error))?;
     Ok(trailer)
 }
@@ -287,11 +298,12 @@ pub fn restore(args: &RestoreArgs) -> Result<(), AdminError> {
     }
     let trailer = result?.trailer;
     println!(
-        "restored {} into {}: {} tree records and {} log frames; start the server with \
-         --data-dir {}",
+        "restored {} into {}: {} catalog entries, {} log segments with {} frames; start the \
+         server with --data-dir {}",
         args.backup.display(),
         target.display(),
         trailer.entry_count,
+        trailer.segment_count,
         trailer.frame_count,
         target.display()
     );
@@ -377,17 +389,27 @@ fn check_target(target: &Path, force: bool) -> Result<(), AdminError> {
         named.push_str(&format!(" and {more} more"));
     }
     Err(AdminError::new(format!(
-        "{} is not an outboxd data directory: besides sled, wal and {ADDRESS_FILE} it holds {named}; \
+        "{} is not an outboxd data directory: besides catalog, log and {ADDRESS_FILE} it holds {named}; \
          --force replaces only a data directory, so move those elsewhere or restore into another \
          directory",
         target.display()
     )))
 }
 
-/// Takes the lock a server takes on the data directory in `target` (sled's on `sled/db`), if
-/// there is one; refuses when a running server holds it.
+/// Takes the lock a server takes on the data directory in `target` (sled's on `catalog/db`, or
+/// `sled/db` for the first storage format), if there is one; refuses when a running server holds
+/// it.
 fn lock_data_dir(target: &Path) -> Result<Option<File>, AdminError> {
-    let path = target.join("sled").join("db");
+    let first_format = target.join("sled").join("db");
+    if crate::store::is_old_format(target) {
+        return lock_path(target, &first_format);
+    }
+    lock_path(target, &target.join(CATALOG_DIR).join("db"))
+}
+
+/// Takes the lock on `path` (see [`lock_data_dir`]).
+fn lock_path(target: &Path, path: &Path) -> Result<Option<File>, AdminError> {
+    let path = path.to_path_buf();
     lock_file(&path).map_err(|error| {
         if is_contended(&error) {
             AdminError::new(format!(
@@ -415,24 +437,28 @@ fn is_contended(error: &io::Error) -> bool {
     error.raw_os_error() == fs2::lock_contended_error().raw_os_error()
 }
 
-/// Moves the restored `sled` and `wal` from `built` into `target`, replacing the old ones.
+/// Moves the restored `catalog` and `log` from `built` into `target`, replacing the old ones
+/// (and the first storage format's `sled` and `wal`).
 ///
 /// The restored store is locked first, so no server starts on it before its log is in place.
 /// The old entries are moved aside into `built` (deleted with it) before the new ones come in,
-/// `sled` first: the old store never sits beside the new log. The new `sled` alone is already a
-/// whole data directory (the restore checkpointed; its log is empty). If a move fails, the moves
+/// `catalog` first: the old catalog never sits beside the new log. The new `catalog` alone is
+/// already a whole data directory (the restore checkpointed; its log holds only contents, which
+/// a server starting on a catalog without them refuses to serve). If a move fails, the moves
 /// made are undone; if even that fails, `built` is kept and the error says where.
 fn move_into_place(built: tempfile::TempDir, target: &Path) -> Result<(), AdminError> {
-    let _new_lock = lock_restored(&built.path().join("sled").join("db"))?;
+    let _new_lock = lock_restored(&built.path().join(CATALOG_DIR).join("db"))?;
     let aside = built.path().join("replaced");
     fs::create_dir(&aside)
         .map_err(|error| AdminError::new(format!("cannot create {}: {error}", aside.display())))?;
     // (from, to, whether `from` must exist): the old entries, then the new ones.
     let moves = [
+        (target.join(CATALOG_DIR), aside.join(CATALOG_DIR), false),
+        (target.join(LOG_DIR), aside.join(LOG_DIR), false),
         (target.join("sled"), aside.join("sled"), false),
         (target.join("wal"), aside.join("wal"), false),
-        (built.path().join("sled"), target.join("sled"), true),
-        (built.path().join("wal"), target.join("wal"), true),
+        (built.path().join(CATALOG_DIR), target.join(CATALOG_DIR), true),
+        (built.path().join(LOG_DIR), target.join(LOG_DIR), true),
     ];
     let mut done: Vec<(&Path, &Path)> = Vec::new();
     for (from, to, required) in &moves {
@@ -448,7 +474,7 @@ fn move_into_place(built: tempfile::TempDir, target: &Path) -> Result<(), AdminE
                 } else {
                     let kept = built.keep();
                     text.push_str(&format!(
-                        "; the data it replaced is kept in {}: put its sled and wal back into {} \
+                        "; the data it replaced is kept in {}: put its catalog and log back into {} \
                          by hand before starting a server there",
                         kept.join("replaced").display(),
                         target.display()

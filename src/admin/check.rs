@@ -57,7 +57,7 @@ pub fn check(args: &CheckArgs) -> Result<(), AdminError> {
 fn check_directory(data_dir: &Path) -> Result<CheckReport, AdminError> {
     if existing_directory_state(data_dir)? == DirectoryState::InUse {
         return Err(AdminError::new(format!(
-            "{dir} is in use by a running server (the lock on {dir}/sled/db is held), and a check \
+            "{dir} is in use by a running server (the lock on {dir}/catalog/db is held), and a check \
              must not race it: stop the server first, or check a backup of it instead: `outboxd \
              backup --data-dir {dir} --out FILE && outboxd check --backup FILE`",
             dir = data_dir.display()
@@ -89,25 +89,34 @@ fn print_report(checked: &str, trailer: Option<&Trailer>, report: &CheckReport) 
     println!("checked {checked}");
     if let Some(trailer) = trailer {
         println!(
-            "  backup: {} tree records, {} log frames (log {}:{} to {}:{}), taken at {} ms",
+            "  backup: {} catalog entries (checkpoint {} at log {}:{}), {} log segments with {} \
+             frames up to log {}:{}, taken at {} ms",
             trailer.entry_count,
+            trailer.epoch,
+            trailer.checkpoint.0,
+            trailer.checkpoint.1,
+            trailer.segment_count,
             trailer.frame_count,
-            trailer.from.0,
-            trailer.from.1,
-            trailer.to.0,
-            trailer.to.1,
+            trailer.end.0,
+            trailer.end.1,
             trailer.created_at_ms
         );
     }
-    let (segment, offset) = report.wal.checkpoint;
+    let log = &report.log;
     println!(
-        "  write-ahead log: checkpoint at segment {segment} offset {offset}, {} frames after it \
-         (crc-checked; replayed at the next start)",
-        report.wal.pending_frame_count
+        "  log: checkpoint {} at segment {} offset {}, {} frames after it (verified; replayed at \
+         the next start); {} segment files, {} holding contents; {} contents read back",
+        log.epoch,
+        log.checkpoint.0,
+        log.checkpoint.1,
+        log.pending_frame_count,
+        log.segment_count,
+        log.content_segment_count,
+        log.content_count
     );
-    println!("records per tree:");
-    for (tree, count) in &report.trees {
-        println!("  {tree:<12} {count:>10}");
+    println!("catalog entries per kind:");
+    for (kind, count) in &report.catalog {
+        println!("  {kind:<16} {count:>10}");
     }
     println!("messages per queue and state:");
     if report.queues.is_empty() {
@@ -130,7 +139,7 @@ fn print_report(checked: &str, trailer: Option<&Trailer>, report: &CheckReport) 
     }
     println!("problems ({}):", report.problems.len());
     for problem in &report.problems {
-        println!("  {} {}: {}", problem.tree, problem.key, problem.problem);
+        println!("  {} {}: {}", problem.part, problem.key, problem.problem);
         println!("    what to do: {}", problem.action);
     }
 }

@@ -10,9 +10,7 @@
 //! Layout: `backup` (the backup and restore commands), `check` (the check command and its
 //! report). The file format, the snapshot and the checker itself live in `store/`.
 
-#[cfg(any())] // PORT-V2
 mod backup;
-#[cfg(any())] // PORT-V2
 mod check;
 
 use crate::store::{self, DirectoryState};
@@ -30,7 +28,8 @@ pub enum AdminCommand {
     Backup(BackupArgs),
     /// Create a data directory from a backup.
     Restore(RestoreArgs),
-    /// Verify a stopped data directory, or a backup: every record's checksum and the indexes.
+    /// Verify a stopped data directory, or a backup: every record's checksum, the indexes, the
+    /// log after the checkpoint and every stored content.
     Check(CheckArgs),
 }
 
@@ -63,8 +62,8 @@ pub struct RestoreArgs {
     /// directory to replace. It may be a mount point.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// Replace the data directory in DIR (its sled, wal and outboxd.addr), only once the restore
-    /// has succeeded. A directory holding anything else is refused.
+    /// Replace the data directory in DIR (its catalog, log and outboxd.addr), only once the
+    /// restore has succeeded. A directory holding anything else is refused.
     #[arg(long)]
     pub force: bool,
 }
@@ -119,10 +118,9 @@ impl AdminError {
 /// Runs one maintenance command.
 pub fn run(command: AdminCommand) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        // PORT-V2
-        AdminCommand::Backup(_) | AdminCommand::Restore(_) | AdminCommand::Check(_) => {
-            return Err("not yet ported".into())
-        }
+        AdminCommand::Backup(args) => backup::backup(&args)?,
+        AdminCommand::Restore(args) => backup::restore(&args)?,
+        AdminCommand::Check(args) => check::check(&args)?,
     }
     Ok(())
 }
@@ -131,8 +129,16 @@ pub fn run(command: AdminCommand) -> Result<(), Box<dyn std::error::Error>> {
 /// that need it to exist.
 fn existing_directory_state(data_dir: &Path) -> Result<DirectoryState, AdminError> {
     match store::directory_state(data_dir) {
+        Ok(DirectoryState::Missing) if store::is_old_format(data_dir) => {
+            Err(AdminError::new(format!(
+                "{} holds data of the first storage format (sled/ and wal/): start `outboxd \
+                 serve --data-dir {}` once, which converts it, then run this command again",
+                data_dir.display(),
+                data_dir.display()
+            )))
+        }
         Ok(DirectoryState::Missing) => Err(AdminError::new(format!(
-            "{} is not an outboxd data directory (it has no sled/db); check the path",
+            "{} is not an outboxd data directory (it has no catalog/db); check the path",
             data_dir.display()
         ))),
         Ok(state) => Ok(state),

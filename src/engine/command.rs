@@ -175,6 +175,13 @@ pub enum Command {
     BackupStart {
         reply: Reply<BackupStart>,
     },
+    /// Holds checkpoints while a backup copies the catalog, so that the copy is of one epoch.
+    /// Answered once no checkpoint is being written, with the durable checkpoint; no checkpoint
+    /// starts while the hold lives, except the last one of a shutdown (the backup sees the epoch
+    /// change in the manifest it copied and fails).
+    HoldCheckpoints {
+        reply: Reply<HeldCheckpoint>,
+    },
     /// The log position up to which everything is durable (the end of a backup's log copy).
     WalEnd {
         reply: Reply<WalPosition>,
@@ -190,6 +197,14 @@ pub struct BackupStart {
     pub pin: crate::engine::SegmentPin,
 }
 
+/// The catalog as it stands while checkpoints are held: exact up to `position`, at `epoch` (the
+/// manifest's), and unchanged while `hold` lives.
+pub struct HeldCheckpoint {
+    pub position: WalPosition,
+    pub epoch: u64,
+    pub hold: crate::engine::CheckpointHold,
+}
+
 impl Command {
     /// Whether the command only reads (allowed after a storage failure).
     pub(super) fn is_read_only(&self) -> bool {
@@ -201,6 +216,7 @@ impl Command {
                 | Command::ListSettled { .. }
                 | Command::Message { .. }
                 | Command::BackupStart { .. }
+                | Command::HoldCheckpoints { .. }
                 | Command::WalEnd { .. }
         )
     }
@@ -227,6 +243,7 @@ impl Command {
             Command::Purge { .. } => "purge",
             Command::Redrive { .. } => "redrive",
             Command::BackupStart { .. } => "backup_start",
+            Command::HoldCheckpoints { .. } => "hold_checkpoints",
             Command::WalEnd { .. } => "wal_end",
             Command::Stop => "stop",
         }
@@ -257,6 +274,7 @@ impl Command {
             Command::Purge { reply, .. } => send(reply, error),
             Command::Redrive { reply, .. } => send(reply, error),
             Command::BackupStart { reply } => send(reply, error),
+            Command::HoldCheckpoints { reply } => send(reply, error),
             Command::WalEnd { reply } => send(reply, error),
             Command::Stop => {}
         }

@@ -4,7 +4,7 @@
 use super::command::{
     BackupStart, Command, CommitError, IncomingMessage, MessageRead, Reply, SettledListing,
 };
-use super::{pending, Engine, Pending, SegmentPin, TokenResult};
+use super::{pending, CheckpointHold, Engine, Pending, SegmentPin, TokenResult};
 use crate::limits::CONTROL_CHUNK_COUNT_MAX;
 use crate::queue::{Edit, Lookup, MessageId, MessageMeta, NewMessage, Refusal, Stored};
 use crate::store::codec::FrameWriter;
@@ -54,6 +54,7 @@ impl Engine {
             | Command::ListSettled { .. }
             | Command::Message { .. }
             | Command::BackupStart { .. }
+            | Command::HoldCheckpoints { .. }
             | Command::WalEnd { .. }) => return self.read(read),
             Command::Stop => return,
             control => match self.execute_control(control, now_ms) {
@@ -162,6 +163,12 @@ impl Engine {
                 let pin = SegmentPin { pins: self.house.pins.clone() };
                 let checkpoint = self.house.durable_position;
                 drop(reply.send(Ok(BackupStart { checkpoint, pin })));
+            }
+            Command::HoldCheckpoints { reply } => {
+                self.house.holds.fetch_add(1, Ordering::SeqCst);
+                let hold = CheckpointHold { holds: self.house.holds.clone() };
+                self.house.hold_waiters.push((reply, hold));
+                self.answer_hold_waiters();
             }
             Command::WalEnd { reply } => drop(reply.send(Ok(self.wal.committed_position()))),
             other => unreachable!("not a read: {}", other.name()),

@@ -13,7 +13,8 @@
 //! next checkpoint.
 
 use super::checkpointer::{Checkpointer, CompactBatch, Job, Outcome};
-use super::Engine;
+use super::command::{HeldCheckpoint, Reply};
+use super::{CheckpointHold, Engine};
 use crate::limits::{CHECKPOINT_DIRTY_COUNT, CHECKPOINT_INTERVAL_MS};
 use crate::queue::SegmentUsage;
 use crate::store::catalog::{Catalog, CheckpointJob};
@@ -41,6 +42,10 @@ pub(super) struct Housekeeping {
     checkpointer: Checkpointer,
     /// Running backups: while any holds a pin, no log segment is deleted.
     pub pins: Arc<AtomicUsize>,
+    /// Running backups copying the catalog: while any holds one, no checkpoint starts.
+    pub holds: Arc<AtomicUsize>,
+    /// Holds granted while a checkpoint was being written: answered once it is done.
+    pub hold_waiters: Vec<(Reply<HeldCheckpoint>, CheckpointHold)>,
     /// The log position the durable catalog is exact up to.
     pub durable_position: WalPosition,
     /// The segments that held content of stored messages at the durable checkpoint.
@@ -76,6 +81,8 @@ impl Housekeeping {
         Ok(Housekeeping {
             checkpointer: Checkpointer::spawn(catalog, segments)?,
             pins: Arc::default(),
+            holds: Arc::default(),
+            hold_waiters: Vec::new(),
             durable_position: durable.position,
             durable_segments: durable.segments,
             in_flight: None,
@@ -134,7 +141,7 @@ impl Engine {
     }
 
     fn checkpoint_due(&self) -> bool {
-        if self.house.in_flight.is_some() {
+        if self.house.in_flight.is_some() || self.house.holds.load(Ordering::SeqCst) > 0 {
             return false;
         }
         let dirty_count = self.broker.dirty_count();
@@ -314,6 +321,23 @@ impl Engine {
                 }
             }
         }
+        self.answer_hold_waiters();
+    }
+
+    /// Answers the checkpoint holds asked for, once no checkpoint is being written: the catalog
+    /// is then at the durable checkpoint and stays there while the holds live.
+    pub(super) fn answer_hold_waiters(&mut self) {
+        if self.house.in_flight.is_some() {
+            return;
+        }
+        for (reply, hold) in self.house.hold_waiters.drain(..) {
+            let held = HeldCheckpoint {
+                position: self.house.durable_position,
+                epoch: self.broker.durable_epoch(),
+                hold,
+            };
+            drop(reply.send(Ok(held)));
+        }
     }
 
     /// A checkpoint is durable: the broker forgets what the catalog now holds, and the log
@@ -383,3 +407,97 @@ fn inject_crash(name: &str) {
 #[cfg(not(feature = "testing"))]
 #[inline(always)]
 fn inject_crash(_name: &str) {}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::{self, Command, EngineConfig, EngineHandle, IncomingMessage, Shared};
+    use crate::events::EventLog;
+    use crate::queue::{BodyKind, Broker, BrokerConfig, Delivery};
+    use crate::store::catalog::Catalog;
+    use crate::store::codec::{encode_content, ContentRef};
+    use crate::store::wal::{SegmentFiles, Wal};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    fn enqueue(engine: &EngineHandle) {
+        let content =
+            encode_content(&ContentRef { headers: &[], body_kind: BodyKind::Json, body: b"1" });
+        let message = IncomingMessage {
+            content,
+            priority: 0,
+            attempt_count_max: None,
+            delivery: Delivery::Now,
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command = Command::Enqueue {
+            queue: "q".into(),
+            messages: vec![message],
+            idempotency: None,
+            reply,
+        };
+        engine.send(command).unwrap();
+        answer.blocking_recv().unwrap().unwrap().unwrap();
+    }
+
+    fn epoch(catalog: &Catalog) -> u64 {
+        catalog.manifest().unwrap().unwrap_or_default().epoch
+    }
+
+    /// Waits (bounded) until the catalog's epoch passes `epoch`, enqueueing to give a checkpoint
+    /// something to write; returns whether it did.
+    fn checkpoint_after(engine: &EngineHandle, catalog: &Catalog, epoch_before: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            enqueue(engine);
+            if epoch(catalog) > epoch_before {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// A checkpoint hold keeps the catalog at the epoch it answered with until it is dropped,
+    /// however much is written meanwhile; then checkpoints resume.
+    #[test]
+    fn a_checkpoint_hold_keeps_the_catalog_at_one_epoch_until_it_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Arc::new(Catalog::in_memory());
+        let wal = Wal::open(dir.path(), 1 << 20).unwrap();
+        let shared = Shared {
+            catalog: catalog.clone(),
+            segments: Arc::new(SegmentFiles::new(dir.path())),
+            waiters: Arc::default(),
+            events: Arc::new(EventLog::new(16, 1)),
+            gauges: Arc::default(),
+            queue_names: Arc::default(),
+        };
+        let config = EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+            disk_free_min_bytes: 0,
+            // Any growth of the log makes a checkpoint due.
+            checkpoint_wal_bytes: 1,
+            depth: 64,
+        };
+        let broker = Broker::new(BrokerConfig::default(), crate::clock::now_ms(), 1);
+        let (engine, thread) =
+            engine::spawn(broker, wal, shared, crate::clock::now_ms, config).unwrap();
+        assert!(checkpoint_after(&engine, &catalog, 0), "checkpoints run without a hold");
+
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        engine.send(Command::HoldCheckpoints { reply }).unwrap();
+        let held = answer.blocking_recv().unwrap().unwrap();
+        let manifest = catalog.manifest().unwrap().unwrap();
+        assert_eq!((manifest.epoch, manifest.position), (held.epoch, held.position));
+        for _ in 0..20 {
+            enqueue(&engine);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(epoch(&catalog), held.epoch, "a checkpoint ran while held");
+
+        drop(held.hold);
+        assert!(checkpoint_after(&engine, &catalog, held.epoch), "checkpoints resume");
+        engine.stop();
+        thread.join().unwrap();
+    }
+}

@@ -29,8 +29,8 @@ mod housekeeping;
 mod waiters;
 
 pub use command::{
-    BackupStart, Command, CommitError, ControlResult, IncomingEdit, IncomingMessage, Listed,
-    MessageRead, Reply, SettledListing, StorageFailure, TokenResult,
+    BackupStart, Command, CommitError, ControlResult, HeldCheckpoint, IncomingEdit,
+    IncomingMessage, Listed, MessageRead, Reply, SettledListing, StorageFailure, TokenResult,
 };
 pub use waiters::Waiters;
 
@@ -125,6 +125,18 @@ pub struct SegmentPin {
 impl Drop for SegmentPin {
     fn drop(&mut self) {
         self.pins.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Keeps checkpoints from starting while it lives (a backup holds one while it copies the
+/// catalog, which only a checkpoint changes).
+pub struct CheckpointHold {
+    holds: Arc<AtomicUsize>,
+}
+
+impl Drop for CheckpointHold {
+    fn drop(&mut self) {
+        self.holds.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

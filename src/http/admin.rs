@@ -1,9 +1,15 @@
 //! Administrative endpoints: the online backup stream.
 //!
 //! `GET /v1/admin/backup` streams a backup file (format in `store/backup.rs`) as the response body.
-//! The storage thread only names the starting WAL position and pins the log from there; the trees
-//! and the log are read on a blocking thread that feeds the body through a bounded channel, so
-//! requests go on meanwhile and a large store is never held in memory.
+//! The storage thread pins the log (no segment is deleted until the backup ends) and holds its
+//! checkpoints while the catalog's entries are copied into an unnamed spool file in the data
+//! directory: the catalog only changes when a checkpoint is written, so the copy is of one epoch,
+//! and it takes as long as a disk-to-disk copy of the catalog, whatever the client's speed. The
+//! copy's manifest must be the epoch the storage thread promised (only a shutdown's last checkpoint
+//! runs despite the hold). Then the spool and the log segments (from the oldest one the catalog
+//! points into, up to the log position the storage thread reports as committed) are streamed on
+//! a blocking thread that feeds the body through a bounded channel, so requests go on meanwhile
+//! and a large store is never held in memory.
 //!
 //! Since a backup pins the log, the server streams one at a time (`409 backup_in_progress` for a
 //! second), and gives up on a client that takes no data for `BACKUP_CLIENT_STALL_MS`: hyper has
@@ -14,17 +20,19 @@
 use super::error::ApiError;
 use super::handlers::{self, AppState};
 use super::HttpResponse;
+use crate::engine::{Command, CommitError, EngineHandle, HeldCheckpoint, SegmentPin};
 use crate::limits::BACKUP_CLIENT_STALL_MS;
 use crate::store::backup::{self, BackupError, BackupWriter};
+use crate::store::catalog::Catalog;
+use crate::store::codec::Manifest;
 use crate::store::wal::WalPosition;
-use crate::store::writer::{Command, CommitError, WriterHandle};
-use crate::store::Store;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CONTENT_DISPOSITION, CONTENT_TYPE};
 use hyper::{Request, Response};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,18 +62,31 @@ pub async fn backup(
     // Held until the stream ends: one backup at a time, since each pins the log and reads the
     // whole store.
     let slot = BackupSlot::take(&state.backup_running).ok_or_else(ApiError::backup_in_progress)?;
-    let (from, pin) = handlers::call(&state.writer, |reply| Command::BackupStart { reply }).await?;
+    let start = handlers::call(&state.engine, |reply| Command::BackupStart { reply }).await?;
+    let held = handlers::call(&state.engine, |reply| Command::HoldCheckpoints { reply }).await?;
+    let catalog = state.catalog.clone();
+    let data_dir = state.data_dir.clone();
+    let spooled = tokio::task::spawn_blocking(move || spool_catalog(&catalog, &data_dir, held))
+        .await
+        .map_err(|_| ApiError::internal("copying the catalog for a backup"))?;
+    let spool = match spooled {
+        Ok(spool) => spool,
+        Err(BackupError::CatalogMoved { .. }) => return Err(ApiError::shutting_down()),
+        Err(error) => {
+            tracing::error!(%error, "copying the catalog for a backup failed");
+            return Err(ApiError::internal("copying the catalog for a backup"));
+        }
+    };
     let (sender, receiver) = mpsc::channel(BACKUP_CHUNK_COUNT_MAX);
     let sink = ChunkSender::new(sender, tokio::runtime::Handle::current(), client_stall_timeout());
-    let store = state.store.clone();
-    let writer = state.writer.clone();
-    let wal_dir = state.data_dir.join("wal");
+    let engine = state.engine.clone();
+    let log_dir = state.data_dir.join(crate::store::LOG_DIR);
     let now_ms = (state.clock)();
     tokio::task::spawn_blocking(move || {
         // Held until the log copy is done: no checkpoint deletes the segments it reads.
-        let _pin = pin;
+        let _pin: SegmentPin = start.pin;
         let _slot = slot;
-        stream_backup(&store, &writer, &wal_dir, from, sink, now_ms);
+        stream_backup(spool, &engine, &log_dir, sink, now_ms);
     });
     let mut response = Response::new(super::stream::ChannelBody::new(receiver).boxed());
     let headers = response.headers_mut();
@@ -80,6 +101,60 @@ pub async fn backup(
         headers.insert(HeaderName::from_static(DATA_DIR_HEADER), value);
     }
     Ok(response)
+}
+
+/// The catalog's entries at one checkpoint, copied into an unnamed file.
+struct Spool {
+    file: File,
+    entry_count: u64,
+    manifest: Manifest,
+}
+
+/// Copies the catalog's entries into an unnamed file in the data directory while checkpoints are
+/// held (the hold ends when this returns), and checks that the copy is of the promised epoch.
+fn spool_catalog(
+    catalog: &Catalog,
+    data_dir: &Path,
+    held: HeldCheckpoint,
+) -> Result<Spool, BackupError> {
+    let file = tempfile::tempfile_in(data_dir)?;
+    let mut out = BufWriter::new(file);
+    let mut entry_count = 0u64;
+    let manifest = backup::copy_catalog(catalog, |key, value| {
+        entry_count += 1;
+        out.write_all(&(key.len() as u32).to_le_bytes())?;
+        out.write_all(&(value.len() as u32).to_le_bytes())?;
+        out.write_all(key)?;
+        out.write_all(value)
+    })?;
+    drop(held.hold);
+    if manifest.epoch != held.epoch || manifest.position != held.position {
+        return Err(BackupError::CatalogMoved {
+            expected_epoch: held.epoch,
+            found_epoch: manifest.epoch,
+        });
+    }
+    let mut file = out.into_inner().map_err(|error| error.into_error())?;
+    file.rewind()?;
+    Ok(Spool { file, entry_count, manifest })
+}
+
+/// Writes the spooled entries into `out`, in the order they were copied.
+fn write_spool<W: Write>(spool: &mut Spool, out: &mut BackupWriter<W>) -> io::Result<()> {
+    let mut input = BufReader::new(&spool.file);
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    for _ in 0..spool.entry_count {
+        let mut lengths = [0u8; 8];
+        input.read_exact(&mut lengths)?;
+        let key_len = u32::from_le_bytes(lengths[..4].try_into().expect("4 bytes")) as usize;
+        let value_len = u32::from_le_bytes(lengths[4..].try_into().expect("4 bytes")) as usize;
+        key.resize(key_len, 0);
+        value.resize(value_len, 0);
+        input.read_exact(&mut key)?;
+        input.read_exact(&mut value)?;
+        out.entry(&key, &value)?;
+    }
+    Ok(())
 }
 
 /// The value of [`DATA_DIR_HEADER`] for a path: its bytes, with every byte outside visible ASCII
@@ -128,25 +203,31 @@ impl Drop for BackupSlot {
 
 /// Writes the backup into the channel; runs on a blocking thread.
 fn stream_backup(
-    store: &Arc<Store>,
-    writer: &WriterHandle,
-    wal_dir: &Path,
-    from: WalPosition,
+    mut spool: Spool,
+    engine: &EngineHandle,
+    log_dir: &Path,
     sink: ChunkSender,
     now_ms: u64,
 ) {
     let stall_timeout = sink.stall_timeout;
     let Ok(mut out) = BackupWriter::new(sink) else { return };
-    let result = backup::write_backup(store, wal_dir, from, || wal_end(writer).map(Some), &mut out);
+    let result = write_spool(&mut spool, &mut out).map_err(BackupError::Io).and_then(|()| {
+        let end = wal_end(engine)?;
+        backup::write_log(log_dir, &spool.manifest, Some(end), &mut out)
+    });
     let error = match result {
-        Ok((from, to)) => match out.finish(from, to, now_ms) {
-            Ok((trailer, _)) => {
-                let (entry_count, frame_count) = (trailer.entry_count, trailer.frame_count);
-                return tracing::info!(entry_count, frame_count, "backup sent");
+        Ok(end) => {
+            let (checkpoint, epoch) = (spool.manifest.position, spool.manifest.epoch);
+            match out.finish(checkpoint, end, epoch, now_ms) {
+                Ok((trailer, _)) => {
+                    let (entry_count, segment_count, frame_count) =
+                        (trailer.entry_count, trailer.segment_count, trailer.frame_count);
+                    return tracing::info!(entry_count, segment_count, frame_count, "backup sent");
+                }
+                // The stream is gone with the writer: only the log learns why.
+                Err(error) => return drop(log_stop(&BackupError::Io(error), stall_timeout)),
             }
-            // The stream is gone with the writer: only the log learns why.
-            Err(error) => return drop(log_stop(&BackupError::Io(error), stall_timeout)),
-        },
+        }
         Err(error) => error,
     };
     if let Some(message) = log_stop(&error, stall_timeout) {
@@ -185,11 +266,11 @@ fn log_stop(error: &BackupError, stall_timeout: Duration) -> Option<String> {
 
 /// The position up to which the log is durable, asked of the storage thread from a blocking
 /// thread (retried while its channel is full).
-fn wal_end(writer: &WriterHandle) -> Result<WalPosition, BackupError> {
+fn wal_end(engine: &EngineHandle) -> Result<WalPosition, BackupError> {
     let failed = |reason: String| BackupError::Io(io::Error::other(reason));
     for _ in 0..WAL_END_ATTEMPT_COUNT_MAX {
         let (reply, answer) = oneshot::channel();
-        match writer.send(Command::WalEnd { reply }) {
+        match engine.send(Command::WalEnd { reply }) {
             Ok(()) => {
                 return match answer.blocking_recv() {
                     Ok(Ok(position)) => Ok(position),
@@ -323,7 +404,7 @@ mod tests {
         let started = Instant::now();
         let mut error = None;
         for index in 0..4u8 {
-            if let Err(failed) = out.entry("meta", &[index], &big_value(index)) {
+            if let Err(failed) = out.entry(&[index], &big_value(index)) {
                 error = Some(failed);
                 break;
             }
@@ -338,7 +419,7 @@ mod tests {
         let started = Instant::now();
         let mut out = out;
         let message = "the client took no data";
-        assert!(out.entry("meta", b"late", b"v").is_ok(), "a stalled sender only gathers");
+        assert!(out.entry(b"late", b"v").is_ok(), "a stalled sender only gathers");
         let bytes_then = {
             // The client reads again: the records kept and the failure record go out whole.
             let first = received(&mut receiver);
@@ -369,7 +450,7 @@ mod tests {
         let (_runtime, sink, _receiver) = sender(1, stall_timeout);
         let mut out = BackupWriter::new(sink).unwrap();
         let mut index = 0u8;
-        while out.entry("meta", &[index], &big_value(index)).is_ok() {
+        while out.entry(&[index], &big_value(index)).is_ok() {
             index += 1;
             assert!(index < 10, "the stall was never noticed");
         }
@@ -385,7 +466,7 @@ mod tests {
         drop(receiver);
         let mut out = BackupWriter::new(sink).unwrap();
         let error = (0..4u8)
-            .find_map(|index| out.entry("meta", &[index], &big_value(index)).err())
+            .find_map(|index| out.entry(&[index], &big_value(index)).err())
             .expect("nobody reads");
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe, "{error}");
 
@@ -401,9 +482,9 @@ mod tests {
         });
         let mut out = BackupWriter::new(sink).unwrap();
         for index in 0..20u8 {
-            out.entry("meta", &[index], &big_value(index)).unwrap();
+            out.entry(&[index], &big_value(index)).unwrap();
         }
-        drop(out.finish(WalPosition::START, WalPosition::START, 7).unwrap());
+        drop(out.finish(WalPosition::START, WalPosition::START, 1, 7).unwrap());
         let bytes = runtime.block_on(reader).unwrap();
         let trailer = BackupReader::new(bytes.as_slice()).unwrap().verify_to_end().unwrap();
         assert_eq!(trailer.entry_count, 20);

@@ -1,6 +1,5 @@
 //! The HTTP API: connection handling, routing, and response helpers.
 
-#[cfg(any())] // PORT-V2
 pub mod admin;
 pub mod auth;
 pub mod control;
@@ -467,7 +466,7 @@ async fn dispatch(
         E::Retry(id) => control::retry_message(state, id, &request).await,
         E::Schedule(id) => control::schedule_message(state, id, request).await,
         E::Events => stream::events(state, request, token).await,
-        E::Backup => Err(ApiError::internal("PORT-V2")),
+        E::Backup => admin::backup(state, request).await,
         #[cfg(feature = "testing")]
         E::Failpoint(name) => handlers::set_failpoint(state, name, request).await,
     }

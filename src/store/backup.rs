@@ -1,14 +1,18 @@
-//! Backups: the file format, taking a consistent snapshot of a store, and restoring one.
+//! Backups: the file format, copying a data directory into one, and restoring one.
 //!
-//! A backup is a fuzzy copy of the sled trees plus the WAL frames that make it exact, the same
-//! pairing recovery relies on. It starts at a WAL position `from` before which every committed
-//! change is already in sled, copies every tree while writes go on, then copies the WAL frames from
-//! `from` up to a position `to` taken after the copy. Each key's copied value comes from some frame
-//! before `to`, and every change is idempotent (a full value, a removal, or a history event that
-//! is skipped when already recorded), so replaying the frames over the copied trees yields exactly
-//! the state after the frame ending at `to`. Everything acknowledged before the backup started
-//! lies before `from`. Restore writes the trees, replays the frames and checkpoints, leaving a
-//! data directory a server starts from with nothing to replay.
+//! A backup is the catalog at one checkpoint plus the log segments that go with it. The catalog is
+//! exact up to the log position its manifest names (the checkpoint, `P`), so the pairing is the one
+//! recovery relies on: the catalog's entries as they stand at that checkpoint, every segment that
+//! still holds contents of stored messages (the manifest lists them), and every log frame from the
+//! start of `P`'s segment up to an end position `E`. Restoring writes the entries and the segment
+//! files byte for byte (contents are read at their segment and offset, so the frames keep their
+//! offsets), and the first open replays the frames from `P` to `E`: the result is the state right
+//! after `E`. Everything acknowledged before the backup started lies before `E`.
+//!
+//! The catalog must be copied at one epoch: a checkpoint is one atomic sled batch, but a scan that
+//! runs while one is written can see part of it. A stopped directory does not change; a running
+//! server holds its checkpoints while the entries are copied (see `http/admin.rs`), and the copy's
+//! manifest is compared with the epoch it was promised.
 //!
 //! # File layout
 //!
@@ -16,55 +20,67 @@
 //!
 //! | bytes | field                                                           |
 //! |-------|-----------------------------------------------------------------|
-//! | 17    | `OUTBOXD-BACKUP 1\n` (the digit is the format version)          |
+//! | 17    | `OUTBOXD-BACKUP 2\n` (the digit is the format version)          |
 //! | per record: 4 | payload length `u32`, `1..=RECORD_PAYLOAD_BYTES_MAX`  |
 //! | 4     | crc32 (crc32fast) of the payload                                 |
 //! | n     | payload: a kind byte, then the kind's fields                     |
 //!
 //! | kind | name    | fields                                                              |
 //! |------|---------|---------------------------------------------------------------------|
-//! | 1    | entry   | tree name length `u8`, tree name, key length `u32`, key, value (rest) |
-//! | 2    | frame   | a WAL frame payload (version byte + change list), as in the WAL     |
-//! | 3    | trailer | entry count, frame count, from seq, from offset, to seq, to offset, created-at ms: 7 × `u64` |
-//! | 4    | failure | UTF-8 text: why the writer stopped (an online backup's server error) |
+//! | 1    | entry   | key length `u32`, key, value (the rest): one catalog entry          |
+//! | 2    | segment | segment seq `u64`: the frames that follow are this segment's         |
+//! | 3    | frame   | a log frame's payload, as in the segment                           |
+//! | 4    | trailer | entry count, segment count, frame count, checkpoint seq, checkpoint offset, end seq, end offset, epoch, created-at ms: 9 × `u64` |
+//! | 5    | failure | UTF-8 text: why the writer stopped (an online backup's server error) |
 //!
-//! Entries come first, then frames, then the trailer, then the end of the file. A file that ends
-//! anywhere else is truncated; a record whose crc does not match is damaged; both are reported
-//! with the byte offset of the record.
+//! Entries come first, then segments in increasing seq, each followed by all of its frames from
+//! its first (a segment before the checkpoint's is whole), then the trailer, then the end of the
+//! file. A file that ends anywhere else is truncated; a record whose crc does not match is
+//! damaged; both are reported with the byte offset of the record. Version 1 (the first storage
+//! format's sled trees and change lists) is refused with a message saying what reads it.
 
-use super::overlay::ALL_TREES;
-use super::wal::{self, WalPosition, FRAME_PAYLOAD_BYTES_MAX};
-use super::{codec, keys, Store, StoreError, QUARANTINE_TREE};
+use super::catalog::Catalog;
+use super::codec::{self, Manifest};
+use super::keys;
+use super::wal::{self, WalPosition, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES};
+use super::StoreError;
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 /// The first bytes of every backup file; the digit is the format version.
-pub const MAGIC: &[u8; 17] = b"OUTBOXD-BACKUP 1\n";
+pub const MAGIC: &[u8; 17] = b"OUTBOXD-BACKUP 2\n";
+/// The magic line of the first storage format's backups.
+pub const MAGIC_V1: &[u8; 17] = b"OUTBOXD-BACKUP 1\n";
 
-/// The largest record payload: a WAL frame at its largest plus the kind byte (a stored value is
+/// The largest record payload: a log frame at its largest plus the kind byte (a catalog entry is
 /// far smaller). A bigger length in a file is damage, and is never allocated.
 pub const RECORD_PAYLOAD_BYTES_MAX: u32 = FRAME_PAYLOAD_BYTES_MAX + 1;
 
 const RECORD_HEADER_BYTES: u64 = 8;
 const KIND_ENTRY: u8 = 1;
-const KIND_FRAME: u8 = 2;
-const KIND_TRAILER: u8 = 3;
-const KIND_FAILURE: u8 = 4;
-const TRAILER_BYTES: usize = 1 + 7 * 8;
+const KIND_SEGMENT: u8 = 2;
+const KIND_FRAME: u8 = 3;
+const KIND_TRAILER: u8 = 4;
+const KIND_FAILURE: u8 = 5;
+const TRAILER_FIELD_COUNT: usize = 9;
 
-/// Most sled writes in one batch when restoring (sled holds a batch in memory).
+/// Most catalog writes in one sled batch when restoring (sled holds a batch in memory).
 const RESTORE_BATCH_WRITE_COUNT_MAX: usize = 1000;
 
 /// What a complete backup holds, from its trailer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Trailer {
     pub entry_count: u64,
+    pub segment_count: u64,
     pub frame_count: u64,
-    /// The log position the tree copy started from: every change before it is in the entries.
-    pub from: (u64, u64),
+    /// The checkpoint the catalog entries are exact up to: (segment, offset).
+    pub checkpoint: (u64, u64),
     /// The log position the frames end at: restoring yields the state right after it.
-    pub to: (u64, u64),
+    pub end: (u64, u64),
+    /// The checkpoint's epoch.
+    pub epoch: u64,
     /// When the backup was taken (Unix epoch ms).
     pub created_at_ms: u64,
 }
@@ -72,7 +88,8 @@ pub struct Trailer {
 /// One record of a backup file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    Entry { tree: String, key: Vec<u8>, value: Vec<u8> },
+    Entry { key: Vec<u8>, value: Vec<u8> },
+    Segment(u64),
     Frame(Vec<u8>),
     Trailer(Trailer),
 }
@@ -84,13 +101,17 @@ pub enum BackupError {
     Io(io::Error),
     /// The file does not start with the backup magic line.
     NotABackup,
+    /// A backup of the first storage format (`OUTBOXD-BACKUP 1`).
+    FirstFormat,
     /// The file ends before its trailer (or inside a record) at `offset`.
     Truncated { offset: u64 },
     /// The record at `offset` is damaged or out of place.
     Damaged { offset: u64, reason: String },
     /// The writer stopped and said why (an online backup whose server hit an error).
     WriterFailed { offset: u64, message: String },
-    /// Reading the store or its log failed while taking the backup.
+    /// The catalog changed while it was copied (a checkpoint ran: the server was stopping).
+    CatalogMoved { expected_epoch: u64, found_epoch: u64 },
+    /// Reading the store or its log failed while taking or restoring the backup.
     Store(StoreError),
 }
 
@@ -103,6 +124,14 @@ impl fmt::Display for BackupError {
                 "not an outboxd backup (the file does not start with {:?}); pass a file written \
                  by `outboxd backup`",
                 String::from_utf8_lossy(MAGIC).trim_end()
+            ),
+            BackupError::FirstFormat => write!(
+                f,
+                "this is a backup of the first storage format (it starts with {:?}), which this \
+                 outboxd does not read: restore it with an outboxd of the first storage format \
+                 (0.1.0 before storage v2), then start this outboxd on the restored data \
+                 directory, which converts it",
+                String::from_utf8_lossy(MAGIC_V1).trim_end()
             ),
             BackupError::Truncated { offset } => write!(
                 f,
@@ -118,6 +147,11 @@ impl fmt::Display for BackupError {
                 f,
                 "the backup stopped at byte offset {offset} because taking it failed: {message} \
                  (see the server's log, fix the cause and take the backup again)"
+            ),
+            BackupError::CatalogMoved { expected_epoch, found_epoch } => write!(
+                f,
+                "the catalog moved from checkpoint {expected_epoch} to {found_epoch} while it was \
+                 copied (the server is stopping); take the backup again"
             ),
             BackupError::Store(error) => write!(f, "{error}"),
         }
@@ -146,12 +180,6 @@ impl From<StoreError> for BackupError {
     }
 }
 
-impl From<sled::Error> for BackupError {
-    fn from(error: sled::Error) -> Self {
-        BackupError::Store(StoreError::Sled(error))
-    }
-}
-
 impl From<wal::WalError> for BackupError {
     fn from(error: wal::WalError) -> Self {
         BackupError::Store(StoreError::Wal(error))
@@ -162,6 +190,7 @@ impl From<wal::WalError> for BackupError {
 pub struct BackupWriter<W: Write> {
     out: W,
     entry_count: u64,
+    segment_count: u64,
     frame_count: u64,
     /// The record being written: its header, then its payload (a kind byte and fields).
     payload: Vec<u8>,
@@ -171,16 +200,19 @@ impl<W: Write> BackupWriter<W> {
     /// Starts a backup on `out` by writing the magic line.
     pub fn new(mut out: W) -> io::Result<BackupWriter<W>> {
         out.write_all(MAGIC)?;
-        Ok(BackupWriter { out, entry_count: 0, frame_count: 0, payload: Vec::new() })
+        Ok(BackupWriter {
+            out,
+            entry_count: 0,
+            segment_count: 0,
+            frame_count: 0,
+            payload: Vec::new(),
+        })
     }
 
-    /// Writes one sled entry.
-    pub fn entry(&mut self, tree: &str, key: &[u8], value: &[u8]) -> io::Result<()> {
-        let tree_len = u8::try_from(tree.len()).expect("tree names are short");
-        let key_len = u32::try_from(key.len()).expect("sled keys are far below 4 GiB");
+    /// Writes one catalog entry.
+    pub fn entry(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        let key_len = u32::try_from(key.len()).expect("catalog keys are far below 4 GiB");
         self.start_record(KIND_ENTRY);
-        self.payload.push(tree_len);
-        self.payload.extend_from_slice(tree.as_bytes());
         self.payload.extend_from_slice(&key_len.to_le_bytes());
         self.payload.extend_from_slice(key);
         self.payload.extend_from_slice(value);
@@ -188,7 +220,15 @@ impl<W: Write> BackupWriter<W> {
         self.write_payload()
     }
 
-    /// Writes one WAL frame payload.
+    /// Starts a log segment: the frames written next are its own, from its first.
+    pub fn segment(&mut self, seq: u64) -> io::Result<()> {
+        self.start_record(KIND_SEGMENT);
+        self.payload.extend_from_slice(&seq.to_le_bytes());
+        self.segment_count += 1;
+        self.write_payload()
+    }
+
+    /// Writes one log frame payload.
     pub fn frame(&mut self, frame: &[u8]) -> io::Result<()> {
         self.start_record(KIND_FRAME);
         self.payload.extend_from_slice(frame);
@@ -199,27 +239,22 @@ impl<W: Write> BackupWriter<W> {
     /// Ends the backup with its trailer and flushes; returns the trailer and the stream.
     pub fn finish(
         mut self,
-        from: WalPosition,
-        to: WalPosition,
+        checkpoint: WalPosition,
+        end: WalPosition,
+        epoch: u64,
         created_at_ms: u64,
     ) -> io::Result<(Trailer, W)> {
         let trailer = Trailer {
             entry_count: self.entry_count,
+            segment_count: self.segment_count,
             frame_count: self.frame_count,
-            from: (from.segment_seq, from.offset),
-            to: (to.segment_seq, to.offset),
+            checkpoint: (checkpoint.segment_seq, checkpoint.offset),
+            end: (end.segment_seq, end.offset),
+            epoch,
             created_at_ms,
         };
         self.start_record(KIND_TRAILER);
-        for value in [
-            trailer.entry_count,
-            trailer.frame_count,
-            trailer.from.0,
-            trailer.from.1,
-            trailer.to.0,
-            trailer.to.1,
-            trailer.created_at_ms,
-        ] {
+        for value in trailer_fields(&trailer) {
             self.payload.extend_from_slice(&value.to_le_bytes());
         }
         self.write_payload()?;
@@ -251,25 +286,49 @@ impl<W: Write> BackupWriter<W> {
         let length = u32::try_from(payload.len())
             .ok()
             .filter(|length| *length <= RECORD_PAYLOAD_BYTES_MAX)
-            .expect("record payloads are bounded by the WAL frame limit");
+            .expect("record payloads are bounded by the log frame limit");
         header[..4].copy_from_slice(&length.to_le_bytes());
         header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
         self.out.write_all(&self.payload)
     }
 }
 
+fn trailer_fields(trailer: &Trailer) -> [u64; TRAILER_FIELD_COUNT] {
+    [
+        trailer.entry_count,
+        trailer.segment_count,
+        trailer.frame_count,
+        trailer.checkpoint.0,
+        trailer.checkpoint.1,
+        trailer.end.0,
+        trailer.end.1,
+        trailer.epoch,
+        trailer.created_at_ms,
+    ]
+}
+
+/// Where the reader is in the record order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Entries,
+    /// In the frames of a segment (its seq).
+    Segments(u64),
+    Finished,
+}
+
 /// Reads and verifies a backup stream record by record.
 ///
-/// Checks the magic line, each record's length and crc, that entries come before frames and
-/// the trailer last, that the trailer's counts match, and that nothing follows it.
+/// Checks the magic line, each record's length and crc, the record order (entries, then segments
+/// in increasing seq with their frames, then the trailer), that the trailer's counts match, and
+/// that nothing follows it.
 pub struct BackupReader<R: Read> {
     input: R,
     /// Byte offset of the next record.
     offset: u64,
     entry_count: u64,
+    segment_count: u64,
     frame_count: u64,
-    seen_frame: bool,
-    finished: bool,
+    section: Section,
 }
 
 impl<R: Read> BackupReader<R> {
@@ -280,6 +339,9 @@ impl<R: Read> BackupReader<R> {
         if read_bytes < magic.len() && MAGIC.starts_with(&magic[..read_bytes]) {
             return Err(BackupError::Truncated { offset: read_bytes as u64 });
         }
+        if &magic == MAGIC_V1 {
+            return Err(BackupError::FirstFormat);
+        }
         if &magic != MAGIC {
             return Err(BackupError::NotABackup);
         }
@@ -287,9 +349,9 @@ impl<R: Read> BackupReader<R> {
             input,
             offset: MAGIC.len() as u64,
             entry_count: 0,
+            segment_count: 0,
             frame_count: 0,
-            seen_frame: false,
-            finished: false,
+            section: Section::Entries,
         })
     }
 
@@ -301,7 +363,7 @@ impl<R: Read> BackupReader<R> {
     /// The next record; `Ok(None)` after the trailer once the stream has ended cleanly.
     pub fn next_record(&mut self) -> Result<Option<Record>, BackupError> {
         let offset = self.offset;
-        if self.finished {
+        if self.section == Section::Finished {
             let mut extra = [0u8; 1];
             if read_full(&mut self.input, &mut extra)? > 0 {
                 let reason = "bytes follow the trailer".to_string();
@@ -312,41 +374,53 @@ impl<R: Read> BackupReader<R> {
         let payload = self.read_payload()?;
         let damaged = |reason: String| BackupError::Damaged { offset, reason };
         let (&kind, fields) = payload.split_first().expect("lengths of 0 are refused");
-        let record = match kind {
-            KIND_ENTRY if self.seen_frame => {
-                return Err(damaged("a tree entry after the log frames".into()))
-            }
-            KIND_ENTRY => {
+        let record = match (kind, self.section) {
+            (KIND_ENTRY, Section::Entries) => {
                 self.entry_count += 1;
-                decode_entry(fields).ok_or_else(|| damaged("a malformed tree entry".into()))?
+                decode_entry(fields).ok_or_else(|| damaged("a malformed catalog entry".into()))?
             }
-            KIND_FRAME => {
-                self.seen_frame = true;
+            (KIND_ENTRY, _) => return Err(damaged("a catalog entry after the log".into())),
+            (KIND_SEGMENT, section) => {
+                let seq = <[u8; 8]>::try_from(fields)
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| damaged("a malformed segment record".into()))?;
+                if let Section::Segments(previous) = section {
+                    if seq <= previous {
+                        return Err(damaged(format!("segment {seq} after segment {previous}")));
+                    }
+                }
+                self.section = Section::Segments(seq);
+                self.segment_count += 1;
+                Record::Segment(seq)
+            }
+            (KIND_FRAME, Section::Segments(_)) => {
+                if fields.is_empty() || fields.len() > FRAME_PAYLOAD_BYTES_MAX as usize {
+                    return Err(damaged("a log frame of an impossible length".into()));
+                }
                 self.frame_count += 1;
                 Record::Frame(fields.to_vec())
             }
-            KIND_TRAILER => {
+            (KIND_FRAME, _) => return Err(damaged("a log frame outside a segment".into())),
+            (KIND_TRAILER, _) => {
                 let trailer =
                     decode_trailer(fields).ok_or_else(|| damaged("a malformed trailer".into()))?;
-                if (trailer.entry_count, trailer.frame_count)
-                    != (self.entry_count, self.frame_count)
-                {
+                let found = (self.entry_count, self.segment_count, self.frame_count);
+                let said = (trailer.entry_count, trailer.segment_count, trailer.frame_count);
+                if found != said {
                     return Err(damaged(format!(
-                        "the trailer counts {} entries and {} frames, the file holds {} and {}",
-                        trailer.entry_count,
-                        trailer.frame_count,
-                        self.entry_count,
-                        self.frame_count
+                        "the trailer counts {} entries, {} segments and {} frames, the file \
+                         holds {}, {} and {}",
+                        said.0, said.1, said.2, found.0, found.1, found.2
                     )));
                 }
-                self.finished = true;
+                self.section = Section::Finished;
                 Record::Trailer(trailer)
             }
-            KIND_FAILURE => {
+            (KIND_FAILURE, _) => {
                 let message = String::from_utf8_lossy(fields).into_owned();
                 return Err(BackupError::WriterFailed { offset, message });
             }
-            other => return Err(damaged(format!("unknown record kind {other}"))),
+            (other, _) => return Err(damaged(format!("unknown record kind {other}"))),
         };
         Ok(Some(record))
     }
@@ -406,17 +480,17 @@ fn read_full(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
 }
 
 fn decode_entry(fields: &[u8]) -> Option<Record> {
-    let (&tree_len, rest) = fields.split_first()?;
-    let tree = std::str::from_utf8(rest.get(..tree_len as usize)?).ok()?;
-    let rest = &rest[tree_len as usize..];
-    let key_len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let key = rest.get(4..4 + key_len)?;
-    let value = &rest[4 + key_len..];
-    Some(Record::Entry { tree: tree.to_string(), key: key.to_vec(), value: value.to_vec() })
+    let key_len = u32::from_le_bytes(fields.get(..4)?.try_into().ok()?) as usize;
+    let key = fields.get(4..4usize.checked_add(key_len)?)?;
+    if key.is_empty() {
+        return None;
+    }
+    let value = &fields[4 + key_len..];
+    Some(Record::Entry { key: key.to_vec(), value: value.to_vec() })
 }
 
 fn decode_trailer(fields: &[u8]) -> Option<Trailer> {
-    if fields.len() != TRAILER_BYTES - 1 {
+    if fields.len() != TRAILER_FIELD_COUNT * 8 {
         return None;
     }
     let field = |index: usize| {
@@ -424,45 +498,137 @@ fn decode_trailer(fields: &[u8]) -> Option<Trailer> {
     };
     Some(Trailer {
         entry_count: field(0),
-        frame_count: field(1),
-        from: (field(2), field(3)),
-        to: (field(4), field(5)),
-        created_at_ms: field(6),
+        segment_count: field(1),
+        frame_count: field(2),
+        checkpoint: (field(3), field(4)),
+        end: (field(5), field(6)),
+        epoch: field(7),
+        created_at_ms: field(8),
     })
 }
 
-/// Every tree a backup copies, by name: the data trees and the quarantine.
-fn backup_trees(store: &Store) -> Vec<(&'static str, &sled::Tree)> {
-    let mut trees: Vec<(&'static str, &sled::Tree)> =
-        ALL_TREES.iter().map(|&tree| (tree.name(), store.tree(tree))).collect();
-    trees.push((QUARANTINE_TREE, &store.quarantine));
-    trees
+/// Visits every catalog entry in key order and returns the manifest among them (the default one
+/// of a catalog that never had a checkpoint). The caller makes sure the catalog does not change
+/// meanwhile.
+pub fn copy_catalog(
+    catalog: &Catalog,
+    mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+) -> Result<Manifest, BackupError> {
+    let mut manifest = None;
+    let mut failure = None;
+    catalog
+        .for_each_entry(|key, value| {
+            if key == keys::MANIFEST_KEY {
+                let decoded = codec::decode_manifest(value).map_err(|source| {
+                    StoreError::Corrupt { what: "the catalog manifest".into(), source }
+                })?;
+                manifest = Some(decoded);
+            }
+            visit(key, value).map_err(|error| {
+                let message = error.to_string();
+                failure = Some(error);
+                StoreError::Io {
+                    path: PathBuf::from("<backup stream>"),
+                    source: io::Error::other(message),
+                }
+            })
+        })
+        .map_err(|error| match failure.take() {
+            Some(io_error) => BackupError::Io(io_error),
+            None => BackupError::Store(error),
+        })?;
+    Ok(manifest.unwrap_or_default())
 }
 
-/// Writes a consistent copy of `store` to `out` (everything but the trailer); returns the log
-/// positions the copy starts and ends at, for [`BackupWriter::finish`].
+/// Writes the log segments that go with a catalog at `manifest`'s checkpoint: each segment before
+/// the checkpoint's that still holds contents (whole), then every segment from the checkpoint's
+/// on, from its first frame, up to `end` (`None`: the end of the log, for a directory no server
+/// uses; a torn tail there is left out). Returns the position the copy ends at.
 ///
-/// `from` is a WAL position before which every committed change is staged; the copy first waits
-/// until those changes are in sled. `end` is asked after the trees are copied for the position
-/// the log copy ends at (`None`: the end of the log, for a directory no server uses). The WAL
-/// segments from `from` on must stay while this runs (see [`Store::pin_wal`]). Never holds up
-/// the storage thread: it reads sled and the log files only.
-pub fn write_backup<W: Write>(
-    store: &Store,
-    wal_dir: &Path,
-    from: WalPosition,
-    end: impl FnOnce() -> Result<Option<WalPosition>, BackupError>,
+/// The segments must stay while this runs (a running server is asked to pin them). Reads the
+/// files only, never changing them.
+pub fn write_log<W: Write>(
+    log_dir: &Path,
+    manifest: &Manifest,
+    end: Option<WalPosition>,
     out: &mut BackupWriter<W>,
-) -> Result<(WalPosition, WalPosition), BackupError> {
-    store.sync_overlay()?;
-    for (name, tree) in backup_trees(store) {
-        for entry in tree.iter() {
-            let (key, value) = entry?;
-            out.entry(name, &key, &value)?;
+) -> Result<WalPosition, BackupError> {
+    let checkpoint = manifest.position;
+    let segments = wal::list_segments(log_dir)?;
+    let path_of = |seq: u64| wal::segment_path(log_dir, seq);
+    for (seq, _) in &manifest.segments {
+        let seq = u64::from(*seq);
+        if seq >= checkpoint.segment_seq {
+            continue;
+        }
+        if !segments.iter().any(|(found, _)| *found == seq) {
+            let source = io::Error::new(
+                io::ErrorKind::NotFound,
+                "this log segment holds message contents but is missing",
+            );
+            return Err(StoreError::Io { path: path_of(seq), source }.into());
+        }
+        copy_segment(log_dir, seq, Some(segment_end(seq, &path_of(seq))?), out)?;
+    }
+    let last_seq = match end {
+        Some(end) => end.segment_seq,
+        None => segments.last().map_or(checkpoint.segment_seq, |(seq, _)| *seq),
+    };
+    let mut end_position = checkpoint;
+    let mut expected_seq = checkpoint.segment_seq;
+    for (seq, path) in segments.iter().filter(|(seq, _)| *seq >= checkpoint.segment_seq) {
+        if *seq > last_seq {
+            break;
+        }
+        if *seq != expected_seq {
+            let error = wal::WalError::Gap {
+                dir: log_dir.to_path_buf(),
+                missing_seq: expected_seq,
+                found_seq: *seq,
+            };
+            return Err(error.into());
+        }
+        expected_seq = seq + 1;
+        let to = match end {
+            Some(end) if end.segment_seq == *seq => Some(end),
+            // A segment before the end one is closed: it ends where its file does.
+            Some(_) => Some(segment_end(*seq, path)?),
+            None if *seq < last_seq => Some(segment_end(*seq, path)?),
+            None => None,
+        };
+        if let Some(position) = copy_segment(log_dir, *seq, to, out)? {
+            end_position = end_position.max(position);
         }
     }
-    let to = end()?;
-    let range = wal::read_range(wal_dir, from, to, |_, payload| {
+    if let Some(end) = end {
+        if end > checkpoint && end_position < end {
+            let reason = format!("the log ends before the position {end:?} the server named");
+            return Err(wal::WalError::corrupt(log_dir, end.offset, reason).into());
+        }
+        end_position = end_position.max(end);
+    }
+    Ok(end_position)
+}
+
+/// The position at the end of a segment file.
+fn segment_end(seq: u64, path: &Path) -> Result<WalPosition, BackupError> {
+    let bytes = std::fs::metadata(path)
+        .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })?
+        .len();
+    Ok(WalPosition::new(seq, bytes.max(SEGMENT_HEADER_BYTES)))
+}
+
+/// Writes one segment record and the segment's frames from its first up to `to` (the end of the
+/// log when `None`); returns the position after the last frame, if any.
+fn copy_segment<W: Write>(
+    log_dir: &Path,
+    seq: u64,
+    to: Option<WalPosition>,
+    out: &mut BackupWriter<W>,
+) -> Result<Option<WalPosition>, BackupError> {
+    out.segment(seq)?;
+    let from = WalPosition::new(seq, 0);
+    let range = wal::read_range(log_dir, from, to, |_, payload| {
         out.frame(payload).map_err(BackupError::Io)
     })?;
     if let Some((segment, offset, reason)) = &range.torn_tail {
@@ -473,8 +639,21 @@ pub fn write_backup<W: Write>(
             "the log ends in a torn write; the backup stops before it (it was never acknowledged)"
         );
     }
-    let to = to.or(range.end_position).unwrap_or(from).max(from);
-    Ok((from, to))
+    Ok(range.end_position)
+}
+
+/// Backs up a data directory that no process uses (the caller holds it: `catalog` is open):
+/// the catalog, then the log from its checkpoint to its end. Returns the trailer.
+pub fn backup_stopped<W: Write>(
+    catalog: &Catalog,
+    log_dir: &Path,
+    out: W,
+    created_at_ms: u64,
+) -> Result<(Trailer, W), BackupError> {
+    let mut writer = BackupWriter::new(out)?;
+    let manifest = copy_catalog(catalog, |key, value| writer.entry(key, value))?;
+    let end = write_log(log_dir, &manifest, None, &mut writer)?;
+    Ok(writer.finish(manifest.position, end, manifest.epoch, created_at_ms)?)
 }
 
 /// What a restore wrote.
@@ -483,10 +662,13 @@ pub struct RestoreSummary {
     pub trailer: Trailer,
     /// Bytes of the backup read.
     pub byte_count: u64,
+    /// Log frames the first open replayed (those after the checkpoint).
+    pub replayed_frame_count: u64,
 }
 
-/// Restores a backup into `data_dir`, which must be new or empty: writes the trees, replays the
-/// log frames over them and checkpoints, so a server starts from it with nothing to replay.
+/// Restores a backup into `data_dir`, which must be new or empty: writes the catalog entries and
+/// the log segments, then opens the directory as a server would (recovery replays the frames after
+/// the checkpoint and checkpoints), so a server starts from it with nothing to replay.
 ///
 /// Reads the stream once, verifying every record; an error leaves a partly written directory that
 /// the caller discards.
@@ -494,90 +676,106 @@ pub fn restore<R: Read>(
     mut reader: BackupReader<R>,
     data_dir: &Path,
 ) -> Result<RestoreSummary, BackupError> {
-    let wal_dir = data_dir.join("wal");
-    std::fs::create_dir_all(&wal_dir)
-        .map_err(|source| StoreError::Io { path: wal_dir.clone(), source })?;
-    let store = Store::open(data_dir)?;
-    let mut batch = EntryBatch::default();
-    loop {
+    let log_dir = data_dir.join(super::LOG_DIR);
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|source| StoreError::Io { path: log_dir.clone(), source })?;
+    let catalog = Catalog::open(data_dir)?;
+    let mut batch = Vec::new();
+    let mut segment: Option<SegmentWriter> = None;
+    let trailer = loop {
         let offset = reader.offset();
         let Some(record) = reader.next_record()? else {
             return Err(BackupError::Truncated { offset });
         };
         match record {
-            Record::Entry { tree, key, value } => {
-                // The checkpoint position belongs to the source's log; the restored one starts anew.
-                if tree == super::overlay::TreeId::System.name() && key == keys::CHECKPOINT_KEY {
-                    continue;
+            Record::Entry { key, value } => {
+                batch.push((key, value));
+                if batch.len() == RESTORE_BATCH_WRITE_COUNT_MAX {
+                    catalog.insert_raw(std::mem::take(&mut batch))?;
                 }
-                let Some(sled_tree) = restore_tree(&store, &tree) else {
-                    let reason = format!("an entry of an unknown tree {tree:?}");
-                    return Err(BackupError::Damaged { offset, reason });
-                };
-                batch.add(&tree, sled_tree, key, value)?;
+            }
+            Record::Segment(seq) => {
+                catalog.insert_raw(std::mem::take(&mut batch))?;
+                if let Some(done) = segment.take() {
+                    done.finish()?;
+                }
+                segment = Some(SegmentWriter::create(&log_dir, seq)?);
             }
             Record::Frame(payload) => {
-                batch.apply()?;
-                let changes = codec::decode_changes(&payload).map_err(|error| {
-                    BackupError::Damaged { offset, reason: format!("a log frame: {error}") }
-                })?;
-                store.apply(&changes)?;
+                segment.as_mut().expect("the reader puts frames in segments").frame(&payload)?;
             }
-            Record::Trailer(trailer) => {
-                batch.apply()?;
-                // Ends the stream: nothing may follow the trailer.
-                let end = reader.offset();
-                if reader.next_record()?.is_some() {
-                    let reason = "a record after the trailer".to_string();
-                    return Err(BackupError::Damaged { offset: end, reason });
-                }
-                store.checkpoint(WalPosition::START)?;
-                // Whoever opens the directory next (a server, `check --backup`) must find it
-                // closed: sled lets go of its lock a moment after the last handle is dropped.
-                drop(batch);
-                drop(store);
-                super::wait_until_released(data_dir)?;
-                return Ok(RestoreSummary { trailer, byte_count: end });
-            }
+            Record::Trailer(trailer) => break trailer,
         }
+    };
+    // Nothing may follow the trailer.
+    let end_offset = reader.offset();
+    if reader.next_record()?.is_some() {
+        let reason = "a record after the trailer".to_string();
+        return Err(BackupError::Damaged { offset: end_offset, reason });
     }
+    catalog.insert_raw(batch)?;
+    if let Some(done) = segment.take() {
+        done.finish()?;
+    }
+    let manifest = catalog.manifest()?.unwrap_or_default();
+    let checkpoint = (manifest.position.segment_seq, manifest.position.offset);
+    if checkpoint != trailer.checkpoint || manifest.epoch != trailer.epoch {
+        let reason = format!(
+            "the catalog's manifest names checkpoint {} at {checkpoint:?}, the trailer {} at {:?}",
+            manifest.epoch, trailer.epoch, trailer.checkpoint
+        );
+        return Err(BackupError::Damaged { offset: end_offset, reason });
+    }
+    catalog.flush()?;
+    File::open(&log_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| StoreError::Io { path: log_dir.clone(), source })?;
+    drop(catalog);
+    super::wait_until_released(data_dir)?;
+    let now_ms = crate::clock::now_ms();
+    let config = crate::queue::BrokerConfig::default();
+    let options = super::recovery::RecoveryOptions::default();
+    let recovered = super::recovery::recover(data_dir, config, now_ms, now_ms, options)?;
+    let replayed_frame_count = recovered.summary.frame_count;
+    // Whoever opens the directory next (a server, `check --backup`) must find it closed: sled
+    // lets go of its lock a moment after the last handle is dropped.
+    drop(recovered);
+    super::wait_until_released(data_dir)?;
+    Ok(RestoreSummary { trailer, byte_count: end_offset, replayed_frame_count })
 }
 
-fn restore_tree<'a>(store: &'a Store, name: &str) -> Option<&'a sled::Tree> {
-    backup_trees(store).into_iter().find(|(tree, _)| *tree == name).map(|(_, tree)| tree)
+/// A log segment file being rebuilt from a backup: its header, then its frames as they were.
+struct SegmentWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
 }
 
-/// Entries of one tree waiting to be written as one sled batch.
-#[derive(Default)]
-struct EntryBatch {
-    tree: Option<(String, sled::Tree)>,
-    batch: sled::Batch,
-    count: usize,
-}
+impl SegmentWriter {
+    fn create(log_dir: &Path, seq: u64) -> Result<SegmentWriter, BackupError> {
+        let path = wal::segment_path(log_dir, seq);
+        let io = |source| StoreError::Io { path: path.clone(), source };
+        let file =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io)?;
+        let mut file = BufWriter::new(file);
+        file.write_all(&wal::SEGMENT_MAGIC).map_err(io)?;
+        file.write_all(&seq.to_le_bytes()).map_err(io)?;
+        Ok(SegmentWriter { path, file })
+    }
 
-impl EntryBatch {
-    fn add(
-        &mut self,
-        name: &str,
-        tree: &sled::Tree,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    ) -> Result<(), BackupError> {
-        let same_tree = self.tree.as_ref().is_some_and(|(current, _)| current == name);
-        if !same_tree || self.count == RESTORE_BATCH_WRITE_COUNT_MAX {
-            self.apply()?;
-            self.tree = Some((name.to_string(), tree.clone()));
-        }
-        self.batch.insert(key, value);
-        self.count += 1;
+    fn frame(&mut self, payload: &[u8]) -> Result<(), BackupError> {
+        let length = u32::try_from(payload.len()).expect("the reader bounds frame lengths");
+        let io = |source| StoreError::Io { path: self.path.clone(), source };
+        self.file.write_all(&length.to_le_bytes()).map_err(io)?;
+        self.file.write_all(&crc32fast::hash(payload).to_le_bytes()).map_err(io)?;
+        self.file.write_all(payload).map_err(io)?;
         Ok(())
     }
 
-    fn apply(&mut self) -> Result<(), BackupError> {
-        if let Some((_, tree)) = &self.tree {
-            tree.apply_batch(std::mem::take(&mut self.batch))?;
-        }
-        self.count = 0;
+    fn finish(self) -> Result<(), BackupError> {
+        let path = self.path;
+        let io = |source| StoreError::Io { path: path.clone(), source };
+        let file = self.file.into_inner().map_err(|error| io(error.into_error()))?;
+        file.sync_all().map_err(io)?;
         Ok(())
     }
 }
@@ -588,12 +786,14 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut writer = BackupWriter::new(Vec::new()).unwrap();
-        writer.entry("meta", &[0, 0, 0, 0, 0, 0, 0, 1], b"value one").unwrap();
-        writer.entry("content", &[0, 0, 0, 0, 0, 0, 0, 1], b"").unwrap();
+        writer.entry(b"q\0\0\0\x01", b"value one").unwrap();
+        writer.entry(b"m", b"").unwrap();
+        writer.segment(3).unwrap();
         writer.frame(b"\x01frame").unwrap();
-        let from = WalPosition::new(3, 16);
-        let to = WalPosition::new(4, 99);
-        writer.finish(from, to, 1234).unwrap().1
+        writer.segment(5).unwrap();
+        let checkpoint = WalPosition::new(5, 16);
+        let end = WalPosition::new(5, 99);
+        writer.finish(checkpoint, end, 7, 1234).unwrap().1
     }
 
     fn read_all(bytes: &[u8]) -> Result<Vec<Record>, BackupError> {
@@ -606,50 +806,27 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_directory_is_released_when_restore_returns() {
-        let mut writer = BackupWriter::new(Vec::new()).unwrap();
-        writer.entry("queues", &[0, 0, 0, 1], b"not decoded by restore").unwrap();
-        let bytes = writer.finish(WalPosition::START, WalPosition::START, 1).unwrap().1;
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            restore(BackupReader::new(bytes.as_slice()).unwrap(), dir.path()).unwrap();
-            // The next opener (a server, `check --backup`) must not find it locked: sled's
-            // flusher may hold the database a moment after its last handle is dropped, and under
-            // load that moment was long enough for `check --backup` to fail.
-            let state = super::super::directory_state(dir.path()).unwrap();
-            assert_eq!(state, super::super::DirectoryState::Free);
-        }
-    }
-
-    #[test]
     fn records_round_trip() {
         let records = read_all(&sample()).unwrap();
-        assert_eq!(records.len(), 4);
+        assert_eq!(records.len(), 6);
         assert_eq!(
             records[0],
-            Record::Entry {
-                tree: "meta".into(),
-                key: vec![0, 0, 0, 0, 0, 0, 0, 1],
-                value: b"value one".to_vec()
-            }
+            Record::Entry { key: b"q\0\0\0\x01".to_vec(), value: b"value one".to_vec() }
         );
-        assert_eq!(
-            records[1],
-            Record::Entry {
-                tree: "content".into(),
-                key: vec![0, 0, 0, 0, 0, 0, 0, 1],
-                value: vec![]
-            }
-        );
-        assert_eq!(records[2], Record::Frame(b"\x01frame".to_vec()));
+        assert_eq!(records[1], Record::Entry { key: b"m".to_vec(), value: vec![] });
+        assert_eq!(records[2], Record::Segment(3));
+        assert_eq!(records[3], Record::Frame(b"\x01frame".to_vec()));
+        assert_eq!(records[4], Record::Segment(5));
         let trailer = Trailer {
             entry_count: 2,
+            segment_count: 2,
             frame_count: 1,
-            from: (3, 16),
-            to: (4, 99),
+            checkpoint: (5, 16),
+            end: (5, 99),
+            epoch: 7,
             created_at_ms: 1234,
         };
-        assert_eq!(records[3], Record::Trailer(trailer));
+        assert_eq!(records[5], Record::Trailer(trailer));
         assert_eq!(
             BackupReader::new(sample().as_slice()).unwrap().verify_to_end().unwrap(),
             trailer
@@ -683,8 +860,8 @@ mod tests {
     #[test]
     fn damage_names_the_record_offset() {
         let mut bytes = sample();
-        // The second record starts after the magic and the first record (8 + 1 + 1 + 4 + 4 + 8 + 9).
-        let second = MAGIC.len() + 8 + 1 + 1 + 4 + 4 + 8 + 9;
+        // The second record starts after the magic and the first record (8 + 1 + 4 + 5 + 9).
+        let second = MAGIC.len() + 8 + 1 + 4 + 5 + 9;
         bytes[second + 8] ^= 0xff;
         match read_all(&bytes) {
             Err(error @ BackupError::Damaged { offset, .. }) => {
@@ -697,19 +874,35 @@ mod tests {
     }
 
     #[test]
-    fn misplaced_and_foreign_content_is_refused() {
+    fn misplaced_foreign_and_first_format_content_is_refused() {
         assert!(matches!(read_all(b"hello world, not a backup"), Err(BackupError::NotABackup)));
+        let mut old = MAGIC_V1.to_vec();
+        old.extend_from_slice(&[0; 40]);
+        let error = read_all(&old).unwrap_err();
+        assert!(matches!(error, BackupError::FirstFormat), "{error:?}");
+        assert!(error.to_string().contains("first storage format"), "{error}");
         let mut extra = sample();
         extra.push(0);
         assert!(matches!(read_all(&extra), Err(BackupError::Damaged { .. })));
         let mut writer = BackupWriter::new(Vec::new()).unwrap();
-        writer.frame(b"\x01frame").unwrap();
-        writer.entry("meta", b"k", b"v").unwrap();
-        let bytes = writer.finish(WalPosition::START, WalPosition::START, 0).unwrap().1;
+        writer.segment(1).unwrap();
+        writer.entry(b"m", b"v").unwrap();
+        let bytes = writer.finish(WalPosition::START, WalPosition::START, 0, 0).unwrap().1;
         let error = read_all(&bytes).unwrap_err();
-        assert!(error.to_string().contains("after the log frames"), "{error}");
+        assert!(error.to_string().contains("after the log"), "{error}");
+        let mut writer = BackupWriter::new(Vec::new()).unwrap();
+        writer.frame(b"\x01").unwrap();
+        let bytes = writer.finish(WalPosition::START, WalPosition::START, 0, 0).unwrap().1;
+        let error = read_all(&bytes).unwrap_err();
+        assert!(error.to_string().contains("outside a segment"), "{error}");
+        let mut writer = BackupWriter::new(Vec::new()).unwrap();
+        writer.segment(4).unwrap();
+        writer.segment(4).unwrap();
+        let bytes = writer.finish(WalPosition::START, WalPosition::START, 0, 0).unwrap().1;
+        let error = read_all(&bytes).unwrap_err();
+        assert!(error.to_string().contains("segment 4 after segment 4"), "{error}");
         let mut failed = BackupWriter::new(Vec::new()).unwrap();
-        failed.entry("meta", b"k", b"v").unwrap();
+        failed.entry(b"m", b"v").unwrap();
         let bytes = failed.fail("disk on fire").unwrap();
         match read_all(&bytes) {
             Err(error @ BackupError::WriterFailed { .. }) => {

@@ -1,54 +1,81 @@
-//! The data directory checker behind `outboxd check`: every record's crc and format, every WAL
-//! frame's crc, and whether the indexes agree with the records.
+//! The data directory checker behind `outboxd check`: every catalog record, the indexes and the
+//! manifest against the pages, every log frame a restart would replay, every stored content.
 //!
-//! It looks at the state a server would start from: sled with the WAL frames after the last
-//! checkpoint applied on top. Those frames are decoded into an in-memory overlay (the same
-//! key-level writes recovery would make) instead of being written, so checking changes none of
-//! outboxd's data. Opening the directory with sled does let sled finish its own crash recovery
-//! (which may rewrite sled's files) and creates a tree that is missing (the quarantine of a
-//! directory that never had one), as a server's start would.
-//! Each problem names the tree and key (a message id where there is one) and says what to do.
+//! It reads a stopped data directory and changes none of outboxd's data (opening the catalog lets
+//! sled finish its own crash recovery, which may rewrite sled's files). What it verifies:
+//!
+//! - every catalog entry decodes (its crc and layout): the manifest, queue records, pages, the
+//!   `a` and `t` counts, histories, contents kept in the catalog, retention notes, idempotency keys;
+//! - the `a` index names exactly the pages holding active messages, with their counts; the `t`
+//!   index exactly the (queue, state, page) triples of dead and delivered messages, with theirs;
+//! - the manifest's dead and delivered counts per queue equal the pages', and its segment usage
+//!   (messages and bytes per log segment) equals the contents the records point at;
+//! - every record names a known queue, an id below the manifest's next id, and a content that
+//!   exists and reads back with a valid content crc (from its log segment, or from the catalog);
+//! - every log frame after the checkpoint has a valid crc and decodes (a torn tail at the very end,
+//!   which a restart cuts off, is a note).
+//!
+//! When all that holds, the frames after the checkpoint are applied in memory to a broker restored
+//! from the catalog, exactly as a start would (nothing is written), and the counts reported are
+//! the ones a server would serve; otherwise they are the pages', as of the checkpoint. Each
+//! problem names where it is (catalog key or log position) and says what to do.
 
-use super::overlay::{Generation, Op, Overlay, TreeId};
-use super::wal::{self, WalPosition};
-use super::{codec, keys, Store, StoreError, QUARANTINE_TREE};
-use crate::queue::{MessageId, MessageState, QueueId, ALL_STATES};
+use super::catalog::Catalog;
+use super::codec::{self, Manifest};
+use super::keys;
+use super::wal::{self, SegmentFiles};
+use super::{StoreError, LOG_DIR};
+use crate::queue::{
+    ContentLocation, MessageId, MessageMeta, MessageState, SegmentUsage, ALL_STATES,
+};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Advice for a record the server cannot start without.
-const RESTORE: &str = "the server will not start with it: restore the data directory from a backup";
+/// Advice for a record the server cannot start (or serve a message) without.
+const RESTORE: &str = "the server cannot use it: restore the data directory from a backup";
+/// Advice for an index or count that disagrees with the pages.
+const INDEX: &str = "listings or counts are wrong until it is fixed: restore the data directory \
+                     from a backup (or take a backup and restore it, which rebuilds nothing: \
+                     prefer an older backup)";
 
 /// What `outboxd check` found.
 #[derive(Debug, Default, Serialize)]
 pub struct CheckReport {
-    /// Records per tree (after the WAL frames still to replay).
-    pub trees: BTreeMap<&'static str, u64>,
-    /// Messages per state, per queue name.
+    /// Catalog entries per kind.
+    pub catalog: BTreeMap<&'static str, u64>,
+    /// Messages per state, per queue name: after the frames a start would replay (as of the
+    /// checkpoint when a problem was found).
     pub queues: BTreeMap<String, BTreeMap<&'static str, u64>>,
-    pub wal: WalReport,
+    pub log: LogReport,
     /// Things worth knowing that need no action.
     pub notes: Vec<String>,
     pub problems: Vec<Problem>,
 }
 
-/// The write-ahead log as the checker found it.
+/// The log as the checker found it.
 #[derive(Debug, Default, Serialize)]
-pub struct WalReport {
-    /// The position the last checkpoint covers: (segment, offset).
+pub struct LogReport {
+    /// The checkpoint the catalog is exact up to: (segment, offset), and its epoch.
     pub checkpoint: (u64, u64),
-    /// Frames after the checkpoint, which a server replays at startup (all crc-checked here).
+    pub epoch: u64,
+    /// Segment files in the log directory.
+    pub segment_count: u64,
+    /// Segments holding contents of stored messages (per the manifest).
+    pub content_segment_count: u64,
+    /// Contents read back and verified.
+    pub content_count: u64,
+    /// Frames after the checkpoint, which a server replays at startup (all verified here).
     pub pending_frame_count: u64,
 }
 
-/// One thing wrong, naming the record and what to do about it.
+/// One thing wrong, naming where and what to do about it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
-    /// The sled tree, or `wal`.
-    pub tree: String,
-    /// The record's key: a message id where the key is one, else the key's bytes in hex (or the
-    /// WAL segment and offset).
+    /// `catalog` or `log`.
+    pub part: String,
+    /// Where: the catalog key (a message id, page or queue where there is one), or the log
+    /// segment and offset.
     pub key: String,
     /// What is wrong.
     pub problem: String,
@@ -57,59 +84,474 @@ pub struct Problem {
 }
 
 impl CheckReport {
-    fn problem(&mut self, tree: &str, key: String, problem: String, action: &str) {
-        let tree = tree.to_string();
-        self.problems.push(Problem { tree, key, problem, action: action.to_string() });
+    fn problem(&mut self, part: &str, key: String, problem: String, action: &str) {
+        let part = part.to_string();
+        self.problems.push(Problem { part, key, problem, action: action.to_string() });
     }
+
+    fn catalog_problem(&mut self, key: String, problem: String, action: &str) {
+        self.problem("catalog", key, problem, action);
+    }
+}
+
+/// What the pages hold, gathered for the cross-checks.
+#[derive(Default)]
+struct Tally {
+    manifest: Option<Manifest>,
+    queue_names: BTreeMap<u32, String>,
+    /// Active records per page.
+    active: BTreeMap<u64, u32>,
+    /// Dead or delivered records per (queue, state byte, page).
+    terminal: BTreeMap<(u32, u8, u64), u32>,
+    /// Per queue id: records per state index.
+    states: BTreeMap<u32, [u64; 6]>,
+    /// What the records point at, per segment: (count, bytes).
+    usage: BTreeMap<u32, (u64, u64)>,
+    /// The lowest and highest id pointing into each segment.
+    id_range: BTreeMap<u32, (u64, u64)>,
+    /// Records whose content is kept in the catalog: id → length.
+    catalog_contents: BTreeMap<u64, u32>,
+    /// Every record's id.
+    ids: BTreeSet<u64>,
+    /// The `a` entries: page → count.
+    active_index: BTreeMap<u64, u32>,
+    /// The `t` entries: (queue, state byte, page) → count.
+    terminal_index: BTreeMap<(u32, u8, u64), u32>,
+    /// Ids with a history record.
+    histories: BTreeSet<u64>,
+    /// Contents in the catalog: id → length.
+    stored_contents: BTreeMap<u64, u32>,
+    /// Records with a content in the log, to read back: (id, location).
+    log_contents: Vec<(u64, ContentLocation)>,
 }
 
 /// Checks the data directory at `data_dir`, which must hold data and be free (see
 /// [`super::directory_state`]): opening it takes its lock until the check ends.
 pub fn check(data_dir: &Path) -> Result<CheckReport, StoreError> {
-    // No applier runs, so the overlay must hold every pending frame's writes without waiting.
-    let store = Store::open_with(data_dir, Overlay::with_bytes_max(usize::MAX, usize::MAX))?;
+    let catalog = Catalog::open(data_dir)?;
     let mut report = CheckReport::default();
-    stage_pending_frames(&store, &data_dir.join("wal"), &mut report);
-    let pending = store.overlay.take_open();
-    let mut checker = Checker {
-        store: &store,
-        pending: &pending,
-        report,
-        queue_names: HashMap::new(),
-        messages: HashMap::new(),
-        unreadable: HashSet::new(),
-        contents: HashSet::new(),
-        terminal: HashSet::new(),
-    };
-    checker.scan_queues()?;
-    checker.scan_meta()?;
-    checker.scan_content_and_history()?;
-    checker.scan_terminal()?;
-    checker.scan_small_trees()?;
-    checker.cross_check();
-    Ok(checker.report)
+    let mut tally = Tally::default();
+    scan_catalog(&catalog, &mut tally, &mut report)?;
+    let manifest = tally.manifest.clone().unwrap_or_default();
+    if tally.manifest.is_none() {
+        report.notes.push(
+            "the catalog has no manifest: no checkpoint was ever written (a server writes one \
+             when it starts); the log is checked from its start"
+                .into(),
+        );
+    }
+    report.log.checkpoint = (manifest.position.segment_seq, manifest.position.offset);
+    report.log.epoch = manifest.epoch;
+    report.log.content_segment_count = manifest.segments.len() as u64;
+    check_indexes(&tally, &mut report);
+    check_manifest(&tally, &manifest, &mut report);
+    check_contents(&tally, &data_dir.join(LOG_DIR), &manifest, &mut report)?;
+    check_log(&data_dir.join(LOG_DIR), &manifest, &mut report);
+    if report.problems.is_empty() {
+        // Everything decodes and agrees: apply the frames after the checkpoint as a start would
+        // (in memory), so that the counts are those a server would serve.
+        if let Some(queues) = replay(&catalog, &data_dir.join(LOG_DIR), &mut report) {
+            report.queues = queues;
+            return Ok(report);
+        }
+    }
+    for (queue_id, counts) in &tally.states {
+        let name =
+            tally.queue_names.get(queue_id).cloned().unwrap_or_else(|| format!("#{queue_id}"));
+        let by_state =
+            ALL_STATES.iter().map(|state| (state.name(), counts[state.index()])).collect();
+        report.queues.insert(name, by_state);
+    }
+    for name in tally.queue_names.values() {
+        report
+            .queues
+            .entry(name.clone())
+            .or_insert_with(|| ALL_STATES.iter().map(|state| (state.name(), 0)).collect());
+    }
+    Ok(report)
 }
 
-/// Reads and crc-checks the WAL frames after the checkpoint and stages their writes.
-fn stage_pending_frames(store: &Store, wal_dir: &Path, report: &mut CheckReport) {
-    let from = match store.checkpoint_position() {
-        Ok(position) => position,
-        Err(error) => {
-            let key = "checkpoint".to_string();
-            report.problem("system", key, error.to_string(), RESTORE);
-            WalPosition::START
+fn kind_name(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        keys::MANIFEST => "manifest",
+        keys::QUEUE => "queue",
+        keys::PAGE => "page",
+        keys::ACTIVE => "active index",
+        keys::TERMINAL => "terminal index",
+        keys::HISTORY => "history",
+        keys::CONTENT => "content",
+        keys::EXPIRY => "retention note",
+        keys::IDEMPOTENCY => "idempotency key",
+        _ => return None,
+    })
+}
+
+fn hex(key: &[u8]) -> String {
+    key.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn count_value(value: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(value.try_into().ok()?))
+}
+
+/// Reads every catalog entry once, decoding it and tallying what the pages hold.
+fn scan_catalog(
+    catalog: &Catalog,
+    tally: &mut Tally,
+    report: &mut CheckReport,
+) -> Result<(), StoreError> {
+    let scanned = catalog.for_each_entry(|key, value| {
+        let Some(kind) = key.first().copied().and_then(kind_name) else {
+            let problem = "a key of no kind this build knows".to_string();
+            report.catalog_problem(hex(key), problem, RESTORE);
+            return Ok(());
+        };
+        *report.catalog.entry(kind).or_default() += 1;
+        if let Err(problem) = scan_entry(key, value, tally) {
+            report.catalog_problem(format!("{kind} {}", describe_key(key)), problem, RESTORE);
         }
-    };
-    report.wal.checkpoint = (from.segment_seq, from.offset);
-    let mut frame_count = 0;
-    let result = wal::read_range(wal_dir, from, None, |position, payload| {
-        frame_count += 1;
-        let what = format!("segment {} frame ending at {}", position.segment_seq, position.offset);
-        let changes = codec::decode_changes(payload)
-            .map_err(|source| StoreError::Corrupt { what: format!("WAL {what}"), source })?;
-        store.stage(&changes)
+        Ok(())
     });
-    report.wal.pending_frame_count = frame_count;
+    if let Err(error) = scanned {
+        let action = "sled's own files are damaged: restore the data directory from a backup";
+        report.catalog_problem(String::new(), error.to_string(), action);
+    }
+    Ok(())
+}
+
+/// The readable part of a key, for problems: a message id, a page, a queue, or hex.
+fn describe_key(key: &[u8]) -> String {
+    match key[0] {
+        keys::PAGE | keys::ACTIVE => keys::decode_page_key(&[&[keys::PAGE], &key[1..]].concat())
+            .map_or_else(|| hex(key), |page| format!("page {page}")),
+        keys::HISTORY | keys::CONTENT if key.len() == 9 => {
+            let id = u64::from_be_bytes(key[1..9].try_into().expect("8 bytes"));
+            format!("message {}", MessageId(id))
+        }
+        keys::QUEUE => keys::decode_queue_key(key)
+            .map_or_else(|| hex(key), |queue_id| format!("queue {}", queue_id.0)),
+        _ => hex(key),
+    }
+}
+
+fn scan_entry(key: &[u8], value: &[u8], tally: &mut Tally) -> Result<(), String> {
+    let bad_key = || format!("a malformed key {}", hex(key));
+    match key[0] {
+        keys::MANIFEST => {
+            if key != keys::MANIFEST_KEY {
+                return Err(bad_key());
+            }
+            tally.manifest = Some(codec::decode_manifest(value).map_err(|e| e.to_string())?);
+        }
+        keys::QUEUE => {
+            let queue_id = keys::decode_queue_key(key).ok_or_else(bad_key)?;
+            let record = codec::decode_queue(value).map_err(|e| e.to_string())?;
+            tally.queue_names.insert(queue_id.0, record.name);
+        }
+        keys::PAGE => {
+            let page = keys::decode_page_key(key).ok_or_else(bad_key)?;
+            let records = codec::decode_page(page, value).map_err(|e| e.to_string())?;
+            if records.is_empty() {
+                return Err("an empty page (empty pages are removed)".into());
+            }
+            for (id, meta) in records {
+                tally_record(tally, page, id, &meta);
+            }
+        }
+        keys::ACTIVE => {
+            let page = keys::decode_active_key(key).ok_or_else(bad_key)?;
+            let count = count_value(value).ok_or("a count that is not 4 bytes")?;
+            tally.active_index.insert(page, count);
+        }
+        keys::TERMINAL => {
+            if key.len() != 14 {
+                return Err(bad_key());
+            }
+            let queue_id = u32::from_be_bytes(key[1..5].try_into().expect("4 bytes"));
+            let state = key[5];
+            if !matches!(state, s if s == MessageState::Dead as u8 || s == MessageState::Delivered as u8)
+            {
+                return Err(format!("state byte {state} is neither dead nor delivered"));
+            }
+            let page = u64::from_be_bytes(key[6..14].try_into().expect("8 bytes"));
+            let count = count_value(value).ok_or("a count that is not 4 bytes")?;
+            tally.terminal_index.insert((queue_id, state, page), count);
+        }
+        keys::HISTORY => {
+            let id = decode_id(key).ok_or_else(bad_key)?;
+            codec::decode_history(value).map_err(|e| e.to_string())?;
+            tally.histories.insert(id);
+        }
+        keys::CONTENT => {
+            let id = decode_id(key).ok_or_else(bad_key)?;
+            codec::decode_content(value).map_err(|e| e.to_string())?;
+            tally.stored_contents.insert(id, value.len() as u32);
+        }
+        keys::EXPIRY => {
+            keys::decode_expiry_key(key).ok_or_else(bad_key)?;
+            if !value.is_empty() {
+                return Err("a retention note with a value (they are empty)".into());
+            }
+        }
+        keys::IDEMPOTENCY => {
+            keys::decode_idempotency_key(key).ok_or_else(bad_key)?;
+            codec::decode_idempotency(value).map_err(|e| e.to_string())?;
+        }
+        _ => unreachable!("unknown kinds are reported before"),
+    }
+    Ok(())
+}
+
+fn decode_id(key: &[u8]) -> Option<u64> {
+    if key.len() != 9 {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[1..9].try_into().ok()?))
+}
+
+fn tally_record(tally: &mut Tally, page: u64, id: MessageId, meta: &MessageMeta) {
+    tally.ids.insert(id.0);
+    if meta.state.is_active() {
+        *tally.active.entry(page).or_default() += 1;
+    } else {
+        *tally.terminal.entry((meta.queue_id.0, meta.state as u8, page)).or_default() += 1;
+    }
+    tally.states.entry(meta.queue_id.0).or_default()[meta.state.index()] += 1;
+    match meta.content {
+        ContentLocation::Log { segment, len, .. } => {
+            let usage = tally.usage.entry(segment).or_default();
+            usage.0 += 1;
+            usage.1 += u64::from(len);
+            let range = tally.id_range.entry(segment).or_insert((id.0, id.0));
+            range.0 = range.0.min(id.0);
+            range.1 = range.1.max(id.0);
+            tally.log_contents.push((id.0, meta.content));
+        }
+        ContentLocation::Catalog { len } => {
+            tally.catalog_contents.insert(id.0, len);
+        }
+    }
+}
+
+/// The `a` and `t` indexes against the pages, both ways.
+fn check_indexes(tally: &Tally, report: &mut CheckReport) {
+    let pages: BTreeSet<u64> =
+        tally.active.keys().chain(tally.active_index.keys()).copied().collect();
+    for page in pages {
+        match (tally.active.get(&page), tally.active_index.get(&page)) {
+            (Some(found), Some(indexed)) if found == indexed => {}
+            (found, indexed) => report.catalog_problem(
+                format!("active index page {page}"),
+                format!(
+                    "the index says {} active messages, the page holds {}",
+                    indexed.copied().unwrap_or(0),
+                    found.copied().unwrap_or(0)
+                ),
+                INDEX,
+            ),
+        }
+    }
+    let triples: BTreeSet<(u32, u8, u64)> =
+        tally.terminal.keys().chain(tally.terminal_index.keys()).copied().collect();
+    for (queue_id, state, page) in triples {
+        let key = (queue_id, state, page);
+        match (tally.terminal.get(&key), tally.terminal_index.get(&key)) {
+            (Some(found), Some(indexed)) if found == indexed => {}
+            (found, indexed) => {
+                let state_name = ALL_STATES
+                    .iter()
+                    .find(|known| **known as u8 == state)
+                    .map_or("?", |known| known.name());
+                report.catalog_problem(
+                    format!("terminal index queue {queue_id} {state_name} page {page}"),
+                    format!(
+                        "the index says {} messages, the page holds {}",
+                        indexed.copied().unwrap_or(0),
+                        found.copied().unwrap_or(0)
+                    ),
+                    INDEX,
+                )
+            }
+        }
+    }
+    for queue_id in tally.states.keys() {
+        if !tally.queue_names.contains_key(queue_id) {
+            report.catalog_problem(
+                format!("queue {queue_id}"),
+                "messages belong to a queue that has no record".into(),
+                RESTORE,
+            );
+        }
+    }
+    let orphans = tally.histories.iter().filter(|id| !tally.ids.contains(id)).count();
+    if orphans > 0 {
+        report.notes.push(format!(
+            "{orphans} history records belong to removed messages (harmless: nothing reads them)"
+        ));
+    }
+}
+
+/// The manifest's counts and segment usage against the pages.
+fn check_manifest(tally: &Tally, manifest: &Manifest, report: &mut CheckReport) {
+    let queue_count = tally.states.keys().last().map_or(0, |last| *last as usize + 1);
+    for index in 0..queue_count.max(manifest.terminal_counts.len()) {
+        let counts = tally.states.get(&(index as u32)).copied().unwrap_or_default();
+        let said = manifest.terminal_counts.get(index).copied().unwrap_or_default();
+        let found = (counts[MessageState::Dead.index()], counts[MessageState::Delivered.index()]);
+        if (said.dead, said.delivered) != found {
+            report.catalog_problem(
+                format!("manifest queue {index}"),
+                format!(
+                    "the manifest counts {} dead and {} delivered, the pages hold {} and {}",
+                    said.dead, said.delivered, found.0, found.1
+                ),
+                INDEX,
+            );
+        }
+    }
+    let said: BTreeMap<u32, SegmentUsage> = manifest.segments.iter().copied().collect();
+    let segments: BTreeSet<u32> = said.keys().chain(tally.usage.keys()).copied().collect();
+    for segment in segments {
+        let found = tally.usage.get(&segment).copied().unwrap_or_default();
+        let usage = said.get(&segment).copied().unwrap_or_default();
+        if (usage.live_count, usage.live_bytes) != found {
+            report.catalog_problem(
+                format!("manifest segment {segment}"),
+                format!(
+                    "the manifest says the segment holds {} contents of {} bytes, the records \
+                     point at {} of {} bytes",
+                    usage.live_count, usage.live_bytes, found.0, found.1
+                ),
+                "log segments would be kept or deleted wrongly: restore the data directory \
+                 from a backup",
+            );
+        }
+        if let (Some((low, high)), Some(usage)) = (tally.id_range.get(&segment), said.get(&segment))
+        {
+            if *low < usage.id_low || *high > usage.id_high {
+                report.catalog_problem(
+                    format!("manifest segment {segment}"),
+                    format!(
+                        "messages {} to {} point into the segment, outside the ids {} to {} the \
+                         manifest gives it",
+                        MessageId(*low),
+                        MessageId(*high),
+                        MessageId(usage.id_low),
+                        MessageId(usage.id_high)
+                    ),
+                    INDEX,
+                );
+            }
+        }
+    }
+    if let Some(highest) = tally.ids.last() {
+        if *highest >= manifest.next_id {
+            report.catalog_problem(
+                "manifest".into(),
+                format!(
+                    "the next id {} is not above the highest stored id {}: ids would be reused",
+                    MessageId(manifest.next_id),
+                    MessageId(*highest)
+                ),
+                RESTORE,
+            );
+        }
+    }
+}
+
+/// Reads back every content a record points at and verifies its crc.
+fn check_contents(
+    tally: &Tally,
+    log_dir: &Path,
+    manifest: &Manifest,
+    report: &mut CheckReport,
+) -> Result<(), StoreError> {
+    for (id, len) in &tally.catalog_contents {
+        match tally.stored_contents.get(id) {
+            Some(stored) if stored == len => report.log.content_count += 1,
+            Some(stored) => report.catalog_problem(
+                format!("content message {}", MessageId(*id)),
+                format!("the record says {len} bytes, the catalog holds {stored}"),
+                RESTORE,
+            ),
+            None => report.catalog_problem(
+                format!("content message {}", MessageId(*id)),
+                "the record says its content is in the catalog, which has none".into(),
+                RESTORE,
+            ),
+        }
+    }
+    let unused = tally.stored_contents.keys().filter(|id| !tally.catalog_contents.contains_key(id));
+    let unused = unused.count();
+    if unused > 0 {
+        report.notes.push(format!(
+            "{unused} contents in the catalog belong to no stored message (harmless)"
+        ));
+    }
+    let existing: BTreeSet<u64> =
+        wal::list_segments(log_dir)?.into_iter().map(|(seq, _)| seq).collect();
+    report.log.segment_count = existing.len() as u64;
+    let mut missing = BTreeSet::new();
+    for (segment, _) in &manifest.segments {
+        if !existing.contains(&u64::from(*segment)) {
+            missing.insert(*segment);
+        }
+    }
+    let segments = SegmentFiles::new(log_dir);
+    for (id, location) in &tally.log_contents {
+        let ContentLocation::Log { segment, offset, len } = *location else { continue };
+        if !existing.contains(&u64::from(segment)) {
+            missing.insert(segment);
+            continue;
+        }
+        let problem = match segments.read(segment, offset, len) {
+            Ok(bytes) => match codec::decode_content(&bytes) {
+                Ok(_) => {
+                    report.log.content_count += 1;
+                    continue;
+                }
+                Err(error) => error.to_string(),
+            },
+            Err(error) => error.to_string(),
+        };
+        report.problem(
+            "log",
+            format!("segment {segment} offset {offset}"),
+            format!("the content of message {} ({len} bytes): {problem}", MessageId(*id)),
+            RESTORE,
+        );
+    }
+    for segment in missing {
+        let path = wal::segment_path(log_dir, u64::from(segment));
+        report.problem(
+            "log",
+            path.display().to_string(),
+            "the segment holds contents of stored messages but is missing".into(),
+            RESTORE,
+        );
+    }
+    Ok(())
+}
+
+/// Reads and decodes every log frame after the checkpoint.
+fn check_log(log_dir: &Path, manifest: &Manifest, report: &mut CheckReport) {
+    let mut frame_count = 0;
+    let result = wal::read_range(log_dir, manifest.position, None, |position, payload| {
+        frame_count += 1;
+        let payload_offset = position.offset - payload.len() as u64;
+        let segment = u32::try_from(position.segment_seq).unwrap_or(u32::MAX);
+        codec::decode_frame(payload, segment, payload_offset).map(drop).map_err(|source| {
+            StoreError::Corrupt {
+                what: format!(
+                    "log frame at segment {} offset {}",
+                    position.segment_seq,
+                    payload_offset - wal::FRAME_HEADER_BYTES
+                ),
+                source,
+            }
+        })
+    });
+    report.log.pending_frame_count = frame_count;
     match result {
         Ok(summary) => {
             if let Some((segment, offset, reason)) = summary.torn_tail {
@@ -121,292 +563,53 @@ fn stage_pending_frames(store: &Store, wal_dir: &Path, report: &mut CheckReport)
                 ));
             }
         }
+        Err(StoreError::Corrupt { what, source }) => {
+            report.problem("log", what, source.to_string(), RESTORE);
+        }
         Err(error) => {
-            report.problem("wal", wal_dir.display().to_string(), error.to_string(), RESTORE)
+            report.problem("log", log_dir.display().to_string(), error.to_string(), RESTORE)
         }
     }
 }
 
-/// The state gathered while scanning, for the cross-checks at the end.
-struct Checker<'a> {
-    store: &'a Store,
-    pending: &'a Generation,
-    report: CheckReport,
-    /// Queue id → name.
-    queue_names: HashMap<u32, String>,
-    /// Message id → (queue id, state), for every readable meta record.
-    messages: HashMap<u64, (u32, MessageState)>,
-    /// Ids whose meta record is there but unreadable (already a problem; not orphans).
-    unreadable: HashSet<u64>,
-    /// Ids with a content record.
-    contents: HashSet<u64>,
-    /// (queue id, state byte, message id) of every terminal index entry.
-    terminal: HashSet<(u32, u8, u64)>,
-}
-
-impl Checker<'_> {
-    /// Visits a tree's effective entries: sled's, with the pending writes applied over them.
-    fn scan(
-        &mut self,
-        tree: TreeId,
-        mut visit: impl FnMut(&mut Self, &[u8], &[u8]),
-    ) -> Result<(), StoreError> {
-        let pending = &self.pending.trees[tree as usize];
-        let sled_tree = self.store.tree(tree).clone();
-        let mut count = 0;
-        for entry in sled_tree.iter() {
-            let (key, value) = match entry {
-                Ok(entry) => entry,
-                Err(error) => {
-                    let action = "sled's own files are damaged: restore the data directory from a \
-                                  backup";
-                    self.report.problem(tree.name(), String::new(), error.to_string(), action);
-                    break;
-                }
-            };
-            match pending.get(key.as_ref()) {
-                Some(Op::Put(new_value)) => visit(self, &key, new_value),
-                Some(Op::Remove) => continue,
-                None => visit(self, &key, &value),
-            }
-            count += 1;
+/// Applies the frames after the checkpoint to a broker restored from the catalog, in memory, as
+/// recovery does (nothing is written); returns the messages per state per queue it ends with, or
+/// `None` (and a problem) when a frame does not apply.
+fn replay(
+    catalog: &Catalog,
+    log_dir: &Path,
+    report: &mut CheckReport,
+) -> Option<BTreeMap<String, BTreeMap<&'static str, u64>>> {
+    let now_ms = crate::clock::now_ms();
+    let config = crate::queue::BrokerConfig::default();
+    let (mut broker, from, _) = match super::recovery::restore(catalog, config, now_ms, 1, false) {
+        Ok(restored) => restored,
+        Err(error) => {
+            report.catalog_problem(String::new(), error.to_string(), RESTORE);
+            return None;
         }
-        for (key, op) in pending {
-            if let (Op::Put(value), false) = (op, sled_tree.contains_key(key)?) {
-                visit(self, key, value);
-                count += 1;
-            }
-        }
-        self.report.trees.insert(tree.name(), count);
-        Ok(())
+    };
+    let result = wal::read_range(log_dir, from, None, |position, payload| {
+        super::recovery::replay_frame(
+            &mut broker,
+            catalog,
+            position,
+            payload,
+            false,
+        )
+        .map(drop)
+    });
+    if let Err(error) = result {
+        report.problem("log", log_dir.display().to_string(), error.to_string(), RESTORE);
+        return None;
     }
-
-    fn bad_key(&mut self, tree: TreeId, key: &[u8]) {
-        let problem =
-            format!("a key of {} bytes that is not a valid {} key", key.len(), tree.name());
-        self.report.problem(tree.name(), hex(key), problem, RESTORE);
-    }
-
-    fn scan_queues(&mut self) -> Result<(), StoreError> {
-        let mut by_name: HashMap<String, u32> = HashMap::new();
-        self.scan(TreeId::Queues, |checker, key, value| {
-            let Some(queue_id) = keys::decode_queue_key(key) else {
-                return checker.bad_key(TreeId::Queues, key);
-            };
-            match codec::decode_queue(value) {
-                Ok(record) => {
-                    if let Some(other) = by_name.insert(record.name.clone(), queue_id.0) {
-                        let problem = format!(
-                            "queue {:?} has two records (ids {other} and {})",
-                            record.name, queue_id.0
-                        );
-                        checker.report.problem("queues", hex(key), problem, RESTORE);
-                    }
-                    checker.queue_names.insert(queue_id.0, record.name);
-                }
-                Err(error) => {
-                    let problem = format!("queue {}: {error}", queue_id.0);
-                    checker.report.problem("queues", hex(key), problem, RESTORE);
-                }
-            }
+    let queues = broker
+        .all_queue_stats()
+        .into_iter()
+        .map(|stats| {
+            let counts = ALL_STATES.iter().map(|state| (state.name(), stats.counts[state.index()]));
+            (stats.name, counts.collect())
         })
-    }
-
-    fn scan_meta(&mut self) -> Result<(), StoreError> {
-        self.scan(TreeId::Meta, |checker, key, value| {
-            let Some(id) = keys::decode_message_key(key) else {
-                return checker.bad_key(TreeId::Meta, key);
-            };
-            match codec::decode_meta(value) {
-                Ok(meta) => {
-                    checker.messages.insert(id.0, (meta.queue_id.0, meta.state));
-                    let queue = checker.queue_label(meta.queue_id);
-                    let counts = checker.report.queues.entry(queue).or_insert_with(|| {
-                        ALL_STATES.iter().map(|state| (state.name(), 0)).collect()
-                    });
-                    *counts.entry(meta.state.name()).or_default() += 1;
-                }
-                Err(error) => {
-                    checker.unreadable.insert(id.0);
-                    let action = "restore the data directory from a backup, or start the server \
-                                  with --quarantine-corrupt to set the record aside (the message \
-                                  is then lost)";
-                    checker.report.problem("meta", id.to_string(), error.to_string(), action);
-                }
-            }
-        })
-    }
-
-    /// Whether a meta record exists for the id, readable or not.
-    fn has_meta(&self, id: u64) -> bool {
-        self.messages.contains_key(&id) || self.unreadable.contains(&id)
-    }
-
-    fn queue_label(&self, queue_id: QueueId) -> String {
-        match self.queue_names.get(&queue_id.0) {
-            Some(name) => name.clone(),
-            None => format!("#{} (no queue record)", queue_id.0),
-        }
-    }
-
-    fn scan_content_and_history(&mut self) -> Result<(), StoreError> {
-        self.scan(TreeId::Content, |checker, key, value| {
-            let Some(id) = keys::decode_message_key(key) else {
-                return checker.bad_key(TreeId::Content, key);
-            };
-            checker.contents.insert(id.0);
-            if let Err(error) = codec::decode_content(value) {
-                let action = format!(
-                    "the message's body is lost: restore the data directory from a backup, or \
-                     delete the message (DELETE /v1/messages/{id}) to keep the rest"
-                );
-                checker.report.problem("content", id.to_string(), error.to_string(), &action);
-            }
-        })?;
-        self.scan(TreeId::History, |checker, key, value| {
-            let Some(id) = keys::decode_message_key(key) else {
-                return checker.bad_key(TreeId::History, key);
-            };
-            if let Err(error) = codec::decode_history(value) {
-                let action = "only the message's past events are lost: the server replaces the \
-                              record at the message's next event; restore from a backup to keep \
-                              them";
-                checker.report.problem("history", id.to_string(), error.to_string(), action);
-            } else if !checker.has_meta(id.0) {
-                let problem = "a history record of a message that does not exist".to_string();
-                checker.report.problem("history", id.to_string(), problem, ORPHAN);
-            }
-        })
-    }
-
-    fn scan_terminal(&mut self) -> Result<(), StoreError> {
-        self.scan(TreeId::Terminal, |checker, key, _| {
-            let (Some(queue_id), Some(id)) =
-                (key.get(..4).and_then(keys::decode_queue_key), keys::decode_terminal_key(key))
-            else {
-                return checker.bad_key(TreeId::Terminal, key);
-            };
-            checker.terminal.insert((queue_id.0, key[4], id.0));
-        })
-    }
-
-    /// Expiry, idempotency, system and quarantine: decoded and counted.
-    fn scan_small_trees(&mut self) -> Result<(), StoreError> {
-        let mut stale_expiry_count = 0u64;
-        self.scan(TreeId::Expiry, |checker, key, _| match keys::decode_expiry_key(key) {
-            Some((_, id)) if key.len() == 16 => {
-                let terminal =
-                    checker.messages.get(&id.0).is_some_and(|(_, state)| !state.is_active());
-                stale_expiry_count += u64::from(!terminal);
-            }
-            _ => checker.bad_key(TreeId::Expiry, key),
-        })?;
-        if stale_expiry_count > 0 {
-            self.report.notes.push(format!(
-                "{stale_expiry_count} retention entries name messages that are gone or active \
-                 again; the sweep drops them when they come due"
-            ));
-        }
-        self.scan(TreeId::Idempotency, |checker, key, value| {
-            let Some((queue_id, name)) = keys::decode_idempotency_key(key) else {
-                return checker.bad_key(TreeId::Idempotency, key);
-            };
-            if let Err(error) = codec::decode_idempotency(value) {
-                let problem = format!("idempotency key {name:?}: {error}");
-                checker.report.problem("idempotency", hex(key), problem, RESTORE);
-            } else if !checker.queue_names.contains_key(&queue_id.0) {
-                let problem =
-                    format!("idempotency key {name:?} of queue {} that does not exist", queue_id.0);
-                checker.report.problem("idempotency", hex(key), problem, ORPHAN);
-            }
-        })?;
-        self.scan(TreeId::System, |checker, key, value| {
-            let width = match key {
-                keys::CHECKPOINT_KEY => 16,
-                keys::NEXT_ID_KEY => 8,
-                _ => return,
-            };
-            if value.len() != width {
-                let problem = format!(
-                    "{} holds {} bytes, not {width}",
-                    String::from_utf8_lossy(key),
-                    value.len()
-                );
-                checker.report.problem(
-                    "system",
-                    String::from_utf8_lossy(key).into(),
-                    problem,
-                    RESTORE,
-                );
-            }
-        })?;
-        let quarantined_count = self.store.quarantine.len() as u64;
-        self.report.trees.insert(QUARANTINE_TREE, quarantined_count);
-        if quarantined_count > 0 {
-            self.report.notes.push(format!(
-                "{quarantined_count} damaged records were set aside by --quarantine-corrupt; \
-                 their messages are gone from the queues"
-            ));
-        }
-        Ok(())
-    }
-
-    /// Whether the records and the indexes agree.
-    fn cross_check(&mut self) {
-        let mut ids: Vec<u64> = self.messages.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let (queue_id, state) = self.messages[&id];
-            let name = MessageId(id).to_string();
-            if !self.contents.contains(&id) {
-                let action = format!(
-                    "the message's body is lost: restore the data directory from a backup, or \
-                     delete the message (DELETE /v1/messages/{name})"
-                );
-                let problem = "a message without its content record".to_string();
-                self.report.problem("content", name.clone(), problem, &action);
-            }
-            if !self.queue_names.contains_key(&queue_id) {
-                let problem = format!("the message names queue {queue_id}, which does not exist");
-                self.report.problem("meta", name.clone(), problem, RESTORE);
-            }
-            if !state.is_active() && !self.terminal.remove(&(queue_id, state as u8, id)) {
-                let problem = format!(
-                    "a {} message missing from the terminal index (it is not listed, purged or \
-                     redriven)",
-                    state.name()
-                );
-                let action = format!(
-                    "restore the data directory from a backup, or delete the message (DELETE \
-                     /v1/messages/{name})"
-                );
-                self.report.problem("terminal", name, problem, &action);
-            }
-        }
-        let mut stale: Vec<(u32, u8, u64)> = self.terminal.drain().collect();
-        stale.sort_unstable();
-        for (queue_id, state, id) in stale {
-            let problem = format!(
-                "an index entry (queue {queue_id}, state {state}) that no message record matches: \
-                 listings show an id that is not found"
-            );
-            let action =
-                "restore the data directory from a backup; the entry is otherwise harmless";
-            self.report.problem("terminal", MessageId(id).to_string(), problem, action);
-        }
-        let orphans: Vec<u64> =
-            self.contents.iter().copied().filter(|id| !self.has_meta(*id)).collect();
-        for id in orphans {
-            let problem = "a content record of a message that does not exist".to_string();
-            self.report.problem("content", MessageId(id).to_string(), problem, ORPHAN);
-        }
-    }
-}
-
-/// Advice for a record left behind that nothing reads.
-const ORPHAN: &str = "harmless (nothing reads it; it only takes space): restore from a backup to \
-                      be rid of it";
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+        .collect();
+    Some(queues)
 }

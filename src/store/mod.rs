@@ -10,19 +10,21 @@
 //!   in pages of many records per value, written in the background once per checkpoint as one
 //!   atomic batch.
 //!
-//! Recovery ([`recovery`]) loads the catalog and replays the log from the checkpoint position.
-//! [`backup`] and [`check`] copy and verify a data directory. This module imports the domain types
+//! Recovery ([`recovery`]) loads the catalog and replays the log from the checkpoint position;
+//! a data directory of the first storage format is converted first ([`v1`]). [`backup`] and
+//! [`check`] copy and verify a data directory. This module imports the domain types
 //! of `queue` and nothing of the storage thread or the HTTP side.
 
-// pub mod backup;
+pub mod backup;
 pub mod catalog;
-// pub mod check;
+pub mod check;
 pub mod codec;
 pub mod keys;
 pub mod kv;
 #[cfg(any(test, feature = "testing"))]
 pub mod model;
 pub mod recovery;
+pub mod v1;
 pub mod wal;
 
 use codec::CodecError;
@@ -73,8 +75,8 @@ impl fmt::Display for StoreError {
             ),
             StoreError::OldFormat { data_dir } => write!(
                 f,
-                "{} holds data in the first storage format (sled/ and wal/); convert it with \
-                 `outboxd convert --data-dir {}` (or start `outboxd serve --convert`)",
+                "{} holds data in the first storage format (sled/ and wal/): start `outboxd \
+                 serve --data-dir {}` once, which converts it, then try again",
                 data_dir.display(),
                 data_dir.display()
             ),

@@ -115,10 +115,6 @@ impl DiskModel {
         seed: u64,
     ) -> Result<Broker, StoreError> {
         let (mut broker, from, _) = recovery::restore(&self.catalog, config, now_ms, seed, false)?;
-        let mut moved = Vec::new();
-        let mut read = |location: ContentLocation| {
-            Ok(self.content(MessageId(0), location).unwrap_or_default())
-        };
         for (position, payload) in &self.frames {
             if *position <= from {
                 continue;
@@ -129,8 +125,6 @@ impl DiskModel {
                 *position,
                 &self.segment[payload.clone()],
                 false,
-                &mut read,
-                &mut moved,
             )?;
         }
         broker.take_notices();

@@ -17,7 +17,7 @@ use super::codec;
 use super::wal::{self, SegmentFiles, Wal, WalPosition};
 use super::{StoreError, LOG_DIR};
 use crate::limits::{IDEMPOTENCY_WINDOW_MS, WAL_SEGMENT_BYTES};
-use crate::queue::{Broker, BrokerConfig, ContentLocation, MessageId, Op, QueueId};
+use crate::queue::{Broker, BrokerConfig, Op, QueueId};
 use std::path::Path;
 
 /// What recovery found, for the startup log line.
@@ -77,9 +77,7 @@ pub fn recover(
     let quarantine = options.quarantine;
     let io = |source| StoreError::Io { path: data_dir.to_path_buf(), source };
     std::fs::create_dir_all(data_dir).map_err(io)?;
-    if super::is_old_format(data_dir) {
-        return Err(StoreError::OldFormat { data_dir: data_dir.to_path_buf() });
-    }
+    super::v1::convert_if_needed(data_dir, now_ms)?;
     let log_dir = data_dir.join(LOG_DIR);
     std::fs::create_dir_all(&log_dir)
         .map_err(|source| StoreError::Io { path: log_dir.clone(), source })?;
@@ -90,16 +88,6 @@ pub fn recover(
     summary.page_count = restored.page_count;
     summary.quarantined_count = restored.quarantined_count;
     check_segments_exist(&broker, &log_dir, from)?;
-    let mut moved_contents = Vec::new();
-    let mut read_content = |location: ContentLocation| match location {
-        ContentLocation::Log { segment, offset, len } => {
-            segments.read(segment, offset, len).map_err(|source| StoreError::Io {
-                path: wal::segment_path(&log_dir, u64::from(segment)),
-                source,
-            })
-        }
-        ContentLocation::Catalog { .. } => Ok(Vec::new()),
-    };
     let replayed = wal::replay(&log_dir, from, |position: WalPosition, payload: &[u8]| {
         let replayed = replay_frame(
             &mut broker,
@@ -107,8 +95,6 @@ pub fn recover(
             position,
             payload,
             quarantine,
-            &mut read_content,
-            &mut moved_contents,
         )?;
         summary.op_count += replayed.op_count;
         summary.dropped_count += replayed.dropped_count;
@@ -126,7 +112,6 @@ pub fn recover(
         snapshot: broker.snapshot(),
         position,
         now_ms,
-        moved_contents,
         ..Default::default()
     };
     catalog.write_checkpoint(&job)?;
@@ -190,18 +175,15 @@ pub struct ReplayedFrame {
 }
 
 /// Applies one replayed log frame (whose end is at `position`) to the broker. Messages the
-/// frame's ops touch that the broker does not hold are fetched from the catalog first; contents a
-/// `MoveContent` op moves into the catalog are read (`read_content`) and collected in `moved` for
-/// the next checkpoint. With `quarantine`, op items naming a message that does not exist (its page
-/// was set aside) are dropped instead of failing the replay.
+/// frame's ops touch that the broker does not hold are fetched from the catalog first. With
+/// `quarantine`, op items naming a message that does not exist (its page was set aside) are
+/// dropped instead of failing the replay.
 pub fn replay_frame(
     broker: &mut Broker,
     catalog: &Catalog,
     position: WalPosition,
     payload: &[u8],
     quarantine: bool,
-    read_content: &mut dyn FnMut(ContentLocation) -> Result<Vec<u8>, StoreError>,
-    moved: &mut Vec<(MessageId, Vec<u8>)>,
 ) -> Result<ReplayedFrame, StoreError> {
     let payload_offset = position.offset - payload.len() as u64;
     let segment = u32::try_from(position.segment_seq).map_err(|_| StoreError::Corrupt {
@@ -222,17 +204,6 @@ pub fn replay_frame(
         fetch_touched(broker, catalog, &op)?;
         if quarantine {
             replayed.dropped_count += op.retain_touched(|id| broker.is_resident(id));
-        }
-        if let Op::MoveContent { items } = &op {
-            for (id, target) in items {
-                let current = match broker.lookup(*id) {
-                    crate::queue::Lookup::Found(meta) => Some(meta.content),
-                    _ => None,
-                };
-                if let (Some(current), ContentLocation::Catalog { .. }) = (current, target) {
-                    moved.push((*id, read_content(current)?));
-                }
-            }
         }
         broker.apply(&op).map_err(|source| StoreError::Replay { position, source })?;
         replayed.op_count += 1;
