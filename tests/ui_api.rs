@@ -1,0 +1,101 @@
+//! What the API offers the outbox page.
+//!
+//! Goal: the endpoints and parameters the page needs beyond the rest of the API do what docs/api.md
+//! says: listings filter by text in the last error (`?error=`).
+//!
+//! Method: the real binary on 127.0.0.1:0 with a temporary data directory (tests/common), driven
+//! over HTTP.
+
+mod common;
+
+use common::{assert_error, Server};
+use serde_json::{json, Value};
+
+/// Leases `count` messages of `queue` and nacks them, the n-th with `errors[n % errors.len()]`.
+fn fail(server: &Server, queue: &str, count: u32, errors: &[&str]) {
+    let leased = server.lease(queue, count, 60_000, 0);
+    assert_eq!(leased.len(), count as usize);
+    let items: Vec<Value> = leased
+        .iter()
+        .enumerate()
+        .map(|(n, message)| json!({"lease": message["lease"], "error": errors[n % errors.len()]}))
+        .collect();
+    server.nack(queue, &json!(items));
+}
+
+/// Every id a listing gives, following `next_cursor` to the end.
+fn list_all(server: &Server, query: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..1000 {
+        let path = match &cursor {
+            Some(cursor) => format!("/v1/queues/jobs/messages?{query}&cursor={cursor}"),
+            None => format!("/v1/queues/jobs/messages?{query}"),
+        };
+        let response = server.get(&path);
+        assert_eq!(response.status, 200, "{response:?}");
+        for message in response.body["messages"].as_array().expect("messages") {
+            ids.push(message["id"].as_str().expect("id").to_string());
+        }
+        match response.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return ids,
+        }
+    }
+    panic!("the listing never ended");
+}
+
+#[test]
+fn listings_filter_by_text_in_the_last_error_ignoring_case() {
+    let server = Server::start(&[]);
+    let messages: Vec<Value> = (0..60)
+        .map(|n| json!({"body": n, "headers": {"tenant": if n % 2 == 0 { "acme" } else { "globex" }}, "max_attempts": 1}))
+        .collect();
+    let ids = server.enqueue("jobs", &json!(messages));
+    // Of 60 dead messages, every sixth failed with a timeout; 10 retry later; 10 never failed.
+    fail(
+        &server,
+        "jobs",
+        60,
+        &[
+            "Timeout after 30 s",
+            "HTTP 410 Gone",
+            "HTTP 410 Gone",
+            "HTTP 500",
+            "HTTP 500",
+            "HTTP 500",
+        ],
+    );
+    let retrying =
+        server.enqueue("jobs", &json!((0..10).map(|n| json!({"body": n})).collect::<Vec<_>>()));
+    fail(&server, "jobs", 10, &["timeout again"]);
+    server.enqueue("jobs", &json!((0..10).map(|n| json!({"body": n})).collect::<Vec<_>>()));
+
+    let timeouts: Vec<String> = ids.iter().step_by(6).cloned().collect();
+    assert_eq!(list_all(&server, "state=dead&error=timeout"), timeouts);
+    assert_eq!(list_all(&server, "state=dead&error=TIMEOUT+AFTER"), timeouts, "case is ignored");
+    let response = server.get("/v1/queues/jobs/messages?state=dead&error=timeout&limit=2");
+    let first = &response.body["messages"][0];
+    assert_eq!(first["last_error"]["message"], "Timeout after 30 s");
+    // With every state: the retrying ones match too, and ready ones without an error never do.
+    let all_timeouts = list_all(&server, "error=timeout");
+    assert_eq!(all_timeouts.len(), 20);
+    assert!(retrying.iter().all(|id| all_timeouts.contains(id)));
+    // Combined with a header filter; and a page that scans many for few still ends, each once.
+    let acme_gone: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 2 == 0 && matches!(n % 6, 2))
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(list_all(&server, "state=dead&error=410&header=tenant:acme&limit=1"), acme_gone);
+    assert!(list_all(&server, "state=ready&error=timeout").is_empty());
+    assert!(list_all(&server, "error=no+such+text").is_empty());
+
+    let empty = server.get("/v1/queues/jobs/messages?error=");
+    assert_error(&empty, 400, "invalid_request");
+    let unknown = server.get("/v1/queues/jobs/messages?errors=x");
+    assert_error(&unknown, 400, "invalid_request");
+    let message = unknown.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("header, error)"), "{message}");
+}
