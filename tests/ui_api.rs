@@ -1,15 +1,17 @@
 //! What the API offers the outbox page.
 //!
 //! Goal: the endpoints and parameters the page needs beyond the rest of the API do what docs/api.md
-//! says: listings filter by text in the last error (`?error=`).
+//! says: listings filter by text in the last error (`?error=`) and `GET /v1/whoami` reports the
+//! caller's token and nothing more.
 //!
 //! Method: the real binary on 127.0.0.1:0 with a temporary data directory (tests/common), driven
 //! over HTTP.
 
 mod common;
 
-use common::{assert_error, Server};
+use common::{assert_error, poll_until, ConfigFile, Server};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// Leases `count` messages of `queue` and nacks them, the n-th with `errors[n % errors.len()]`.
 fn fail(server: &Server, queue: &str, count: u32, errors: &[&str]) {
@@ -98,4 +100,44 @@ fn listings_filter_by_text_in_the_last_error_ignoring_case() {
     assert_error(&unknown, 400, "invalid_request");
     let message = unknown.body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("header, error)"), "{message}");
+}
+
+const ADMIN_SECRET: &str = "ops-secret-0123456789abcdef";
+const BILLING_SECRET: &str = "billing-secret-0123456789abcdef";
+
+fn server_with_tokens(extra: &[&str]) -> (Server, ConfigFile) {
+    let config = ConfigFile::new(&format!(
+        "[[tokens]]\nname = \"ops\"\nsecret = \"{ADMIN_SECRET}\"\nroles = [\"admin\", \"produce\", \"consume\"]\n\n\
+         [[tokens]]\nname = \"billing\"\nsecret = \"{BILLING_SECRET}\"\nroles = [\"produce\", \"consume\"]\nqueues = \"billing.*\"\n"
+    ));
+    let mut args = vec!["--config", config.path()];
+    args.extend_from_slice(extra);
+    (Server::start(&args), config)
+}
+
+#[test]
+fn whoami_reports_the_callers_token_and_never_its_secret() {
+    let open = Server::start(&[]);
+    let response = open.get("/v1/whoami");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, json!({"access_control": false, "token": null}));
+
+    let (server, _config) = server_with_tokens(&[]);
+    let response = server.with_token(BILLING_SECRET).get("/v1/whoami");
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.body,
+        json!({"access_control": true, "token": {"name": "billing", "roles": ["produce", "consume"], "queues": "billing.*"}})
+    );
+    assert!(!response.body.to_string().contains(BILLING_SECRET));
+    let admin = server.with_token(ADMIN_SECRET).get("/v1/whoami");
+    assert_eq!(admin.body["token"]["roles"], json!(["admin", "produce", "consume"]));
+    assert_error(&server.get("/v1/whoami"), 401, "unauthorized");
+    assert_error(
+        &server.with_token("no-such-token-0123456789").get("/v1/whoami"),
+        401,
+        "invalid_token",
+    );
+    let post = server.with_token(ADMIN_SECRET).request("POST", "/v1/whoami", Some("{}"), &[]);
+    assert_error(&post, 405, "method_not_allowed");
 }

@@ -74,6 +74,7 @@ fn need(endpoint: Endpoint<'_>) -> Need<'_> {
         E::Backup => {
             Need { role: Some(Role::Admin), scope: Scope::EveryQueue, action: "take a backup" }
         }
+        E::WhoAmI => Need { role: None, scope: Scope::Server, action: "read its own access" },
         #[cfg(feature = "testing")]
         E::Failpoint(_) => {
             Need { role: Some(Role::Admin), scope: Scope::Server, action: "arm failpoints" }
@@ -244,6 +245,8 @@ mod tests {
             assert_eq!(need(endpoint).role, Some(Role::Consume), "{endpoint:?}");
         }
         assert!(matches!(need(E::Health).scope, Scope::Open));
+        assert!(matches!(need(E::WhoAmI).scope, Scope::Server));
+        assert_eq!(need(E::WhoAmI).role, None);
     }
 
     #[test]

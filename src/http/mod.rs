@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod json;
 pub mod stream;
 pub mod types;
+pub mod whoami;
 
 use bytes::Bytes;
 use error::ApiError;
@@ -272,6 +273,8 @@ enum Route<'a> {
     MessageAction(&'a str, &'a str),
     Events,
     Backup,
+    // The outbox page, and what the API offers for it.
+    WhoAmI,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -289,6 +292,8 @@ fn match_path(path: &str) -> Option<Route<'_>> {
         ["v1", "messages", id, action @ ("retry" | "schedule")] => Route::MessageAction(id, action),
         ["v1", "events"] => Route::Events,
         ["v1", "admin", "backup"] => Route::Backup,
+        // The outbox page, and what the API offers for it.
+        ["v1", "whoami"] => Route::WhoAmI,
         #[cfg(feature = "testing")]
         ["debug", "failpoints", name] => Route::Failpoint(name),
         _ => return None,
@@ -325,6 +330,8 @@ enum Endpoint<'a> {
     Schedule(&'a str),
     Events,
     Backup,
+    // The outbox page, and what the API offers for it.
+    WhoAmI,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -355,6 +362,7 @@ impl<'a> Endpoint<'a> {
             E::Schedule(_) => "schedule",
             E::Events => "events",
             E::Backup => "backup",
+            E::WhoAmI => "whoami",
             #[cfg(feature = "testing")]
             E::Failpoint(_) => "failpoint",
         }
@@ -397,6 +405,7 @@ fn endpoint<'a>(route: Route<'a>, method: &Method) -> Result<Endpoint<'a>, ApiEr
         Route::Queues => get_only(E::ListQueues),
         Route::Events => get_only(E::Events),
         Route::Backup => get_only(E::Backup),
+        Route::WhoAmI => get_only(E::WhoAmI),
         Route::Queue(queue) => match *method {
             Method::GET => Ok(E::GetQueue(queue)),
             Method::PUT => Ok(E::PutQueue(queue)),
@@ -466,6 +475,7 @@ async fn dispatch(
         E::Schedule(id) => control::schedule_message(state, id, request).await,
         E::Events => stream::events(state, request, token).await,
         E::Backup => admin::backup(state, request).await,
+        E::WhoAmI => Ok(whoami::whoami(state.tokens.enabled(), token)),
         #[cfg(feature = "testing")]
         E::Failpoint(name) => handlers::set_failpoint(state, name, request).await,
     }
@@ -498,6 +508,7 @@ mod tests {
         assert_eq!(label(Method::PATCH, "/v1/messages/0000000000000001"), Some("edit"));
         assert_eq!(label(Method::POST, "/v1/messages/0000000000000001/retry"), Some("retry"));
         assert_eq!(label(Method::GET, "/v1/admin/backup"), Some("backup"));
+        assert_eq!(label(Method::GET, "/v1/whoami"), Some("whoami"));
         // A method the endpoint does not serve, or no endpoint at all: logged as `unknown`.
         assert_eq!(label(Method::PUT, "/v1/queues/orders/lease"), None);
         assert_eq!(label(Method::GET, "/v1/nowhere"), None);
