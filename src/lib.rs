@@ -12,6 +12,8 @@
 //!   the storage thread (group commit).
 //! - `http`: the API: routing, request parsing and validation, handlers, error bodies.
 //! - `events`: the bounded ring of published events behind `GET /v1/events`.
+//! - `rates`: per-queue enqueue, delivery and failure counts of the last minutes, read from the
+//!   events, behind `GET /v1/rates`.
 //! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
 //! - `metrics`: every metric name, the Prometheus recorder, and what `/metrics` sets at a scrape.
 //! - `telemetry`: logging setup.
@@ -35,6 +37,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod queue;
+pub mod rates;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -1,8 +1,9 @@
 //! What the API offers the outbox page.
 //!
 //! Goal: the endpoints and parameters the page needs beyond the rest of the API do what docs/api.md
-//! says: listings filter by text in the last error (`?error=`) and `GET /v1/whoami` reports the
-//! caller's token and nothing more.
+//! says: listings filter by text in the last error (`?error=`), `GET /v1/whoami` reports the
+//! caller's token and nothing more and `GET /v1/rates` counts enqueues, deliveries and failures per
+//! queue and shows a token only its queues.
 //!
 //! Method: the real binary on 127.0.0.1:0 with a temporary data directory (tests/common), driven
 //! over HTTP.
@@ -140,4 +141,71 @@ fn whoami_reports_the_callers_token_and_never_its_secret() {
     );
     let post = server.with_token(ADMIN_SECRET).request("POST", "/v1/whoami", Some("{}"), &[]);
     assert_error(&post, 405, "method_not_allowed");
+}
+
+/// The sums of a queue's series in a rates answer (`None`: the queue is not listed).
+fn rate_sums(rates: &Value, queue: &str) -> Option<(u64, u64, u64)> {
+    let series = rates["queues"].as_array()?.iter().find(|series| series["name"] == queue)?;
+    let sum = |key: &str| {
+        series[key].as_array().map_or(0, |values| values.iter().filter_map(Value::as_u64).sum())
+    };
+    Some((sum("enqueued"), sum("acked"), sum("failed")))
+}
+
+#[test]
+fn rates_count_enqueues_deliveries_and_failures_per_queue() {
+    let server = Server::start(&[]);
+    server.enqueue("emails", &json!([{"body": 1}, {"body": 2}, {"body": 3, "max_attempts": 1}]));
+    server.enqueue("sms", &json!([{"body": 1}]));
+    let leased = server.lease("emails", 3, 60_000, 0);
+    server.ack("emails", &[leased[0]["lease"].as_str().expect("lease")]);
+    server.nack("emails", &json!([{"lease": leased[1]["lease"], "error": "a"}, {"lease": leased[2]["lease"], "error": "b"}]));
+
+    let rates = poll_until(Duration::from_secs(5), "the rates to catch up", || {
+        let rates = server.get("/v1/rates").body;
+        (rate_sums(&rates, "emails") == Some((3, 1, 2))).then_some(rates)
+    });
+    assert_eq!(rate_sums(&rates, "sms"), Some((1, 0, 0)));
+    assert_eq!(rates["bucket_ms"], 5000);
+    assert_eq!(rates["bucket_count"], 60);
+    assert_eq!(rates["missed_event_count"], 0);
+    for series in rates["queues"].as_array().expect("queues") {
+        for key in ["enqueued", "acked", "failed"] {
+            assert_eq!(series[key].as_array().map(Vec::len), Some(60), "{series}");
+        }
+    }
+    let from = rates["from"].as_u64().expect("from");
+    let to = rates["to"].as_u64().expect("to");
+    assert_eq!(from % 5000, 0);
+    assert!(to > from && to - from <= 300_000, "{from}..{to}");
+    assert!(to.abs_diff(common::now_ms()) < 5000);
+
+    let only = server.get("/v1/rates?queue=sms").body;
+    assert_eq!(only["queues"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rate_sums(&only, "sms"), Some((1, 0, 0)));
+    assert_eq!(server.get("/v1/rates?queue=nothing-here").body["queues"], json!([]));
+    assert_error(&server.get("/v1/rates?queue=a%20b"), 400, "invalid_queue_name");
+    assert_error(&server.get("/v1/rates?since=1"), 400, "invalid_request");
+}
+
+#[test]
+fn rates_show_a_token_only_the_queues_its_pattern_matches() {
+    let (server, _config) = server_with_tokens(&[]);
+    let ops = server.with_token(ADMIN_SECRET);
+    ops.enqueue("billing.eu", &json!([{"body": 1}]));
+    ops.enqueue("orders", &json!([{"body": 1}]));
+    poll_until(Duration::from_secs(5), "the rates", || {
+        let rates = ops.get("/v1/rates").body;
+        (rate_sums(&rates, "orders").is_some() && rate_sums(&rates, "billing.eu").is_some())
+            .then_some(())
+    });
+    let billing = server.with_token(BILLING_SECRET);
+    let rates = billing.get("/v1/rates");
+    assert_eq!(rates.status, 200);
+    let names: Vec<&Value> =
+        rates.body["queues"].as_array().expect("queues").iter().map(|q| &q["name"]).collect();
+    assert_eq!(names, [&json!("billing.eu")]);
+    let refused = billing.get("/v1/rates?queue=orders");
+    assert_error(&refused, 403, "forbidden");
+    assert_error(&server.get("/v1/rates"), 401, "unauthorized");
 }

@@ -75,6 +75,8 @@ fn need(endpoint: Endpoint<'_>) -> Need<'_> {
             Need { role: Some(Role::Admin), scope: Scope::EveryQueue, action: "take a backup" }
         }
         E::WhoAmI => Need { role: None, scope: Scope::Server, action: "read its own access" },
+        // Like the queue list: each token sees the queues its pattern matches.
+        E::Rates => Need { role: None, scope: Scope::Server, action: "read rates" },
         #[cfg(feature = "testing")]
         E::Failpoint(_) => {
             Need { role: Some(Role::Admin), scope: Scope::Server, action: "arm failpoints" }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub tokens: crate::auth::Tokens,
     /// True while an online backup is streamed: the server takes one at a time.
     pub backup_running: Arc<std::sync::atomic::AtomicBool>,
+    /// Per-queue enqueue, delivery and failure counts of the last minutes (`GET /v1/rates`).
+    pub rates: Arc<crate::rates::Rates>,
 }
 
 /// The reply sender of a command whose answer is a `T`.

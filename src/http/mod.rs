@@ -6,6 +6,7 @@ pub mod control;
 pub mod error;
 pub mod handlers;
 pub mod json;
+pub mod rates;
 pub mod stream;
 pub mod types;
 pub mod whoami;
@@ -275,6 +276,7 @@ enum Route<'a> {
     Backup,
     // The outbox page, and what the API offers for it.
     WhoAmI,
+    Rates,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -294,6 +296,7 @@ fn match_path(path: &str) -> Option<Route<'_>> {
         ["v1", "admin", "backup"] => Route::Backup,
         // The outbox page, and what the API offers for it.
         ["v1", "whoami"] => Route::WhoAmI,
+        ["v1", "rates"] => Route::Rates,
         #[cfg(feature = "testing")]
         ["debug", "failpoints", name] => Route::Failpoint(name),
         _ => return None,
@@ -332,6 +335,7 @@ enum Endpoint<'a> {
     Backup,
     // The outbox page, and what the API offers for it.
     WhoAmI,
+    Rates,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -363,6 +367,7 @@ impl<'a> Endpoint<'a> {
             E::Events => "events",
             E::Backup => "backup",
             E::WhoAmI => "whoami",
+            E::Rates => "rates",
             #[cfg(feature = "testing")]
             E::Failpoint(_) => "failpoint",
         }
@@ -406,6 +411,7 @@ fn endpoint<'a>(route: Route<'a>, method: &Method) -> Result<Endpoint<'a>, ApiEr
         Route::Events => get_only(E::Events),
         Route::Backup => get_only(E::Backup),
         Route::WhoAmI => get_only(E::WhoAmI),
+        Route::Rates => get_only(E::Rates),
         Route::Queue(queue) => match *method {
             Method::GET => Ok(E::GetQueue(queue)),
             Method::PUT => Ok(E::PutQueue(queue)),
@@ -476,6 +482,7 @@ async fn dispatch(
         E::Events => stream::events(state, request, token).await,
         E::Backup => admin::backup(state, request).await,
         E::WhoAmI => Ok(whoami::whoami(state.tokens.enabled(), token)),
+        E::Rates => rates::rates(state, request.uri().query(), token),
         #[cfg(feature = "testing")]
         E::Failpoint(name) => handlers::set_failpoint(state, name, request).await,
     }
@@ -509,6 +516,7 @@ mod tests {
         assert_eq!(label(Method::POST, "/v1/messages/0000000000000001/retry"), Some("retry"));
         assert_eq!(label(Method::GET, "/v1/admin/backup"), Some("backup"));
         assert_eq!(label(Method::GET, "/v1/whoami"), Some("whoami"));
+        assert_eq!(label(Method::GET, "/v1/rates"), Some("rates"));
         // A method the endpoint does not serve, or no endpoint at all: logged as `unknown`.
         assert_eq!(label(Method::PUT, "/v1/queues/orders/lease"), None);
         assert_eq!(label(Method::GET, "/v1/nowhere"), None);
