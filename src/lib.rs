@@ -10,7 +10,8 @@
 //! - `queue`: the broker (pure): message records, the state machine, retry policy, enqueue and leases.
 //! - `store`: durability: the record codec, the sled key layout, the write-ahead log, recovery, and
 //!   the storage thread (group commit).
-//! - `http`: the API: routing, request parsing and validation, handlers, error bodies.
+//! - `http`: the API: routing, request parsing and validation, handlers, error bodies; and the
+//!   outbox page (`http::ui`), a client of the API whose assets are embedded in the binary.
 //! - `events`: the bounded ring of published events behind `GET /v1/events`.
 //! - `rates`: per-queue enqueue, delivery and failure counts of the last minutes, read from the
 //!   events, behind `GET /v1/rates`.

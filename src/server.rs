@@ -108,6 +108,7 @@ async fn serve(config: Config) -> Result<(), Error> {
         tokens: config.tokens.clone(),
         backup_running: Arc::default(),
         rates,
+        ui_enabled: config.ui_enabled,
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
     let state_failure = writer.failure();

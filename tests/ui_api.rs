@@ -1,12 +1,14 @@
-//! What the API offers the outbox page.
+//! What the API offers the outbox page, and how the page itself is served.
 //!
 //! Goal: the endpoints and parameters the page needs beyond the rest of the API do what docs/api.md
 //! says: listings filter by text in the last error (`?error=`), `GET /v1/whoami` reports the
-//! caller's token and nothing more and `GET /v1/rates` counts enqueues, deliveries and failures per
-//! queue and shows a token only its queues.
+//! caller's token and nothing more, `GET /v1/rates` counts enqueues, deliveries and failures per
+//! queue and shows a token only its queues; and the page is served from the binary, open (no
+//! token), with a Content-Security-Policy that forbids inline script, and not at all with
+//! `--no-ui`.
 //!
 //! Method: the real binary on 127.0.0.1:0 with a temporary data directory (tests/common), driven
-//! over HTTP.
+//! over HTTP; the page in a real browser is tests/ui.rs.
 
 mod common;
 
@@ -208,4 +210,67 @@ fn rates_show_a_token_only_the_queues_its_pattern_matches() {
     let refused = billing.get("/v1/rates?queue=orders");
     assert_error(&refused, 403, "forbidden");
     assert_error(&server.get("/v1/rates"), 401, "unauthorized");
+}
+
+/// The policy the page is served with (src/http/ui/mod.rs).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+#[test]
+fn the_page_is_served_from_the_binary_open_and_with_a_policy_against_inline_script() {
+    let (server, _config) = server_with_tokens(&[]);
+    // No token needed for the page (it asks for one), while the API still wants one.
+    let page = server.get("/");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(page.header("content-security-policy"), Some(CSP));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(page.header("set-cookie"), None);
+    let html = page.body.as_str().expect("HTML");
+    assert!(html.contains(r#"<script type="module" src="ui/app.js"></script>"#), "{html}");
+    assert!(!html.contains("http://") && !html.contains("https://"), "every asset is same-origin");
+    assert_error(&server.get("/v1/queues"), 401, "unauthorized");
+
+    for (path, content_type) in [
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/api.js", "text/javascript; charset=utf-8"),
+        ("/ui/app.css", "text/css; charset=utf-8"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let asset = server.get(path);
+        assert_eq!(asset.status, 200, "{path}: {asset:?}");
+        assert_eq!(asset.header("content-type"), Some(content_type), "{path}");
+        assert_eq!(asset.header("content-security-policy"), Some(CSP), "{path}");
+        let etag = asset.header("etag").expect("an ETag").to_string();
+        let again = server.request("GET", path, None, &[("If-None-Match", &etag)]);
+        assert_eq!(again.status, 304, "{path}: {again:?}");
+    }
+    // The page lives at /; /ui and /ui/ point there with relative links (proxies with a prefix).
+    let redirect = server.get("/ui/");
+    assert_eq!((redirect.status, redirect.header("location")), (308, Some("../")));
+    let redirect = server.get("/ui");
+    assert_eq!((redirect.status, redirect.header("location")), (308, Some("./")));
+    assert_error(&server.get("/ui/index.html"), 404, "not_found");
+    assert_error(&server.get("/ui/nothing.js"), 404, "not_found");
+    assert_error(&server.get("/ui/a/b.js"), 404, "not_found");
+    let post = server.request("POST", "/", Some("{}"), &[]);
+    assert_error(&post, 405, "method_not_allowed");
+    assert_eq!(post.header("allow"), Some("GET"));
+}
+
+#[test]
+fn no_ui_turns_the_page_off_and_leaves_the_api_alone() {
+    let flag = Server::start(&["--no-ui"]);
+    let config = ConfigFile::new("no_ui = true\n");
+    let file = Server::start(&["--config", config.path()]);
+    let variable = Server::start_with_env(&[], &[("OUTBOXD_NO_UI", "true")]);
+    for server in [&flag, &file, &variable] {
+        assert_error(&server.get("/"), 404, "not_found");
+        assert_error(&server.get("/ui/app.js"), 404, "not_found");
+        assert_error(&server.get("/ui/"), 404, "not_found");
+        assert_eq!(server.get("/v1/queues").status, 200);
+        assert_eq!(server.get("/v1/whoami").status, 200);
+    }
+    assert_eq!(Server::start(&["--no-ui", "false"]).get("/").status, 200);
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub backup_running: Arc<std::sync::atomic::AtomicBool>,
     /// Per-queue enqueue, delivery and failure counts of the last minutes (`GET /v1/rates`).
     pub rates: Arc<crate::rates::Rates>,
+    /// Whether `/` and `/ui/…` serve the outbox page (off with `--no-ui`).
+    pub ui_enabled: bool,
 }
 
 /// The reply sender of a command whose answer is a `T`.

@@ -9,6 +9,7 @@ pub mod json;
 pub mod rates;
 pub mod stream;
 pub mod types;
+pub mod ui;
 pub mod whoami;
 
 use bytes::Bytes;
@@ -275,6 +276,7 @@ enum Route<'a> {
     Events,
     Backup,
     // The outbox page, and what the API offers for it.
+    Page(ui::PagePath<'a>),
     WhoAmI,
     Rates,
     #[cfg(feature = "testing")]
@@ -295,6 +297,10 @@ fn match_path(path: &str) -> Option<Route<'_>> {
         ["v1", "events"] => Route::Events,
         ["v1", "admin", "backup"] => Route::Backup,
         // The outbox page, and what the API offers for it.
+        [""] => Route::Page(ui::PagePath::Index),
+        ["ui"] => Route::Page(ui::PagePath::UiRoot { trailing_slash: false }),
+        ["ui", ""] => Route::Page(ui::PagePath::UiRoot { trailing_slash: true }),
+        ["ui", name] => Route::Page(ui::PagePath::File(name)),
         ["v1", "whoami"] => Route::WhoAmI,
         ["v1", "rates"] => Route::Rates,
         #[cfg(feature = "testing")]
@@ -334,6 +340,7 @@ enum Endpoint<'a> {
     Events,
     Backup,
     // The outbox page, and what the API offers for it.
+    Page(ui::PagePath<'a>),
     WhoAmI,
     Rates,
     #[cfg(feature = "testing")]
@@ -366,6 +373,7 @@ impl<'a> Endpoint<'a> {
             E::Schedule(_) => "schedule",
             E::Events => "events",
             E::Backup => "backup",
+            E::Page(_) => "ui",
             E::WhoAmI => "whoami",
             E::Rates => "rates",
             #[cfg(feature = "testing")]
@@ -410,6 +418,7 @@ fn endpoint<'a>(route: Route<'a>, method: &Method) -> Result<Endpoint<'a>, ApiEr
         Route::Queues => get_only(E::ListQueues),
         Route::Events => get_only(E::Events),
         Route::Backup => get_only(E::Backup),
+        Route::Page(path) => get_only(E::Page(path)),
         Route::WhoAmI => get_only(E::WhoAmI),
         Route::Rates => get_only(E::Rates),
         Route::Queue(queue) => match *method {
@@ -481,6 +490,7 @@ async fn dispatch(
         E::Schedule(id) => control::schedule_message(state, id, request).await,
         E::Events => stream::events(state, request, token).await,
         E::Backup => admin::backup(state, request).await,
+        E::Page(path) => ui::serve(state.ui_enabled, path, request.headers()),
         E::WhoAmI => Ok(whoami::whoami(state.tokens.enabled(), token)),
         E::Rates => rates::rates(state, request.uri().query(), token),
         #[cfg(feature = "testing")]
@@ -515,8 +525,12 @@ mod tests {
         assert_eq!(label(Method::PATCH, "/v1/messages/0000000000000001"), Some("edit"));
         assert_eq!(label(Method::POST, "/v1/messages/0000000000000001/retry"), Some("retry"));
         assert_eq!(label(Method::GET, "/v1/admin/backup"), Some("backup"));
+        assert_eq!(label(Method::GET, "/"), Some("ui"));
+        assert_eq!(label(Method::GET, "/ui/app.js"), Some("ui"));
         assert_eq!(label(Method::GET, "/v1/whoami"), Some("whoami"));
         assert_eq!(label(Method::GET, "/v1/rates"), Some("rates"));
+        assert_eq!(label(Method::POST, "/"), None);
+        assert_eq!(label(Method::GET, "/ui/a/b"), None);
         // A method the endpoint does not serve, or no endpoint at all: logged as `unknown`.
         assert_eq!(label(Method::PUT, "/v1/queues/orders/lease"), None);
         assert_eq!(label(Method::GET, "/v1/nowhere"), None);
