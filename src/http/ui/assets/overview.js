@@ -4,7 +4,9 @@
 import { flash, formatCount, formatDuration, fill, h, STATE_MEANING, STATES, svg, throttle } from './dom.js';
 import { get } from './api.js';
 
-const RATES_MS = 5000;
+/** How often the overview reads everything again, events or not: ages and rates move by
+ * themselves. */
+const REFRESH_MS = 5000;
 /** The oldest ready message has waited this long when a growing backlog is worth a marker. */
 export const BACKLOG_AGE_MS = 10000;
 /** Buckets of the rates that make the last minute (the rates come in 5 s buckets). */
@@ -87,7 +89,7 @@ export class OverviewView {
     this.queues = null;
     this.rates = new Map();
     this.refreshSoon = throttle(() => this.refresh(), 500);
-    this.timer = setInterval(() => this.loadRates().then(() => this.render()).catch(() => {}), RATES_MS);
+    this.timer = setInterval(() => this.refresh(), REFRESH_MS);
   }
 
   async loadRates() {
