@@ -135,6 +135,7 @@ export class MessageView {
       h('h2', {}, 'Timeline'),
       message.history_dropped ? h('p', { class: 'muted' }, `${message.history_dropped} older events were dropped (the server keeps the newest ones).`) : null,
       h('ol', { class: 'timeline', id: 'timeline' }, message.history.map(timelineEntry)));
+    window.performance.mark('outboxd:message');
   }
 
   lastError() {

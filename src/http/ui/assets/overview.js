@@ -136,6 +136,7 @@ export class OverviewView {
       h('th', {}, 'Needs attention'));
     const rows = this.queues.map((queue) => this.row(queue));
     fill(this.body, h('table', { class: 'queues' }, h('thead', {}, head), h('tbody', {}, rows)));
+    window.performance.mark('outboxd:overview');
   }
 
   row(queue) {
