@@ -56,37 +56,55 @@ fn overview_count(browser: &Browser, queue: &str, state: &str) -> String {
 #[test]
 fn the_overview_shows_every_queue_with_counts_rates_and_what_needs_attention() {
     let server = Server::start(&[]);
-    server.enqueue("emails", &json!([{"body": 1}, {"body": 2}, {"body": 3, "max_attempts": 1}]));
+    // emails: 17 delivered, 3 retrying, 1 dead, 2 leased, 4 ready.
+    let batch: Vec<Value> = (0..20).map(|n| json!({"body": {"n": n}})).collect();
+    server.enqueue("emails", &json!(batch));
+    let leased = server.lease("emails", 20, 60_000, 0);
+    let leases: Vec<&str> = leased.iter().filter_map(|m| m["lease"].as_str()).collect();
+    server.ack("emails", &leases[..17]);
+    let retry: Vec<Value> = leases[17..]
+        .iter()
+        .map(|lease| json!({"lease": lease, "error": "SMTP 451 try later", "delay_ms": 600_000}))
+        .collect();
+    server.nack("emails", &json!(retry));
+    server.enqueue("emails", &json!([{"body": "bad address", "max_attempts": 1}]));
+    fail_all(&server, "emails", "550 no such mailbox");
+    server.enqueue("emails", &json!((0..6).map(|n| json!({"body": n})).collect::<Vec<_>>()));
+    server.lease("emails", 2, 60_000, 0);
+    // webhooks: one scheduled, paused.
     server.enqueue("webhooks", &json!([{"body": "later", "delay_ms": 3_600_000}]));
-    // One email fails on its only attempt: the queue needs a person.
-    let leased = server.lease("emails", 3, 60_000, 0);
-    let last = leased.iter().find(|message| message["body"] == json!(3)).expect("message 3");
-    server.nack("emails", &json!([{"lease": last["lease"], "error": "550 no such mailbox"}]));
     server.post("/v1/queues/webhooks/pause", &json!({}));
 
     let browser = Browser::start();
     open(&browser, &server, "");
     mark_page(&browser);
-    assert_eq!(overview_count(&browser, "emails", "dead"), "1");
-    assert_eq!(overview_count(&browser, "emails", "leased"), "2");
+    for (state, count) in
+        [("ready", "4"), ("leased", "2"), ("retrying", "3"), ("dead", "1"), ("delivered", "17")]
+    {
+        assert_eq!(overview_count(&browser, "emails", state), count, "{state}");
+    }
     assert_eq!(overview_count(&browser, "webhooks", "scheduled"), "1");
     browser.find_text("tr[data-queue='emails'] [data-marker='dead']", "1 dead");
     browser.find_text("tr[data-queue='webhooks'] [data-marker='paused']", "paused");
     browser.find_text("tr[data-queue='webhooks'] td.delivery", "paused");
     browser.find_text("tr[data-queue='emails'] td.delivery", "delivering");
     assert!(browser.find_all("tr[data-queue='webhooks'] [data-marker='dead']").is_empty());
-    // The rates chart has the three enqueues of the last minute.
-    browser.find_text("tr[data-queue='emails'] .rate-text", "/s in");
+    // The rates of the last minute: 27 in, 17 out, 4 failed deliveries.
+    browser
+        .find_text("tr[data-queue='emails'] .rate-text", "27/min in · 17/min out · 4/min failed");
     let title = browser.script(
         "return document.querySelector(\"tr[data-queue='emails'] svg title\").textContent",
         &[],
     );
-    assert!(title.as_str().unwrap_or_default().contains("3 enqueued"), "{title}");
+    assert!(
+        title.as_str().unwrap_or_default().contains("27 enqueued, 17 delivered, 4 failed"),
+        "{title}"
+    );
 
     // Changes made elsewhere show up without a reload: the page follows the event stream.
     browser.find_text("#live", "live");
     server.enqueue("emails", &json!([{"body": 4}, {"body": 5}]));
-    browser.find_text("tr[data-queue='emails'] td.count-ready", "2");
+    browser.find_text("tr[data-queue='emails'] td.count-ready", "6");
     server.enqueue("receipts", &json!([{"body": "new queue"}]));
     browser.find_text("tr[data-queue='receipts'] td.count-ready", "1");
     assert_not_reloaded(&browser);
@@ -161,6 +179,7 @@ fn a_dead_message_is_read_retried_and_moves_to_ready_without_a_reload() {
     assert!(failure.text().contains("will not be delivered again by itself"), "{}", failure.text());
     browser.find_text("#headers", "tenant");
     browser.find_text("#body", "\"to\": \"ada@example\"");
+    browser.resize(1360, 1180);
     browser.screenshot("message-dead");
 
     // Retry it: the page shows it ready, the server holds it ready.

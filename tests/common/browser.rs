@@ -257,6 +257,11 @@ impl Browser {
         }
     }
 
+    /// Resizes the window (screenshots show the window, not the whole page).
+    pub fn resize(&self, width: u32, height: u32) {
+        self.command("POST", "/window/rect", Some(&json!({"width": width, "height": height})));
+    }
+
     /// Saves a PNG of the window under `target/ui-screenshots/<name>.png` and returns its path.
     pub fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine;

@@ -75,9 +75,11 @@ export function rateChart(series, width = 120, height = 28) {
   return chart;
 }
 
-function perSecond(count) {
-  const rate = count / 60;
-  return rate >= 10 ? rate.toFixed(0) : rate.toFixed(1);
+/** A minute's count as a rate: per second from one a second up, else per minute. */
+function rate(count) {
+  if (count < 60) return `${count}/min`;
+  const perSecond = count / 60;
+  return `${perSecond >= 10 ? perSecond.toFixed(0) : perSecond.toFixed(1)}/s`;
 }
 
 export class OverviewView {
@@ -153,9 +155,9 @@ export class OverviewView {
         h('a', { href: link(state) }, formatCount(queue.counts[state])))),
       h('td', { class: 'num age' }, queue.oldest_ready_age_ms === null ? '—' : formatDuration(queue.oldest_ready_age_ms)),
       h('td', { class: 'rates' }, rateChart(series),
-        h('span', { class: 'rate-text', title: 'per second, over the last minute' },
-          `${perSecond(minute.enqueued)}/s in · ${perSecond(minute.acked)}/s out`,
-          minute.failed ? ` · ${perSecond(minute.failed)}/s failed` : '')),
+        h('span', { class: 'rate-text', title: 'over the last minute: enqueued, delivered, failed deliveries' },
+          `${rate(minute.enqueued)} in · ${rate(minute.acked)} out`,
+          minute.failed ? ` · ${rate(minute.failed)} failed` : '')),
       h('td', { class: 'attention' }, markers(marks)));
   }
 }
