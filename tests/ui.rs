@@ -693,3 +693,38 @@ fn measure_how_fast_tables_appear() {
     );
     println!("ready, next page: {next} ms");
 }
+
+#[test]
+fn the_pages_parsers_keep_the_servers_text_exactly() {
+    let server = Server::start(&[]);
+    let browser = Browser::start();
+    open(&browser, &server, "");
+    // The page's own modules, as served, run in the page.
+    let results = browser.script_async(
+        "const done = arguments[0]; \
+         Promise.all([import('./ui/api.js'), import('./ui/body.js')]).then(([api, body]) => { \
+           const stream = ': outboxd event stream\\r\\n\\r\\nid: 5\\r\\nevent: dead\\r\\ndata: {\"a\":1}\\r\\n\\r\\nid: 6\\ndata: {\"b\":2}\\n\\n'; \
+           const parsed = [1, 2, 3, 7, 1000].map((size) => { \
+             const parser = new api.EventStreamParser(); const events = []; \
+             for (let at = 0; at < stream.length; at += size) events.push(...parser.push(stream.slice(at, at + size))); \
+             return JSON.stringify(events); }); \
+           const view = '{\"id\":\"1\",\"headers\":{\"k}\\\\\"\":\"{[\"},\"body\":{\"n\": 12345678901234567890, \"s\": \"}]\\\\\" ,\", \"e\": [], \"o\": {}, \"f\": 2.50}}'; \
+           const raw = body.rawField(view, 'body'); \
+           done({parsed, raw, pretty: body.prettyJson(raw), headers: body.rawField(view, 'headers'), \
+                 missing: body.rawField(view, 'nothing'), text: body.bodyOf('{\"body\":\"<b>hi</b>\"}', {}).text, \
+                 patterns: [api.patternMatches('billing.*', 'billing.eu'), api.patternMatches('billing.*', 'orders'), \
+                            api.patternMatches('*.dlq', 'a.dlq'), api.patternMatches('a*b*c', 'a-x-c-y-b')]}); \
+         }).catch((error) => done(String(error)));",
+        &[],
+    );
+    let events = r#"[{"id":"5","kind":"dead","data":"{\"a\":1}"},{"id":"6","kind":"message","data":"{\"b\":2}"}]"#;
+    assert_eq!(results["parsed"], json!([events, events, events, events, events]), "{results}");
+    let raw = r#"{"n": 12345678901234567890, "s": "}]\" ,", "e": [], "o": {}, "f": 2.50}"#;
+    assert_eq!(results["raw"], json!(raw), "{results}");
+    let pretty = "{\n  \"n\": 12345678901234567890,\n  \"s\": \"}]\\\" ,\",\n  \"e\": [],\n  \"o\": {},\n  \"f\": 2.50\n}";
+    assert_eq!(results["pretty"], json!(pretty), "{results}");
+    assert_eq!(results["headers"], json!(r#"{"k}\"":"{["}"#), "{results}");
+    assert_eq!(results["missing"], Value::Null);
+    assert_eq!(results["text"], json!("<b>hi</b>"));
+    assert_eq!(results["patterns"], json!([true, false, true, false]));
+}

@@ -108,6 +108,54 @@ export async function healthy() {
 }
 
 /**
+ * Turns the bytes of an event stream, in chunks cut anywhere, into events `{id, kind, data}`
+ * (`data` the text of its `data:` lines). Takes LF, CRLF and CR line ends (a proxy may rewrite
+ * them) and skips comments.
+ */
+export class EventStreamParser {
+  constructor() {
+    this.buffer = '';
+    this.carry = '';
+  }
+
+  /** Feeds one chunk of text; returns the events it completed. */
+  push(chunk) {
+    // A CR at the end of a chunk waits for the next one, which may start with its LF.
+    let text = this.carry + chunk;
+    this.carry = text.endsWith('\r') ? '\r' : '';
+    if (this.carry) text = text.slice(0, -1);
+    this.buffer += text.replace(/\r\n?/g, '\n');
+    const events = [];
+    let end = this.buffer.indexOf('\n\n');
+    while (end >= 0) {
+      const event = parseBlock(this.buffer.slice(0, end));
+      if (event) events.push(event);
+      this.buffer = this.buffer.slice(end + 2);
+      end = this.buffer.indexOf('\n\n');
+    }
+    return events;
+  }
+}
+
+function parseBlock(block) {
+  let id = null;
+  let kind = 'message';
+  const data = [];
+  for (const line of block.split('\n')) {
+    if (line === '' || line.startsWith(':')) continue;
+    const colon = line.indexOf(':');
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'id') id = value;
+    else if (field === 'event') kind = value;
+    else if (field === 'data') data.push(value);
+  }
+  if (id === null && data.length === 0) return null;
+  return { id, kind, data: data.join('\n') };
+}
+
+/**
  * Follows `GET /v1/events` (Server-Sent Events) with `fetch`, so that the token travels in a
  * header as on every other call (`EventSource` cannot send one). Reconnects with `Last-Event-ID`
  * after a drop, waiting 1 s, then longer; stops for good on 401 or 403.
@@ -122,29 +170,16 @@ export function followEvents(handlers) {
   let timer = null;
   let retryMs = 1000;
 
-  function dispatch(block) {
-    let id = null;
-    let kind = 'message';
-    const data = [];
-    for (const line of block.split('\n')) {
-      if (line === '' || line.startsWith(':')) continue;
-      const colon = line.indexOf(':');
-      const field = colon < 0 ? line : line.slice(0, colon);
-      let value = colon < 0 ? '' : line.slice(colon + 1);
-      if (value.startsWith(' ')) value = value.slice(1);
-      if (field === 'id') id = value;
-      else if (field === 'event') kind = value;
-      else if (field === 'data') data.push(value);
-    }
-    if (id) lastId = id;
-    if (data.length === 0) return;
+  function dispatch(event) {
+    if (event.id) lastId = event.id;
+    if (!event.data) return;
     let parsed;
     try {
-      parsed = JSON.parse(data.join('\n'));
+      parsed = JSON.parse(event.data);
     } catch (_) {
       return;
     }
-    if (kind === 'missed') handlers.missed(parsed);
+    if (event.kind === 'missed') handlers.missed(parsed);
     else handlers.event(parsed);
   }
 
@@ -165,17 +200,11 @@ export function followEvents(handlers) {
       handlers.state('open', null);
       retryMs = 1000;
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buffer = '';
+      const parser = new EventStreamParser();
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        buffer += value;
-        let end = buffer.indexOf('\n\n');
-        while (end >= 0) {
-          dispatch(buffer.slice(0, end));
-          buffer = buffer.slice(end + 2);
-          end = buffer.indexOf('\n\n');
-        }
+        parser.push(value).forEach(dispatch);
       }
     } catch (error) {
       failure = error;
