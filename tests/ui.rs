@@ -548,6 +548,14 @@ fn message_content_is_shown_as_text_and_runs_nothing() {
     let browser = Browser::start();
     open(&browser, &server, "");
     browser.find_text("#live", "live");
+    // Anything the Content-Security-Policy blocks is recorded, for the whole test (the views below
+    // are changes of the address's fragment: the page is never reloaded, as checked at the end).
+    mark_page(&browser);
+    browser.script(
+        "window.__violations = []; document.addEventListener('securitypolicyviolation', \
+         (event) => window.__violations.push(`${event.violatedDirective} ${event.blockedURI}`));",
+        &[],
+    );
 
     let text_body = format!("{PAYLOAD_IMG}{PAYLOAD_SCRIPT}");
     let ids = server.enqueue(
@@ -603,6 +611,9 @@ fn message_content_is_shown_as_text_and_runs_nothing() {
     browser.click("button[data-view='Base64']");
     browser.find_text("#body", &encoded);
     assert_nothing_ran(&browser, "message with a binary body");
+    assert_not_reloaded(&browser);
+    let violations = browser.script("return window.__violations", &[]);
+    assert_eq!(violations, json!([]), "the page broke its own Content-Security-Policy");
 }
 
 /// How long, in milliseconds, from changing the hash to `hash` until the view's `mark` is set
