@@ -187,21 +187,9 @@ pub async fn follow(
         let published = events.published().notified();
         tokio::pin!(published);
         published.as_mut().enable();
-        let (batch, missed) = events.after(after, FOLLOW_BATCH_COUNT_MAX);
-        {
-            let mut table = rates.table.lock();
-            if missed {
-                let first_id = batch.first().map_or(events.last_id() + 1, |event| event.id);
-                table.record_missed(first_id.saturating_sub(after + 1));
-            }
-            for event in &batch {
-                table.record(event);
-            }
-        }
-        if let Some(event) = batch.last() {
-            after = event.id;
-        }
-        if batch.len() == FOLLOW_BATCH_COUNT_MAX {
+        let (read_to, full_batch) = read_into(&events, after, &mut rates.table.lock());
+        after = read_to;
+        if full_batch {
             continue;
         }
         tokio::select! {
@@ -209,6 +197,24 @@ pub async fn follow(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Counts the events after id `after` (one batch at most) and those that were dropped from the
+/// ring before they could be read; returns the id read up to and whether the batch was full.
+fn read_into(events: &EventLog, after: u64, table: &mut RateTable) -> (u64, bool) {
+    let (batch, missed) = events.after(after, FOLLOW_BATCH_COUNT_MAX);
+    let mut read_to = after;
+    if missed {
+        let first_id = batch.first().map_or(events.last_id() + 1, |event| event.id);
+        table.record_missed(first_id.saturating_sub(after + 1));
+        // Counted once: the next read starts where the ring does.
+        read_to = first_id - 1;
+    }
+    for event in &batch {
+        table.record(event);
+        read_to = event.id;
+    }
+    (read_to, batch.len() == FOLLOW_BATCH_COUNT_MAX)
 }
 
 #[cfg(test)]
@@ -278,6 +284,21 @@ mod tests {
         table.record(&event(NoticeKind::Enqueued, "a", later - RATE_BUCKET_MS));
         let series = &table.snapshot(later, |_| true).queues[0].buckets;
         assert_eq!(series[RATE_BUCKET_COUNT - 2].enqueued, 1);
+    }
+
+    #[test]
+    fn events_dropped_from_the_ring_before_they_were_read_are_counted_once() {
+        let events = EventLog::new(4, 1);
+        let now_ms = 1_000 * RATE_BUCKET_MS;
+        events.publish((0..10).map(|_| event(NoticeKind::Enqueued, "q", now_ms)));
+        let mut table = RateTable::default();
+        let (read_to, full) = read_into(&events, 0, &mut table);
+        assert_eq!((read_to, full), (10, false));
+        let snapshot = table.snapshot(now_ms, |_| true);
+        assert_eq!(snapshot.missed_event_count, 6, "ids 1 to 6 left the ring unread");
+        assert_eq!(snapshot.queues[0].buckets.iter().map(|b| b.enqueued).sum::<u32>(), 4);
+        assert_eq!(read_into(&events, read_to, &mut table), (10, false));
+        assert_eq!(table.snapshot(now_ms, |_| true).missed_event_count, 6);
     }
 
     #[tokio::test]
