@@ -196,6 +196,90 @@ fn a_dead_message_is_read_retried_and_moves_to_ready_without_a_reload() {
     assert_not_reloaded(&browser);
 }
 
+/// A reverse proxy on a free port that serves `server` under `/outboxd/`, as the nginx example of
+/// docs/operations.md does: it strips the prefix from each request's path and asks for
+/// `Connection: close`, so that each connection carries one request and the bytes can simply be
+/// copied both ways (the event stream included). Returns the page's address through it.
+fn prefix_proxy(server: &Server) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let address = listener.local_addr().expect("the proxy's address");
+    let upstream = server.base_url.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || proxy_one(client, &upstream));
+        }
+    });
+    format!("http://{address}/outboxd/")
+}
+
+fn proxy_one(mut client: std::net::TcpStream, upstream: &str) {
+    use std::io::{Read, Write};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or_default().splitn(3, ' ');
+    let (method, path, version) = (
+        request_line.next().unwrap_or_default(),
+        request_line.next().unwrap_or_default(),
+        request_line.next().unwrap_or_default(),
+    );
+    let Some(path) = path.strip_prefix("/outboxd/") else {
+        let _ = client
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    };
+    let mut forwarded = format!("{method} /{path} {version}\r\n");
+    for line in lines.filter(|line| !line.is_empty()) {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
+    let Ok(mut server) = std::net::TcpStream::connect(upstream) else { return };
+    if server.write_all(forwarded.as_bytes()).is_err() {
+        return;
+    }
+    let (Ok(mut server_reader), Ok(mut client_writer)) = (server.try_clone(), client.try_clone())
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client, &mut server);
+    });
+    let _ = std::io::copy(&mut server_reader, &mut client_writer);
+    let _ = client_writer.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn the_page_works_under_a_path_prefix_behind_a_proxy() {
+    let server = Server::start(&[]);
+    server.enqueue("emails", &json!([{"body": 1}, {"body": 2}]));
+    let page = prefix_proxy(&server);
+    let browser = Browser::start();
+    // /outboxd/ui/ redirects to the page, relative to the prefix.
+    browser.goto(&format!("{page}ui/"));
+    browser.find_text("tr[data-queue='emails'] td.count-ready", "2");
+    assert_eq!(browser.script("return location.pathname", &[]), json!("/outboxd/"));
+    // The event stream comes through the proxy too.
+    browser.find_text("#live", "live");
+    server.enqueue("emails", &json!([{"body": 3}]));
+    browser.find_text("tr[data-queue='emails'] td.count-ready", "3");
+    // And so do actions.
+    browser.click("tr[data-queue='emails'] td.name a");
+    browser.click("button[data-action='pause']");
+    browser.find_text("#queue-state", "paused");
+    assert_eq!(server.get("/v1/queues/emails").body["paused"], true);
+}
+
 /// A response body as the server sent it, byte for byte (the JSON client would re-encode it).
 fn raw_get(server: &Server, path: &str) -> String {
     ureq::get(&format!("{}{path}", server.base_url))
