@@ -40,6 +40,26 @@ fn assert_not_reloaded(browser: &Browser) {
     );
 }
 
+/// Asserts that the elements are still in the page: not replaced by a refresh.
+fn assert_still_on_the_page(browser: &Browser, elements: &[&browser::Element<'_>]) {
+    for (index, element) in elements.iter().enumerate() {
+        let connected =
+            browser.try_script("return arguments[0].isConnected", &[element.as_argument()]);
+        // WebDriver calls an element that left the page "stale" before the script even runs.
+        assert_eq!(connected, Ok(json!(true)), "a refresh replaced element {index} of the list");
+    }
+}
+
+/// Waits until the queue view has drawn its table again (after a refresh of its own).
+fn wait_for_redraw(browser: &Browser) {
+    let drawn = browser.script("return performance.getEntriesByName('outboxd:table').length", &[]);
+    browser.wait_for("the table drawn again", || {
+        let now =
+            browser.script("return performance.getEntriesByName('outboxd:table').length", &[]);
+        (now.as_u64() > drawn.as_u64()).then_some(())
+    });
+}
+
 /// Leases every ready message of `queue` and nacks each with `error`.
 fn fail_all(server: &Server, queue: &str, error: &str) {
     let leased = server.lease(queue, 100, 60_000, 0);
@@ -101,10 +121,14 @@ fn the_overview_shows_every_queue_with_counts_rates_and_what_needs_attention() {
         "{title}"
     );
 
-    // Changes made elsewhere show up without a reload: the page follows the event stream.
+    // Changes made elsewhere show up without a reload: the page follows the event stream. The
+    // links stay the same elements, so a click being made during a refresh is not lost.
     browser.find_text("#live", "live");
+    let link = browser.find("tr[data-queue='emails'] td.name a");
+    let count = browser.find("tr[data-queue='emails'] td.count-dead a");
     server.enqueue("emails", &json!([{"body": 4}, {"body": 5}]));
     browser.find_text("tr[data-queue='emails'] td.count-ready", "6");
+    assert_still_on_the_page(&browser, &[&link, &count]);
     server.enqueue("receipts", &json!([{"body": "new queue"}]));
     browser.find_text("tr[data-queue='receipts'] td.count-ready", "1");
     assert_not_reloaded(&browser);
@@ -495,6 +519,14 @@ fn tables_page_filter_and_act_on_many_messages() {
     browser.wait_for("the dead tab", || (rows() == 50).then_some(()));
     let boxes = browser.find_all("table.messages tbody input[type='checkbox']");
     boxes[0].click();
+    // An event of the queue makes the view read it again; what a person may be clicking stays.
+    let next = browser.find("button[data-action='next']");
+    let pause = browser.find("button[data-action='pause']");
+    let tab = browser.find(".tabs a[data-state='ready']");
+    server.enqueue("bulk", &json!([{"body": "one more"}]));
+    wait_for_redraw(&browser);
+    assert_still_on_the_page(&browser, &[&boxes[0], &boxes[1], &next, &pause, &tab]);
+    assert_eq!(boxes[0].property("checked"), json!(true), "the selection outlives a refresh");
     boxes[1].click();
     browser.click("button[data-action='bulk-delete']");
     browser.find_text("dialog", "Delete 2 dead messages of bulk?");

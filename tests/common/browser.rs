@@ -189,6 +189,11 @@ impl Browser {
         self.command("POST", "/execute/sync", Some(&json!({ "script": script, "args": args })))
     }
 
+    /// Like [`Browser::script`], with WebDriver's error (e.g. a stale element argument) returned.
+    pub fn try_script(&self, script: &str, args: &[Value]) -> Result<Value, Value> {
+        self.try_command("POST", "/execute/sync", Some(&json!({ "script": script, "args": args })))
+    }
+
     /// Runs an asynchronous script: it ends by calling its last argument with the result.
     pub fn script_async(&self, script: &str, args: &[Value]) -> Value {
         self.command("POST", "/execute/async", Some(&json!({ "script": script, "args": args })))
@@ -231,9 +236,19 @@ impl Browser {
         })
     }
 
-    /// Clicks the displayed element matching `selector`.
+    /// Clicks the displayed element matching `selector`. If the page replaced the element between
+    /// finding and clicking it (its data changed), it is found again, as a person would click
+    /// again.
     pub fn click(&self, selector: &str) {
-        self.find(selector).click();
+        self.wait_for(&format!("a click on {selector:?}"), || {
+            let element = self.find(selector);
+            let clicked = self.try_command("POST", &element.path("click"), Some(&json!({})));
+            match clicked {
+                Ok(_) => Some(()),
+                Err(error) if error["error"] == "stale element reference" => None,
+                Err(error) => panic!("clicking {selector:?} failed: {error}"),
+            }
+        });
     }
 
     /// Calls `probe` until it returns `Some`, or fails the test with `what`, a screenshot and the
@@ -301,6 +316,11 @@ impl Element<'_> {
 
     pub fn click(&self) {
         self.browser.command("POST", &self.path("click"), Some(&json!({})));
+    }
+
+    /// The element as a script argument (`arguments[i]` is the DOM element).
+    pub fn as_argument(&self) -> Value {
+        json!({ ELEMENT_KEY: self.id })
     }
 
     /// Types `text` into the element (after clearing it).

@@ -120,44 +120,82 @@ export class OverviewView {
     clearInterval(this.timer);
   }
 
+  /**
+   * Draws the queues. Each queue keeps its row, and each row its links, from one refresh to the
+   * next (only their text changes): the overview refreshes on every event, and a link replaced
+   * under the pointer would lose the click a person was making.
+   */
   render() {
     if (!this.queues) return;
     const needy = this.queues.filter((queue) => attentionOf(queue, this.rates.get(queue.name)).length);
     this.summary.textContent = `${this.queues.length} queue${this.queues.length === 1 ? '' : 's'}` +
       (needy.length ? `, ${needy.length} needing attention` : ', none needs attention');
     if (this.queues.length === 0) {
+      this.rows = null;
       fill(this.body, h('p', { class: 'empty' },
         'No queues yet. A queue appears with its first message: ',
         h('code', {}, 'curl -X POST …/v1/queues/emails/messages -d \'{"messages": [{"body": "hello"}]}\'')));
       return;
     }
-    const head = h('tr', {}, h('th', {}, 'Queue'), h('th', {}, 'Delivery'),
-      STATES.map((state) => h('th', { class: 'num', title: STATE_MEANING[state] }, state)),
-      h('th', { class: 'num', title: 'How long the oldest ready message has waited' }, 'Oldest ready'),
-      h('th', {}, 'Last 5 minutes'),
-      h('th', {}, 'Needs attention'));
-    const rows = this.queues.map((queue) => this.row(queue));
-    fill(this.body, h('table', { class: 'queues' }, h('thead', {}, head), h('tbody', {}, rows)));
+    if (!this.rows) {
+      this.rows = new Map();
+      this.tbody = h('tbody', {});
+      const head = h('tr', {}, h('th', {}, 'Queue'), h('th', {}, 'Delivery'),
+        STATES.map((state) => h('th', { class: 'num', title: STATE_MEANING[state] }, state)),
+        h('th', { class: 'num', title: 'How long the oldest ready message has waited' }, 'Oldest ready'),
+        h('th', {}, 'Last 5 minutes'),
+        h('th', {}, 'Needs attention'));
+      fill(this.body, h('table', { class: 'queues' }, h('thead', {}, head), this.tbody));
+    }
+    const rows = new Map();
+    for (const queue of this.queues) {
+      const row = this.rows.get(queue.name) || this.row(queue.name);
+      this.update(row, queue);
+      rows.set(queue.name, row);
+    }
+    this.rows = rows;
+    const elements = [...rows.values()].map((row) => row.element);
+    const unchanged = elements.length === this.tbody.children.length
+      && elements.every((element, index) => this.tbody.children[index] === element);
+    if (!unchanged) this.tbody.replaceChildren(...elements);
     window.performance.mark('outboxd:overview');
   }
 
-  row(queue) {
+  /** A queue's row, empty: its cells are filled by `update`. */
+  row(name) {
+    const link = (state) => `#/queues/${encodeURIComponent(name)}?state=${state}`;
+    const counts = new Map(STATES.map((state) => [state, h('a', { href: link(state) })]));
+    const cells = {
+      delivery: h('td', { class: 'delivery' }),
+      counts: STATES.map((state) => h('td', { class: `num count count-${state}`, dataset: { state } }, counts.get(state))),
+      age: h('td', { class: 'num age' }),
+      rates: h('td', { class: 'rates' }),
+      attention: h('td', { class: 'attention' }),
+    };
+    const element = h('tr', { dataset: { queue: name } },
+      h('td', { class: 'name' }, h('a', { href: `#/queues/${encodeURIComponent(name)}` }, name)),
+      cells.delivery, cells.counts, cells.age, cells.rates, cells.attention);
+    return { element, cells, counts };
+  }
+
+  /** Writes a queue's figures into its row. */
+  update(row, queue) {
     const series = this.rates.get(queue.name);
     const marks = attentionOf(queue, series);
-    const link = (state) => `#/queues/${encodeURIComponent(queue.name)}?state=${state}`;
     const minute = lastMinute(series);
-    return h('tr', { dataset: { queue: queue.name }, class: marks.length ? 'needs-attention' : '' },
-      h('td', { class: 'name' }, h('a', { href: `#/queues/${encodeURIComponent(queue.name)}` }, queue.name)),
-      h('td', { class: 'delivery' }, queue.paused
-        ? h('span', { class: 'badge paused' }, 'paused')
-        : h('span', { class: 'badge delivering' }, 'delivering')),
-      STATES.map((state) => h('td', { class: `num count count-${state}${queue.counts[state] ? ' nonzero' : ''}`, dataset: { state } },
-        h('a', { href: link(state) }, formatCount(queue.counts[state])))),
-      h('td', { class: 'num age' }, queue.oldest_ready_age_ms === null ? '—' : formatDuration(queue.oldest_ready_age_ms)),
-      h('td', { class: 'rates' }, rateChart(series),
-        h('span', { class: 'rate-text', title: 'over the last minute: enqueued, delivered, failed deliveries' },
-          `${rate(minute.enqueued)} in · ${rate(minute.acked)} out`,
-          minute.failed ? ` · ${rate(minute.failed)} failed` : '')),
-      h('td', { class: 'attention' }, markers(marks)));
+    row.element.className = marks.length ? 'needs-attention' : '';
+    fill(row.cells.delivery, queue.paused
+      ? h('span', { class: 'badge paused' }, 'paused')
+      : h('span', { class: 'badge delivering' }, 'delivering'));
+    STATES.forEach((state, index) => {
+      row.counts.get(state).textContent = formatCount(queue.counts[state]);
+      row.cells.counts[index].classList.toggle('nonzero', queue.counts[state] > 0);
+    });
+    row.cells.age.textContent = queue.oldest_ready_age_ms === null ? '—' : formatDuration(queue.oldest_ready_age_ms);
+    fill(row.cells.rates, rateChart(series),
+      h('span', { class: 'rate-text', title: 'over the last minute: enqueued, delivered, failed deliveries' },
+        `${rate(minute.enqueued)} in · ${rate(minute.acked)} out`,
+        minute.failed ? ` · ${rate(minute.failed)} failed` : ''));
+    fill(row.cells.attention, markers(marks));
   }
 }

@@ -142,6 +142,11 @@ export class QueueView {
 
   destroy() {}
 
+  /**
+   * Draws what a refresh read. Buttons, tabs, the pager and the rows of messages that did not
+   * change are kept, not rebuilt: the view refreshes on every event of its queue, and a control
+   * replaced under the pointer would lose the click a person was making.
+   */
   render(page) {
     this.renderHeading();
     this.renderActions();
@@ -155,7 +160,7 @@ export class QueueView {
     const queue = this.queue;
     const settings = queue.settings;
     const setting = (value, unit) => (value === null ? 'server default' : `${value}${unit || ''}`);
-    fill(this.heading, 
+    fill(this.heading,
       h('h1', {}, queue.name, ' ', queue.paused
         ? h('span', { class: 'badge paused', id: 'queue-state' }, 'paused')
         : h('span', { class: 'badge delivering', id: 'queue-state' }, 'delivering'),
@@ -168,110 +173,159 @@ export class QueueView {
   }
 
   /**
-   * The queue's actions. A token without the admin role on the queue gets them hidden and
-   * disabled: the server would refuse them (and says so, should one be sent anyway).
+   * The queue's actions, built once. A token without the admin role on the queue gets them
+   * hidden and disabled: the server would refuse them (and says so, should one be sent anyway).
    */
   renderActions() {
     const queue = this.queue;
-    const button = (action, label, handler, kind) => h('button', {
-      type: 'button', class: kind || '', dataset: { action }, onclick: handler,
-      hidden: !this.admin, disabled: !this.admin,
-    }, label);
-    fill(this.actions, this.admin ? null : h('p', { class: 'muted readonly-note' },
-      'This token may look at this queue but not change it: actions need the admin role on it.'),
-    
-      queue.paused
-        ? button('resume', 'Resume', () => this.pause(false), 'primary')
-        : button('pause', 'Pause', () => this.pause(true)),
-      button('redrive', `Redrive dead (${formatCount(queue.counts.dead)})`, () => this.redrive()),
-      button('purge', 'Purge…', () => this.purge(), 'danger'),
-      button('settings', 'Settings…', () => this.settings()));
+    if (!this.buttons) {
+      const button = (action, label, handler, kind) => h('button', {
+        type: 'button', class: kind || '', dataset: { action }, onclick: handler,
+        hidden: !this.admin, disabled: !this.admin,
+      }, label);
+      this.buttons = {
+        pause: button('pause', 'Pause', () => this.pause(true)),
+        resume: button('resume', 'Resume', () => this.pause(false), 'primary'),
+        redrive: button('redrive', 'Redrive dead', () => this.redrive()),
+        purge: button('purge', 'Purge…', () => this.purge(), 'danger'),
+        settings: button('settings', 'Settings…', () => this.settings()),
+      };
+      fill(this.actions, this.admin ? null : h('p', { class: 'muted readonly-note' },
+        'This token may look at this queue but not change it: actions need the admin role on it.'),
+      Object.values(this.buttons));
+    }
+    if (!this.admin) return;
+    this.buttons.pause.hidden = queue.paused;
+    this.buttons.resume.hidden = !queue.paused;
+    this.buttons.redrive.textContent = `Redrive dead (${formatCount(queue.counts.dead)})`;
   }
 
   renderTabs() {
-    fill(this.tabs, STATES.map((state) => h('a', {
-      href: this.href({ state }),
-      class: `tab${state === this.state ? ' current' : ''}`,
-      title: STATE_MEANING[state],
-      dataset: { state },
-      'aria-current': state === this.state ? 'page' : undefined,
-    }, state, ' ', h('span', { class: 'count' }, formatCount(this.queue.counts[state])))));
+    if (!this.tabLinks) {
+      this.tabLinks = STATES.map((state) => h('a', {
+        href: this.href({ state }), class: 'tab', title: STATE_MEANING[state], dataset: { state },
+      }, state, ' ', h('span', { class: 'count' })));
+      fill(this.tabs, this.tabLinks);
+    }
+    for (const link of this.tabLinks) {
+      const current = link.dataset.state === this.state;
+      link.classList.toggle('current', current);
+      if (current) link.setAttribute('aria-current', 'page');
+      else link.removeAttribute('aria-current');
+      link.querySelector('.count').textContent = formatCount(this.queue.counts[link.dataset.state]);
+    }
   }
 
   selectable() {
     return this.admin && Object.values(ACTIONS).some((states) => states.includes(this.state));
   }
 
-  renderTable(page) {
-    const messages = page.messages;
-    this.nextCursor = page.next_cursor;
-    const shown = new Set(messages.map((message) => message.id));
-    for (const id of [...this.selected]) if (!shown.has(id)) this.selected.delete(id);
-    const selectable = this.selectable();
-    const [dueLabel, due] = dueColumn(this.state);
-    const all = h('input', {
+  /** The table's frame, built once the state is known: head, body, the empty note, the pager. */
+  buildTable() {
+    const [dueLabel] = dueColumn(this.state);
+    this.selectAll = h('input', {
       type: 'checkbox', 'aria-label': 'Select all on this page',
-      checked: messages.length > 0 && this.selected.size === messages.length,
       onchange: (event) => {
-        for (const message of messages) {
-          if (event.target.checked) this.selected.add(message.id);
-          else this.selected.delete(message.id);
+        for (const id of this.shown) {
+          if (event.target.checked) this.selected.add(id);
+          else this.selected.delete(id);
         }
-        for (const box of this.table.querySelectorAll('tbody input[type=checkbox]')) box.checked = event.target.checked;
+        for (const [id, row] of this.rows) if (row.checkbox) row.checkbox.checked = this.selected.has(id);
         this.renderBulk();
       },
     });
-    const head = h('tr', {}, selectable ? h('th', { class: 'select' }, all) : null,
-      h('th', {}, 'Id'), h('th', { class: 'num' }, 'Priority'), h('th', { class: 'num' }, 'Attempts'),
-      h('th', {}, 'Enqueued'), h('th', {}, dueLabel), h('th', {}, 'Last error'));
-    const rows = messages.map((message) => h('tr', { dataset: { id: message.id } },
-      selectable ? h('td', { class: 'select' }, h('input', {
-        type: 'checkbox', 'aria-label': `Select ${message.id}`, checked: this.selected.has(message.id),
-        onchange: (event) => {
-          if (event.target.checked) this.selected.add(message.id);
-          else this.selected.delete(message.id);
-          this.renderBulk();
-        },
-      })) : null,
+    this.tbody = h('tbody', {});
+    this.messageTable = h('table', { class: 'messages', dataset: { state: this.state } },
+      h('thead', {}, h('tr', {}, this.selectable() ? h('th', { class: 'select' }, this.selectAll) : null,
+        h('th', {}, 'Id'), h('th', { class: 'num' }, 'Priority'), h('th', { class: 'num' }, 'Attempts'),
+        h('th', {}, 'Enqueued'), h('th', {}, dueLabel), h('th', {}, 'Last error'))),
+      this.tbody);
+    this.emptyNote = h('p', { class: 'empty', hidden: true });
+    fill(this.table, this.messageTable, this.emptyNote);
+    this.rows = new Map();
+    this.previous = h('button', {
+      type: 'button', dataset: { action: 'previous' },
+      onclick: () => { this.cursors.pop(); this.refresh(); },
+    }, '← Previous');
+    this.next = h('button', {
+      type: 'button', dataset: { action: 'next' },
+      onclick: () => { this.cursors.push(this.nextCursor); this.refresh(); },
+    }, 'Next →');
+    this.pageLabel = h('span', { class: 'muted' });
+    fill(this.pager, this.previous, this.pageLabel, this.next);
+  }
+
+  /** One message's row; `checkbox` reflects the selection, which outlives re-renders. */
+  row(message) {
+    const [, due] = dueColumn(this.state);
+    const checkbox = this.selectable() ? h('input', {
+      type: 'checkbox', 'aria-label': `Select ${message.id}`,
+      onchange: (event) => {
+        if (event.target.checked) this.selected.add(message.id);
+        else this.selected.delete(message.id);
+        this.renderBulk();
+      },
+    }) : null;
+    const element = h('tr', { dataset: { id: message.id } },
+      checkbox ? h('td', { class: 'select' }, checkbox) : null,
       h('td', { class: 'mono' }, h('a', { href: `#/messages/${message.id}` }, message.id)),
       h('td', { class: 'num' }, String(message.priority)),
       h('td', { class: 'num' }, `${message.attempts} / ${message.max_attempts}`),
       h('td', {}, time(message.enqueued_at)),
       h('td', {}, time(due(message)), ' ', h('span', { class: 'muted' }, relative(due(message)))),
-      h('td', { class: 'error-text' }, message.last_error ? message.last_error.message : '')));
-    const filtered = this.header || this.error;
-    const empty = h('p', { class: 'empty' }, filtered
-      ? `No ${this.state} message on this page matches the filter.`
-      : `No ${this.state} messages.`);
-    fill(this.table, messages.length || !this.nextCursor
-      ? h('table', { class: 'messages', dataset: { state: this.state } }, h('thead', {}, head), h('tbody', {}, rows))
-      : null,
-    messages.length ? null : empty);
-    const pageNumber = this.cursors.length;
-    fill(this.pager, 
-      h('button', {
-        type: 'button', dataset: { action: 'previous' }, disabled: pageNumber === 1,
-        onclick: () => { this.cursors.pop(); this.refresh(); },
-      }, '← Previous'),
-      h('span', { class: 'muted' }, ` Page ${pageNumber} `,
-        filtered && this.nextCursor ? '(a filtered page may hold fewer than 50; follow Next) ' : ''),
-      h('button', {
-        type: 'button', dataset: { action: 'next' }, disabled: !this.nextCursor,
-        onclick: () => { this.cursors.push(this.nextCursor); this.refresh(); },
-      }, 'Next →'));
+      h('td', { class: 'error-text' }, message.last_error ? message.last_error.message : ''));
+    return { element, checkbox, signature: JSON.stringify(message) };
   }
 
+  renderTable(page) {
+    if (!this.rows) this.buildTable();
+    const messages = page.messages;
+    this.nextCursor = page.next_cursor;
+    this.shown = messages.map((message) => message.id);
+    for (const id of [...this.selected]) if (!this.shown.includes(id)) this.selected.delete(id);
+    // A row whose message did not change is the same element as before; the others are new.
+    const rows = new Map();
+    for (const message of messages) {
+      const old = this.rows.get(message.id);
+      const signature = JSON.stringify(message);
+      rows.set(message.id, old && old.signature === signature ? old : this.row(message));
+    }
+    this.rows = rows;
+    const elements = [...rows.values()].map((row) => row.element);
+    const unchanged = elements.length === this.tbody.children.length
+      && elements.every((element, index) => this.tbody.children[index] === element);
+    if (!unchanged) this.tbody.replaceChildren(...elements);
+    for (const [id, row] of rows) if (row.checkbox) row.checkbox.checked = this.selected.has(id);
+    this.selectAll.checked = messages.length > 0 && this.selected.size === messages.length;
+    const filtered = this.header || this.error;
+    this.messageTable.hidden = messages.length === 0 && Boolean(this.nextCursor);
+    this.emptyNote.hidden = messages.length > 0;
+    this.emptyNote.textContent = filtered
+      ? `No ${this.state} message on this page matches the filter.`
+      : `No ${this.state} messages.`;
+    const pageNumber = this.cursors.length;
+    this.previous.disabled = pageNumber === 1;
+    this.next.disabled = !this.nextCursor;
+    this.pageLabel.textContent = ` Page ${pageNumber} ${filtered && this.nextCursor ? '(a filtered page may hold fewer than 50; follow Next) ' : ''}`;
+  }
+
+  /** The bar of actions on the selected messages, built once and shown while any is selected. */
   renderBulk() {
+    if (!this.bulkButtons) {
+      const offer = (action, label, handler, kind) => (ACTIONS[action].includes(this.state)
+        ? h('button', { type: 'button', class: kind || '', dataset: { action: `bulk-${action}` }, onclick: handler }, label)
+        : null);
+      this.bulkCount = h('span', {});
+      this.bulkButtons = [
+        offer('retry', 'Retry now', () => this.bulkRetry(), 'primary'),
+        offer('reschedule', 'Reschedule…', () => this.bulkReschedule()),
+        offer('delete', 'Delete…', () => this.bulkDelete(), 'danger'),
+      ];
+      fill(this.bulk, this.bulkCount, this.bulkButtons);
+    }
     const count = this.selected.size;
     this.bulk.hidden = count === 0;
-    if (count === 0) return;
-    const offer = (action, label, handler, kind) => (ACTIONS[action].includes(this.state)
-      ? h('button', { type: 'button', class: kind || '', dataset: { action: `bulk-${action}` }, onclick: handler }, label)
-      : null);
-    fill(this.bulk, h('span', {}, `${count} selected: `),
-      offer('retry', 'Retry now', () => this.bulkRetry(), 'primary'),
-      offer('reschedule', 'Reschedule…', () => this.bulkReschedule()),
-      offer('delete', 'Delete…', () => this.bulkDelete(), 'danger'));
+    this.bulkCount.textContent = `${count} selected: `;
   }
 
   /** Runs one request per selected message and says how it went. */
