@@ -126,6 +126,9 @@ settings! {
     /// refusing to start.
     #[arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     quarantine_corrupt: bool = false, "OUTBOXD_QUARANTINE_CORRUPT";
+    /// Do not serve the outbox page (`/` and `/ui/…`); the API is unchanged.
+    #[arg(num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    no_ui: bool = false, "OUTBOXD_NO_UI";
     /// How long shutdown waits for in-flight requests, in milliseconds.
     shutdown_timeout_ms: u64 = SHUTDOWN_TIMEOUT_MS_DEFAULT, "OUTBOXD_SHUTDOWN_TIMEOUT_MS";
     /// Log format: text or json.
@@ -279,6 +282,8 @@ pub struct Config {
     /// Size of a log segment before the next one starts.
     pub log_segment_bytes: u64,
     pub quarantine_corrupt: bool,
+    /// Whether `/` and `/ui/…` serve the outbox page (off with `--no-ui`).
+    pub ui_enabled: bool,
     pub shutdown_timeout_ms: u64,
     pub log_format: LogFormat,
     pub log_filter: String,
@@ -433,6 +438,7 @@ impl Config {
                 WAL_SEGMENT_BYTES_MAX,
             )?,
             quarantine_corrupt: s.quarantine_corrupt.value,
+            ui_enabled: !s.no_ui.value,
             shutdown_timeout_ms: range(&s.shutdown_timeout_ms, 0, 600_000)?,
             log_format,
             log_filter: s.log.value.clone(),
@@ -557,6 +563,9 @@ mod tests {
     #[test]
     fn a_bool_flag_needs_no_value() {
         assert!(config(&["--quarantine-corrupt"]).unwrap().quarantine_corrupt);
+        assert!(config(&[]).unwrap().ui_enabled);
+        assert!(!config(&["--no-ui"]).unwrap().ui_enabled);
+        assert!(!with_file(&[], "no_ui = true\n").unwrap().ui_enabled);
         assert!(!config(&["--quarantine-corrupt", "false"]).unwrap().quarantine_corrupt);
     }
 

@@ -17,8 +17,11 @@
 //! - `engine`: the storage thread: group commit, reads of the broker, housekeeping (checkpoints,
 //!   retention, segment reclaiming) and the checkpoint writer's thread.
 //! - `http`: the API: routing, request parsing and validation, handlers, reads of the catalog and
-//!   the log, error bodies.
+//!   the log, error bodies; and the outbox page (`http::ui`), a client of the API whose assets are
+//!   embedded in the binary.
 //! - `events`: the bounded ring of published events behind `GET /v1/events`.
+//! - `rates`: per-queue enqueue, delivery and failure counts of the last minutes, read from the
+//!   events, behind `GET /v1/rates`.
 //! - `server`: wiring and lifecycle (recover, serve, drain on SIGTERM).
 //! - `metrics`: every metric name, the Prometheus recorder, and what `/metrics` sets at a scrape.
 //! - `telemetry`: logging setup.
@@ -45,6 +48,7 @@ pub mod limits;
 pub mod metrics;
 pub mod queue;
 pub mod random;
+pub mod rates;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -99,6 +99,8 @@ async fn serve(config: Config) -> Result<(), Error> {
     }
     announce(address);
     let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
+    let rates = Arc::new(crate::rates::Rates::default());
+    tokio::spawn(crate::rates::follow(events.clone(), rates.clone(), shutdown.clone()));
     let state = Arc::new(AppState {
         engine: engine.clone(),
         catalog,
@@ -116,6 +118,8 @@ async fn serve(config: Config) -> Result<(), Error> {
         data_dir: config.data_dir.clone(),
         tokens: config.tokens.clone(),
         backup_running: Arc::default(),
+        rates,
+        ui_enabled: config.ui_enabled,
     });
     accept_until_signal(listener, state, &config, shutdown_sender).await;
     let state_failure = engine.failure();

@@ -461,8 +461,10 @@ fn unknown_message_and_queue_are_404() {
 #[test]
 fn unknown_routes_are_not_found() {
     let server = Server::start(&[]);
+    // `/` is the outbox page (tests/ui_api.rs); paths beside it are still nothing.
     let routes = [
-        ("GET", "/"),
+        ("GET", "/index.html"),
+        ("GET", "/ui/nothing.js"),
         ("GET", "/v1"),
         ("GET", "/v2/messages/0000000000000001"),
         ("POST", "/v1/queues/q/frobnicate"),

@@ -74,6 +74,11 @@ fn need(endpoint: Endpoint<'_>) -> Need<'_> {
         E::Backup => {
             Need { role: Some(Role::Admin), scope: Scope::EveryQueue, action: "take a backup" }
         }
+        // The page's files hold no data: the page asks for a token when the API needs one.
+        E::Page(_) => Need { role: None, scope: Scope::Open, action: "load the page" },
+        E::WhoAmI => Need { role: None, scope: Scope::Server, action: "read its own access" },
+        // Like the queue list: each token sees the queues its pattern matches.
+        E::Rates => Need { role: None, scope: Scope::Server, action: "read rates" },
         #[cfg(feature = "testing")]
         E::Failpoint(_) => {
             Need { role: Some(Role::Admin), scope: Scope::Server, action: "arm failpoints" }
@@ -236,6 +241,9 @@ mod tests {
             assert_eq!(need(endpoint).role, Some(Role::Consume), "{endpoint:?}");
         }
         assert!(matches!(need(E::Health).scope, Scope::Open));
+        assert!(matches!(need(E::Page(crate::http::ui::PagePath::Index)).scope, Scope::Open));
+        assert!(matches!(need(E::WhoAmI).scope, Scope::Server));
+        assert_eq!(need(E::WhoAmI).role, None);
     }
 
     #[test]

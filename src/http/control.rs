@@ -243,11 +243,19 @@ struct ListQuery {
     /// (state, id) to continue after.
     cursor: Option<(MessageState, MessageId)>,
     header: Option<(String, String)>,
+    /// Text the last error must contain, lowercased (the match ignores case).
+    error: Option<String>,
 }
 
 fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
-    let mut list =
-        ListQuery { state: None, limit: 100, descending: false, cursor: None, header: None };
+    let mut list = ListQuery {
+        state: None,
+        limit: 100,
+        descending: false,
+        cursor: None,
+        header: None,
+        error: None,
+    };
     for (name, value) in query_pairs(query)? {
         match name.as_str() {
             "state" => list.state = Some(parse_state(&value)?),
@@ -278,9 +286,15 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, ApiError> {
                 })?;
                 list.header = Some((key.to_string(), wanted.to_string()));
             }
+            "error" if value.is_empty() => {
+                return Err(ApiError::invalid_request(
+                    "query error: give the text to look for in the last error".into(),
+                ))
+            }
+            "error" => list.error = Some(value.to_lowercase()),
             other => {
                 let message = format!(
-                    "unknown query parameter {other:?} (state, limit, order, cursor, header)"
+                    "unknown query parameter {other:?} (state, limit, order, cursor, header, error)"
                 );
                 return Err(ApiError::invalid_request(message));
             }
@@ -300,8 +314,9 @@ fn parse_cursor(text: &str) -> Result<(MessageState, MessageId), ApiError> {
     Ok((state, MessageId::parse(id).ok_or_else(bad)?))
 }
 
-/// How many candidates one page may examine when filtering by header, per message returned.
-const HEADER_SCAN_FACTOR: usize = 10;
+/// How many candidates one page may examine when filtering (by header or error text), per message
+/// returned.
+const FILTER_SCAN_FACTOR: usize = 10;
 
 pub async fn list_messages(
     state: &AppState,
@@ -313,8 +328,8 @@ pub async fn list_messages(
         Some(one) => vec![one],
         None => ALL_STATES.to_vec(),
     };
-    let mut remaining_scan =
-        list.limit * if list.header.is_some() { HEADER_SCAN_FACTOR } else { 1 };
+    let filtered = list.header.is_some() || list.error.is_some();
+    let mut remaining_scan = list.limit * if filtered { FILTER_SCAN_FACTOR } else { 1 };
     let mut page: Vec<(MessageId, MessageMeta, Vec<HistoryEvent>)> = Vec::new();
     let mut next_cursor = None;
     let mut skipping = list.cursor.map(|(state, _)| state);
@@ -331,7 +346,10 @@ pub async fn list_messages(
         for (id, meta, pending) in listed {
             remaining_scan -= 1;
             next_cursor = Some((candidate_state, id));
-            if meta.state != candidate_state || !header_matches(state, id, &meta, &list.header)? {
+            if meta.state != candidate_state
+                || !header_matches(state, id, &meta, &list.header)?
+                || !error_matches(state, id, &meta, &pending, list.error.as_deref())
+            {
                 continue;
             }
             page.push((id, meta, pending));
@@ -474,6 +492,21 @@ async fn act<T>(
         }
     }
     Err(CommitError::Stale.into())
+}
+
+/// Whether the message's last error contains `needle` (lowercase), ignoring case; every message
+/// matches when there is no needle, none without a last error. A damaged history reads as no
+/// error, as it lists as empty: one bad record must not take the whole page down.
+fn error_matches(
+    state: &AppState,
+    id: MessageId,
+    meta: &MessageMeta,
+    pending: &[HistoryEvent],
+    needle: Option<&str>,
+) -> bool {
+    let Some(needle) = needle else { return true };
+    let history = reads::history(state, id, meta, pending);
+    history.last_failure().is_some_and(|event| event.detail.to_lowercase().contains(needle))
 }
 
 #[derive(Deserialize)]

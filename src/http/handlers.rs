@@ -49,6 +49,10 @@ pub struct AppState {
     pub tokens: crate::auth::Tokens,
     /// True while an online backup is streamed: the server takes one at a time.
     pub backup_running: Arc<std::sync::atomic::AtomicBool>,
+    /// Per-queue enqueue, delivery and failure counts of the last minutes (`GET /v1/rates`).
+    pub rates: Arc<crate::rates::Rates>,
+    /// Whether `/` and `/ui/…` serve the outbox page (off with `--no-ui`).
+    pub ui_enabled: bool,
 }
 
 impl AppState {

@@ -7,8 +7,11 @@ pub mod error;
 pub mod handlers;
 pub mod json;
 pub mod reads;
+pub mod rates;
 pub mod stream;
 pub mod types;
+pub mod ui;
+pub mod whoami;
 
 use bytes::Bytes;
 use error::ApiError;
@@ -273,6 +276,10 @@ enum Route<'a> {
     MessageAction(&'a str, &'a str),
     Events,
     Backup,
+    // The outbox page, and what the API offers for it.
+    Page(ui::PagePath<'a>),
+    WhoAmI,
+    Rates,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -290,6 +297,13 @@ fn match_path(path: &str) -> Option<Route<'_>> {
         ["v1", "messages", id, action @ ("retry" | "schedule")] => Route::MessageAction(id, action),
         ["v1", "events"] => Route::Events,
         ["v1", "admin", "backup"] => Route::Backup,
+        // The outbox page, and what the API offers for it.
+        [""] => Route::Page(ui::PagePath::Index),
+        ["ui"] => Route::Page(ui::PagePath::UiRoot { trailing_slash: false }),
+        ["ui", ""] => Route::Page(ui::PagePath::UiRoot { trailing_slash: true }),
+        ["ui", name] => Route::Page(ui::PagePath::File(name)),
+        ["v1", "whoami"] => Route::WhoAmI,
+        ["v1", "rates"] => Route::Rates,
         #[cfg(feature = "testing")]
         ["debug", "failpoints", name] => Route::Failpoint(name),
         _ => return None,
@@ -326,6 +340,10 @@ enum Endpoint<'a> {
     Schedule(&'a str),
     Events,
     Backup,
+    // The outbox page, and what the API offers for it.
+    Page(ui::PagePath<'a>),
+    WhoAmI,
+    Rates,
     #[cfg(feature = "testing")]
     Failpoint(&'a str),
 }
@@ -356,6 +374,9 @@ impl<'a> Endpoint<'a> {
             E::Schedule(_) => "schedule",
             E::Events => "events",
             E::Backup => "backup",
+            E::Page(_) => "ui",
+            E::WhoAmI => "whoami",
+            E::Rates => "rates",
             #[cfg(feature = "testing")]
             E::Failpoint(_) => "failpoint",
         }
@@ -398,6 +419,9 @@ fn endpoint<'a>(route: Route<'a>, method: &Method) -> Result<Endpoint<'a>, ApiEr
         Route::Queues => get_only(E::ListQueues),
         Route::Events => get_only(E::Events),
         Route::Backup => get_only(E::Backup),
+        Route::Page(path) => get_only(E::Page(path)),
+        Route::WhoAmI => get_only(E::WhoAmI),
+        Route::Rates => get_only(E::Rates),
         Route::Queue(queue) => match *method {
             Method::GET => Ok(E::GetQueue(queue)),
             Method::PUT => Ok(E::PutQueue(queue)),
@@ -467,6 +491,9 @@ async fn dispatch(
         E::Schedule(id) => control::schedule_message(state, id, request).await,
         E::Events => stream::events(state, request, token).await,
         E::Backup => admin::backup(state, request).await,
+        E::Page(path) => ui::serve(state.ui_enabled, path, request.headers()),
+        E::WhoAmI => Ok(whoami::whoami(state.tokens.enabled(), token)),
+        E::Rates => rates::rates(state, request.uri().query(), token),
         #[cfg(feature = "testing")]
         E::Failpoint(name) => handlers::set_failpoint(state, name, request).await,
     }
@@ -499,6 +526,12 @@ mod tests {
         assert_eq!(label(Method::PATCH, "/v1/messages/0000000000000001"), Some("edit"));
         assert_eq!(label(Method::POST, "/v1/messages/0000000000000001/retry"), Some("retry"));
         assert_eq!(label(Method::GET, "/v1/admin/backup"), Some("backup"));
+        assert_eq!(label(Method::GET, "/"), Some("ui"));
+        assert_eq!(label(Method::GET, "/ui/app.js"), Some("ui"));
+        assert_eq!(label(Method::GET, "/v1/whoami"), Some("whoami"));
+        assert_eq!(label(Method::GET, "/v1/rates"), Some("rates"));
+        assert_eq!(label(Method::POST, "/"), None);
+        assert_eq!(label(Method::GET, "/ui/a/b"), None);
         // A method the endpoint does not serve, or no endpoint at all: logged as `unknown`.
         assert_eq!(label(Method::PUT, "/v1/queues/orders/lease"), None);
         assert_eq!(label(Method::GET, "/v1/nowhere"), None);
