@@ -124,11 +124,10 @@ fn a_crash_in_any_step_of_housekeeping_loses_nothing_acknowledged() {
             let (client, stop, ledger) = (server.client(), stop.clone(), ledger.clone());
             thread::spawn(move || load(client, round, stop, ledger))
         };
-        let died = poll_until(Duration::from_secs(60), crash_point, || {
+        poll_until(Duration::from_secs(60), crash_point, || {
             let alive = server.client().try_request("GET", "/healthz", None, &[]).is_ok();
             (!alive).then_some(())
         });
-        drop(died);
         stop.store(true, Ordering::Relaxed);
         worker.join().unwrap();
         server.restart();

@@ -274,3 +274,32 @@ fn no_ui_turns_the_page_off_and_leaves_the_api_alone() {
     }
     assert_eq!(Server::start(&["--no-ui", "false"]).get("/").status, 200);
 }
+
+/// A change sent by a page of another site (the browser says so in `Sec-Fetch-Site`) is refused
+/// before anything is done, also without tokens; the page's own requests, typed URLs, programs
+/// (no header) and reads go through.
+#[test]
+fn changes_sent_by_pages_of_other_sites_are_refused() {
+    let server = Server::start(&[]);
+    let client = server.client();
+    let body = r#"{"messages":[{"body":{"n":1}}]}"#;
+    for site in ["cross-site", "same-site"] {
+        let headers = [("Content-Type", "text/plain"), ("Sec-Fetch-Site", site)];
+        let refused = client.request("POST", "/v1/queues/csrf/messages", Some(body), &headers);
+        assert_error(&refused, 403, "cross_site_request");
+        let paused = client.request("POST", "/v1/queues/csrf/pause", None, &headers[1..]);
+        assert_error(&paused, 403, "cross_site_request");
+    }
+    let missing = client.get("/v1/queues/csrf");
+    assert_eq!(missing.status, 404, "a refused enqueue created nothing: {:?}", missing.body);
+
+    for site in [None, Some("same-origin"), Some("none")] {
+        let headers: Vec<(&str, &str)> =
+            site.map(|site| ("Sec-Fetch-Site", site)).into_iter().collect();
+        let stored = client.request("POST", "/v1/queues/csrf/messages", Some(body), &headers);
+        assert_eq!(stored.status, 201, "{site:?}: {:?}", stored.body);
+    }
+    let read = client.request("GET", "/v1/queues/csrf", None, &[("Sec-Fetch-Site", "cross-site")]);
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    assert_eq!(read.body["counts"]["ready"], 3);
+}

@@ -180,6 +180,18 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message, hint)
     }
 
+    pub fn cross_site(site: &str) -> ApiError {
+        let message = format!(
+            "a web page of another site sent this request (Sec-Fetch-Site: {site}); outboxd \
+             refuses changes sent by pages it did not serve"
+        );
+        let hint =
+            "Send it from a program (which sends no Sec-Fetch-Site header), from the outbox \
+                    page this server serves, or through a proxy that serves the page and the API \
+                    under one origin.";
+        ApiError::new(StatusCode::FORBIDDEN, "cross_site_request", message, hint)
+    }
+
     pub fn message_not_found(id: &str) -> ApiError {
         let message = format!("no message with id {id}");
         let hint = "Check the id; delivered messages are removed after their retention period.";

@@ -6,8 +6,8 @@ pub mod control;
 pub mod error;
 pub mod handlers;
 pub mod json;
-pub mod reads;
 pub mod rates;
+pub mod reads;
 pub mod stream;
 pub mod types;
 pub mod ui;
@@ -245,6 +245,7 @@ async fn admit<'a, 's>(
 ) -> Result<(Endpoint<'a>, Option<&'s crate::auth::Token>), ApiError> {
     let route = match_path(path).ok_or_else(|| ApiError::not_found(path))?;
     let endpoint = endpoint(route, request.method())?;
+    refuse_cross_site(request)?;
     let token = auth::authenticate(&state.tokens, endpoint, request.headers())?;
     *token_name = token.map(|token| token.name.clone());
     auth::authorize(state, token, endpoint).await?;
@@ -252,6 +253,22 @@ async fn admit<'a, 's>(
         check_queue_name(queue)?;
     }
     Ok((endpoint, token))
+}
+
+/// Refuses a request that changes something when a browser says a page of another site sent it.
+/// Without API tokens nothing else would stop any web page open in a browser that can reach the
+/// server from sending it blind POSTs (a form, or `fetch` with `mode: "no-cors"`). Programs send
+/// no `Sec-Fetch-Site`; the outbox page's own requests are `same-origin`; a typed or bookmarked
+/// URL is `none`. Reads stay open: a cross-site page cannot see their answers.
+fn refuse_cross_site(request: &Request<Incoming>) -> Result<(), ApiError> {
+    let method = request.method();
+    if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
+        return Ok(());
+    }
+    match request.headers().get("sec-fetch-site").map(|value| value.as_bytes()) {
+        None | Some(b"same-origin") | Some(b"none") => Ok(()),
+        Some(other) => Err(ApiError::cross_site(&String::from_utf8_lossy(other))),
+    }
 }
 
 /// Counts refusals by access control, by reason.

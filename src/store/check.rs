@@ -590,14 +590,7 @@ fn replay(
         }
     };
     let result = wal::read_range(log_dir, from, None, |position, payload| {
-        super::recovery::replay_frame(
-            &mut broker,
-            catalog,
-            position,
-            payload,
-            false,
-        )
-        .map(drop)
+        super::recovery::replay_frame(&mut broker, catalog, position, payload, false).map(drop)
     });
     if let Err(error) = result {
         report.problem("log", log_dir.display().to_string(), error.to_string(), RESTORE);

@@ -89,13 +89,7 @@ pub fn recover(
     summary.quarantined_count = restored.quarantined_count;
     check_segments_exist(&broker, &log_dir, from)?;
     let replayed = wal::replay(&log_dir, from, |position: WalPosition, payload: &[u8]| {
-        let replayed = replay_frame(
-            &mut broker,
-            &catalog,
-            position,
-            payload,
-            quarantine,
-        )?;
+        let replayed = replay_frame(&mut broker, &catalog, position, payload, quarantine)?;
         summary.op_count += replayed.op_count;
         summary.dropped_count += replayed.dropped_count;
         Ok::<(), StoreError>(())
@@ -108,12 +102,7 @@ pub fn recover(
     broker.take_woken();
     let mut wal = Wal::open(&log_dir, options.segment_bytes)?;
     let position = wal.committed_position();
-    let job = CheckpointJob {
-        snapshot: broker.snapshot(),
-        position,
-        now_ms,
-        ..Default::default()
-    };
+    let job = CheckpointJob { snapshot: broker.snapshot(), position, now_ms, ..Default::default() };
     catalog.write_checkpoint(&job)?;
     broker.checkpoint_durable(job.snapshot.epoch);
     let removable = removable_segments(&wal, &job.snapshot.segments, position);
