@@ -11,7 +11,10 @@
 //! Method (sled-style): the real binary runs on a temporary data directory; producer
 //! threads post batches continuously while the parent kills the process with SIGKILL
 //! at a random moment, then restarts it on the same directory and checks every id it
-//! was given by leasing everything and reading messages back. The kill moments and
+//! was given by leasing everything: each acknowledged batch whole, each message once with
+//! its exact body. After every later crash each earlier round is checked again the same
+//! way (every id and body, not a sample), so a crash that damages older data is caught
+//! in the round it happens. The kill moments and
 //! batch sizes come from a seed that is printed (`OUTBOXD_CRASH_SEED` replays the same
 //! choices; the interleaving with the server still varies). `OUTBOXD_CRASH_ROUNDS`
 //! sets the number of kill/restart rounds (default 20).
