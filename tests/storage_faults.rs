@@ -66,7 +66,7 @@ fn a_damaged_record_stops_startup_naming_the_message_or_is_quarantined() {
     assert_eq!(server.get_message(&ids[2])["state"], "ready");
     assert_error(&server.get(&format!("/v1/messages/{}", ids[1])), 404, "message_not_found");
     assert_eq!(server.queue_counts("faults")["ready"], 2);
-    assert!(server.stderr_text().contains("quarantined a damaged message record"));
+    server.stderr_containing("quarantined a damaged message record");
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -247,5 +247,5 @@ fn a_damaged_history_record_is_replaced_rather_than_blocking_the_message_or_a_re
     server.kill9();
     server.restart();
     assert_eq!(server.get_message(&ids[0])["last_error"]["message"], "after damage");
-    assert!(server.stderr_text().contains("replacing a damaged history record"));
+    server.stderr_containing("replacing a damaged history record");
 }
