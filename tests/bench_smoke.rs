@@ -8,7 +8,6 @@
 
 use serde_json::Value;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 const MESSAGE_COUNT: u64 = 3000;
 
@@ -29,7 +28,6 @@ fn bench(args: &[&str]) -> (bool, Value, String) {
 
 #[test]
 fn every_message_of_every_phase_is_consumed_exactly_once() {
-    let started = Instant::now();
     let count = MESSAGE_COUNT.to_string();
     let (success, report, stderr) = bench(&[
         "--spawn",
@@ -68,12 +66,13 @@ fn every_message_of_every_phase_is_consumed_exactly_once() {
         assert_eq!(phase["acks_refused"], 0, "{context}");
         assert!(phase["messages_per_s"].as_f64().is_some_and(|rate| rate > 0.0), "{context}");
     }
+    // A missing request kind or count is a broken report, not zero requests.
     let requests = |phase: &Value, kind: &str| {
         phase["requests"]
             .as_array()
             .and_then(|requests| requests.iter().find(|request| request["kind"] == kind))
             .and_then(|request| request["count"].as_u64())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("no {kind} request count in {phase}\n{context}"))
     };
     // 3000 messages in batches of 50 are exactly 60 enqueues; leases and acks come in pairs.
     assert_eq!(requests(&phases[0], "enqueue"), MESSAGE_COUNT / 50, "{context}");
@@ -83,7 +82,6 @@ fn every_message_of_every_phase_is_consumed_exactly_once() {
     let server = &report["server"];
     assert!(server["vm_hwm_bytes"].as_u64().is_some_and(|bytes| bytes > 0), "{context}");
     assert!(server["data_dir_bytes"].as_u64().is_some_and(|bytes| bytes > 0), "{context}");
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
 }
 
 #[test]

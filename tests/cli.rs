@@ -608,17 +608,12 @@ fn a_server_that_does_not_answer_times_out_after_timeout_ms() {
     // A listener that accepts connections (the kernel does) but never answers.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port");
     let url = format!("http://{}", listener.local_addr().expect("local address"));
-    let started = Instant::now();
+    // `run_command` fails the test if the client has not exited by itself within CLIENT_TIMEOUT.
     let run = run_command(client_command(&["queues", "--timeout-ms", "300", "--url", &url]), "");
     run.assert_failure(1);
     assert!(
         run.stderr.contains(&format!("the server at {url} did not answer within 300 ms")),
         "{run:#?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "gave up in time: {:?}",
-        started.elapsed()
     );
     drop(listener);
 }

@@ -10,7 +10,8 @@
 //! returns, what a listing visits). Anything time-dependent polls with a deadline instead of
 //! sleeping a fixed time. The event stream is read over a raw `TcpStream`, incrementally, the way
 //! an SSE client reads it. One scale test stores 200,000 messages and checks that listing pages
-//! from the middle stay fast and the server's memory stays bounded. Tests marked
+//! from the middle are the right ones and the server's memory stays bounded (how fast they are is
+//! measured by benches/scripts/listing.sh, not asserted here). Tests marked
 //! `#[ignore = "server bug: ..."]` show the server breaking its contract; they pass once it is
 //! fixed (`cargo test --features testing --test control_api -- --ignored`).
 
@@ -871,25 +872,23 @@ fn pause_stops_leases_survives_kill9_and_resume_wakes_a_waiting_long_poll() {
     assert_eq!(view["paused"], json!(true), "the pause survived kill -9: {view}");
     assert!(server.lease("paused", 10, LONG_LEASE_MS, 0).is_empty(), "still paused after restart");
 
-    // A long poll waits on the paused queue; resuming must wake it long before its 20 s wait.
+    // A long poll waits on the paused queue; resuming must wake it before its 30 s wait is over
+    // (the bound below is generous; a poll that is not woken returns nothing at 30 s).
     let client = server.client();
     let (sender, receiver) = mpsc::channel();
     let waiter = thread::spawn(move || {
-        let leased = client.lease("paused", 10, LONG_LEASE_MS, 20_000);
-        sender.send((leased, Instant::now())).expect("send the lease result");
+        let leased = client.lease("paused", 10, LONG_LEASE_MS, 30_000);
+        sender.send(leased).expect("send the lease result");
     });
     assert!(
         receiver.recv_timeout(Duration::from_millis(500)).is_err(),
         "the long poll returned while the queue was paused"
     );
-    let resumed_at = Instant::now();
     let view = ok(send(&server, "POST", "/v1/queues/paused/resume", None), "resume");
     assert_eq!(view["paused"], json!(false), "{view}");
-    let (leased, returned_at) =
-        receiver.recv_timeout(Duration::from_secs(10)).expect("the long poll woke on resume");
+    let leased =
+        receiver.recv_timeout(Duration::from_secs(25)).expect("the long poll woke on resume");
     waiter.join().expect("waiter thread");
-    let woke_after = returned_at.duration_since(resumed_at);
-    assert!(woke_after < Duration::from_secs(5), "woke {woke_after:?} after resume");
     let leased_ids: Vec<&str> = leased.iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(leased_ids, vec![ids[0].as_str(), ids[1].as_str()]);
 
@@ -1320,14 +1319,14 @@ fn event_stream_resuming_from_an_id_of_before_a_restart_is_told_it_missed_events
 
 #[test]
 fn an_open_event_stream_does_not_hold_up_shutdown() {
-    let mut server = Server::start(&[]);
+    // A shutdown waits up to a minute for open requests here, while `terminate` gives the process
+    // 10 s to exit: a stream that held the shutdown up would fail it.
+    let mut server = Server::start(&["--shutdown-timeout-ms", "60000"]);
     let mut stream = EventStream::open(&server, "/v1/events", &[]);
     server.enqueue("bye", &json!([{ "body": 1 }]));
     assert_eq!(stream.expect_event(Duration::from_secs(10)).event, "enqueued");
-    let started = Instant::now();
     let status = server.terminate();
     assert!(status.success(), "SIGTERM with an open event stream exits 0: {status}");
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
     assert_eq!(
         stream.next_event(Instant::now() + Duration::from_secs(2)),
         None,
@@ -1470,8 +1469,8 @@ fn deliver_oldest(server: &Server, queue: &str, count: usize) {
     }
 }
 
-/// Lists `pages` pages of `limit` from `cursor` on; asserts each is under 2 s and returns the
-/// listed ids and the slowest page time.
+/// Lists `pages` pages of `limit` from `cursor` on; returns the listed ids and the slowest page
+/// time (printed, not asserted: benches/scripts/listing.sh measures page times on a quiet machine).
 fn timed_pages(
     server: &Server,
     queue: &str,
@@ -1485,9 +1484,7 @@ fn timed_pages(
     for _ in 0..pages {
         let started = Instant::now();
         let (page, next) = list_page(server, queue, &format!("{query}&limit=100&cursor={cursor}"));
-        let elapsed = started.elapsed();
-        assert!(elapsed < Duration::from_secs(2), "a page took {elapsed:?}");
-        slowest = slowest.max(elapsed);
+        slowest = slowest.max(started.elapsed());
         assert_eq!(page.len(), 100, "full pages from the middle");
         ids.extend(page.iter().map(|m| m["id"].as_str().unwrap().to_string()));
         cursor = next.expect("more pages");
@@ -1498,7 +1495,7 @@ fn timed_pages(
 /// Runtime: about 18 s on 2 cores (debug build) with the default 200,000 messages, 13 s of it the
 /// enqueues; set `OUTBOXD_SCALE_MESSAGES` (at least 50000) lower for a quick run.
 #[test]
-fn listing_pages_from_the_middle_of_200k_messages_are_fast_and_memory_stays_bounded() {
+fn listing_pages_from_the_middle_of_200k_messages_are_right_and_memory_stays_bounded() {
     let count = scale_message_count();
     assert!(count >= 50_000, "OUTBOXD_SCALE_MESSAGES must be at least 50000");
     let server = Server::start(&[]);

@@ -11,7 +11,10 @@
 //! Method (sled-style): the real binary runs on a temporary data directory; producer
 //! threads post batches continuously while the parent kills the process with SIGKILL
 //! at a random moment, then restarts it on the same directory and checks every id it
-//! was given by leasing everything and reading messages back. The kill moments and
+//! was given by leasing everything: each acknowledged batch whole, each message once with
+//! its exact body. After every later crash each earlier round is checked again the same
+//! way (every id and body, not a sample), so a crash that damages older data is caught
+//! in the round it happens. The kill moments and
 //! batch sizes come from a seed that is printed (`OUTBOXD_CRASH_SEED` replays the same
 //! choices; the interleaving with the server still varies). `OUTBOXD_CRASH_ROUNDS`
 //! sets the number of kill/restart rounds (default 20).
@@ -31,8 +34,13 @@ use common::{now_ms, poll_until, string_array, Client, Rng, Server};
 /// Producer threads posting batches at the same time.
 const PRODUCER_COUNT: u64 = 4;
 
-/// Batches hold 1..=BATCH_SIZE_MAX messages.
-const BATCH_SIZE_MAX: u64 = 50;
+/// Batches hold 1..=BATCH_SIZE_MAX messages, and each producer pauses 0..=PRODUCER_PAUSE_MS_MAX
+/// between batches. After every round every message of every earlier round is read back, which
+/// costs time in proportion to rounds² × messages per round; small batches and short pauses keep
+/// the messages few (about a thousand a round) while a commit is almost always in flight when
+/// the kill comes (four producers, each batch its own commit).
+const BATCH_SIZE_MAX: u64 = 5;
+const PRODUCER_PAUSE_MS_MAX: u64 = 4;
 
 /// The lease used when a test leases everything to count it: nothing expires meanwhile.
 const HOLD_LEASE_MS: u64 = 600_000;
@@ -123,6 +131,7 @@ fn produce(
         if stop_now {
             break;
         }
+        thread::sleep(Duration::from_millis(rng.range(0, PRODUCER_PAUSE_MS_MAX)));
     }
     sent
 }
@@ -141,14 +150,21 @@ fn retry_in_flight(server: &Server, queue: &str, batch: &mut SentBatch) -> bool 
     duplicate
 }
 
-/// Leases everything in the round's queue and checks it against what was acknowledged.
-fn verify_round(server: &Server, queue: &str, batches: &BTreeMap<(u64, u64), SentBatch>) -> usize {
+/// Leases everything in the round's queue and checks it against what was acknowledged: every
+/// acknowledged batch whole, with its ids in order and each message's exact body, and nothing
+/// else. Returns every stored message (id → body), then sends them back to `ready`.
+fn verify_round(
+    server: &Server,
+    queue: &str,
+    batches: &BTreeMap<(u64, u64), SentBatch>,
+) -> BTreeMap<String, Value> {
     let leased = server.lease_all(queue, HOLD_LEASE_MS, 0);
     let mut seen_ids = BTreeSet::new();
     let mut found: BTreeMap<(u64, u64), BTreeMap<u64, String>> = BTreeMap::new();
     for message in &leased {
         let id = id_of(message);
         assert!(seen_ids.insert(id.clone()), "id {id} leased twice in one pass");
+        assert_eq!(message["attempt"], json!(1), "a new message's first lease: {message}");
         let body = &message["body"];
         let key = (body["p"].as_u64().unwrap(), body["s"].as_u64().unwrap());
         let index = body["i"].as_u64().unwrap();
@@ -157,7 +173,7 @@ fn verify_round(server: &Server, queue: &str, batches: &BTreeMap<(u64, u64), Sen
         assert!(previous.is_none(), "two copies of message {key:?}[{index}]: {message}");
     }
 
-    let mut stored_count = 0;
+    let mut stored = BTreeMap::new();
     for (key, batch) in batches {
         let present = found.get(key);
         match &batch.outcome {
@@ -170,15 +186,15 @@ fn verify_round(server: &Server, queue: &str, batches: &BTreeMap<(u64, u64), Sen
                     "acknowledged batch {} partly lost",
                     batch.key
                 );
-                for (index, id) in ids.iter().enumerate() {
+                for (index, (id, body)) in ids.iter().zip(batch_bodies(batch)).enumerate() {
                     assert_eq!(
                         present.get(&(index as u64)),
                         Some(id),
                         "batch {} index {index} has another id",
                         batch.key
                     );
+                    stored.insert(id.clone(), body);
                 }
-                stored_count += batch.size;
             }
             Outcome::Refused => {
                 assert!(present.is_none(), "refused batch {} was stored", batch.key)
@@ -191,33 +207,72 @@ fn verify_round(server: &Server, queue: &str, batches: &BTreeMap<(u64, u64), Sen
             }
         }
     }
-    assert_eq!(leased.len(), stored_count, "messages found beyond the acknowledged batches");
-    assert_eq!(server.queue_counts(queue)["leased"], json!(stored_count));
-    stored_count
+    assert_eq!(leased.len(), stored.len(), "messages found beyond the acknowledged batches");
+    // The body each lease returned is the one its enqueue sent.
+    for message in &leased {
+        assert_eq!(Some(&message["body"]), stored.get(&id_of(message)), "{message}");
+    }
+    assert_eq!(server.queue_counts(queue)["leased"], json!(stored.len()));
+    release(server, queue, &leased);
+    stored
 }
 
-/// What a finished round left behind: its queue, how many messages it holds, and a
-/// sample of (id, body) pairs to read back.
-struct EarlierRound {
-    queue: String,
-    message_count: usize,
-    sample: Vec<(String, Value)>,
+/// The message bodies a batch sent, in order.
+fn batch_bodies(batch: &SentBatch) -> Vec<Value> {
+    let request: Value = serde_json::from_str(&batch.body).unwrap();
+    request["messages"].as_array().unwrap().iter().map(|message| message["body"].clone()).collect()
 }
 
-/// Up to `SAMPLE_COUNT_MAX` acknowledged (id, body) pairs, spread over the round's batches.
-fn sample_messages(batches: &BTreeMap<(u64, u64), SentBatch>) -> Vec<(String, Value)> {
-    const SAMPLE_COUNT_MAX: usize = 300;
-    let mut all = Vec::new();
-    for batch in batches.values() {
-        if let Outcome::Stored(ids) = &batch.outcome {
-            let request: Value = serde_json::from_str(&batch.body).unwrap();
-            for (id, message) in ids.iter().zip(request["messages"].as_array().unwrap()) {
-                all.push((id.clone(), message["body"].clone()));
-            }
+/// Nacks leased messages with no delay, so that the next check leases them again (and reads
+/// their bodies) in one pass: the queue's messages are always all `ready` between checks.
+fn release(server: &Server, queue: &str, leased: &[Value]) {
+    for chunk in leased.chunks(1000) {
+        let items: Vec<Value> =
+            chunk.iter().map(|message| json!({ "lease": token(message), "delay_ms": 0 })).collect();
+        for (message, result) in chunk.iter().zip(server.nack(queue, &json!(items))) {
+            assert_eq!(result["result"], json!("retrying"), "nack of {message}: {result}");
         }
     }
-    let stride = all.len().div_ceil(SAMPLE_COUNT_MAX).max(1);
-    all.into_iter().step_by(stride).collect()
+}
+
+/// What a finished round left behind: its queue, every message it stored (id → body), and the
+/// attempt its messages' next lease must have.
+struct EarlierRound {
+    queue: String,
+    messages: BTreeMap<String, Value>,
+    next_attempt: u64,
+}
+
+/// Re-checks an earlier round after a later crash: a lease pass over its queue returns every
+/// stored id exactly once, with its exact body and the next attempt number, and nothing else;
+/// then the messages go back to `ready`.
+fn recheck_round(server: &Server, round: &mut EarlierRound) {
+    let EarlierRound { queue, messages, next_attempt } = round;
+    let mut leased: Vec<Value> = Vec::with_capacity(messages.len());
+    let mut seen = BTreeSet::new();
+    // A nack with no delay makes a message due at once; wait (generously) for any still retrying.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < messages.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{queue} after a later crash: {} of {} acknowledged messages leasable; counts {}",
+            seen.len(),
+            messages.len(),
+            server.queue_counts(queue)
+        );
+        for message in server.lease(queue, 1000, HOLD_LEASE_MS, 100) {
+            let id = id_of(&message);
+            let expected = messages.get(&id);
+            assert_eq!(Some(&message["body"]), expected, "{queue} after a later crash: {message}");
+            assert_eq!(message["attempt"], json!(*next_attempt), "{queue}: {message}");
+            assert!(seen.insert(id), "{queue}: leased twice in one pass: {message}");
+            leased.push(message);
+        }
+    }
+    let counts = server.queue_counts(queue);
+    assert_eq!(counts["leased"], json!(messages.len()), "{queue}: nothing else stored: {counts}");
+    release(server, queue, &leased);
+    *next_attempt += 1;
 }
 
 #[test]
@@ -228,7 +283,8 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
         "crash_recovery seed = {seed} (replay with OUTBOXD_CRASH_SEED={seed}), rounds = {rounds}"
     );
     let mut rng = Rng::new(seed);
-    let mut server = Server::start(&[]);
+    // Every check leases each message once more, so attempts grow by one per round.
+    let mut server = Server::start(&["--max-attempts", "1000"]);
     // Earlier rounds, re-checked after every later crash.
     let mut earlier_rounds: Vec<EarlierRound> = Vec::new();
 
@@ -266,36 +322,29 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
         }
         let stored = verify_round(&server, &queue, &batches);
 
-        // Earlier rounds' messages are still there after this round's crash: every count,
-        // and a sample of the messages read back.
-        for EarlierRound { queue: earlier_queue, message_count: expected_count, sample } in
-            &earlier_rounds
-        {
-            let counts = server.queue_counts(earlier_queue);
-            let total: u64 =
-                counts.as_object().unwrap().values().map(|count| count.as_u64().unwrap()).sum();
-            assert_eq!(
-                total as usize, *expected_count,
-                "{earlier_queue} after a later crash: {counts}"
-            );
-            for (id, expected_body) in sample {
-                let message = server.get_message(id);
-                assert_eq!(&message["queue"], &json!(earlier_queue), "{message}");
-                assert_eq!(&message["body"], expected_body, "{message}");
-            }
-        }
+        // Every earlier round's messages are still there after this round's crash: each id
+        // exactly once, with its body.
+        let rechecked: usize = earlier_rounds
+            .iter_mut()
+            .map(|earlier| {
+                recheck_round(&server, earlier);
+                earlier.messages.len()
+            })
+            .sum();
+        let stored_count = stored.len();
         earlier_rounds.push(EarlierRound {
             queue: queue.clone(),
-            message_count: stored,
-            sample: sample_messages(&batches),
+            messages: stored,
+            next_attempt: 2,
         });
         println!(
-            "round {round}: killed after {kill_after:?}; {} batches, {stored} messages verified; \
-             {in_flight} in flight at the kill, {survived} of them had been stored; transport errors: {in_flight_errors:?}",
+            "round {round}: killed after {kill_after:?}; {} batches, {stored_count} messages verified, \
+             {rechecked} of earlier rounds re-checked; {in_flight} in flight at the kill, {survived} \
+             of them had been stored; transport errors: {in_flight_errors:?}",
             batches.len()
         );
         assert!(
-            stored > 0,
+            stored_count > 0,
             "round {round}: no enqueue succeeded before the kill\n{}",
             server.stderr_text()
         );
@@ -303,55 +352,62 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
 }
 
 #[test]
-fn messages_leased_at_the_crash_come_back_after_their_lease() {
+fn messages_leased_at_the_crash_stay_leased_and_come_back_after_their_lease() {
     let mut server = Server::start(NO_BACKOFF);
     let count = 20;
     let messages: Vec<Value> = (0..count).map(|i| json!({ "body": i })).collect();
-    let ids: BTreeSet<String> = server.enqueue("held", &json!(messages)).into_iter().collect();
-    // Long enough to outlast a restart of a debug build.
-    let lease_ms = 3000;
-    let leased = server.lease("held", count, lease_ms, 0);
-    assert_eq!(leased.len(), count as usize);
-    let expires: BTreeMap<String, u64> = leased
-        .iter()
-        .map(|m| (id_of(m), m["lease_expires_at"].as_u64().expect("lease_expires_at")))
-        .collect();
-    let first_expiry = *expires.values().min().unwrap();
+    let ids: Vec<String> = server.enqueue("held", &json!(messages));
+    // Half are held far longer than any restart takes, so that they must still be leased after
+    // it whatever the machine's speed; the other half for a few seconds, so that they come back
+    // (through the rebuilt timers when the restart is quick, through recovery when it is not).
+    let (long_count, short_lease_ms) = (count / 2, 3000);
+    let long = server.lease("held", long_count, HOLD_LEASE_MS, 0);
+    let short = server.lease("held", count - long_count, short_lease_ms, 0);
+    assert_eq!((long.len(), short.len()), (long_count as usize, (count - long_count) as usize));
+    let deadline_of = |message: &Value| message["lease_expires_at"].as_u64().expect("a deadline");
+    let long_deadlines: BTreeMap<String, u64> =
+        long.iter().map(|message| (id_of(message), deadline_of(message))).collect();
+    let short_deadlines: BTreeMap<String, u64> =
+        short.iter().map(|message| (id_of(message), deadline_of(message))).collect();
 
     server.kill9();
     server.restart();
-    assert!(
-        now_ms() + 200 < first_expiry,
-        "restart took longer than the {lease_ms} ms lease; cannot check that leases survived"
-    );
-    assert!(
-        server.lease("held", count, lease_ms, 0).is_empty(),
-        "leased messages were handed out again right after restart"
-    );
-    let sample = expires.keys().next().unwrap();
-    let message = server.get_message(sample);
-    assert_eq!(message["state"], json!("leased"), "{message}");
-    assert_eq!(
-        message["lease_expires_at"],
-        json!(expires[sample]),
-        "the lease deadline survives: {message}"
-    );
+    let short_already_expired = now_ms() >= *short_deadlines.values().min().unwrap();
+    for (id, deadline) in &long_deadlines {
+        let message = server.get_message(id);
+        assert_eq!(message["state"], json!("leased"), "{message}");
+        assert_eq!(
+            message["lease_expires_at"],
+            json!(deadline),
+            "the deadline survives: {message}"
+        );
+        assert_eq!(message["attempts"], json!(1), "{message}");
+    }
 
+    // The short leases come back, each no earlier than its deadline, as attempt 2, once; the
+    // long ones do not. The wait is bounded generously: a lost timer never fires at all.
     let mut redelivered = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_millis(lease_ms + 5000);
-    while redelivered.len() < count as usize && Instant::now() < deadline {
+    let wait_deadline = Instant::now() + Duration::from_millis(short_lease_ms + 30_000);
+    while redelivered.len() < short_deadlines.len() && Instant::now() < wait_deadline {
         for message in server.lease("held", count, HOLD_LEASE_MS, 1000) {
             let id = id_of(&message);
-            assert!(now_ms() >= expires[&id], "{id} redelivered before its lease expired");
-            assert_eq!(
-                message["attempt"],
-                json!(2),
-                "redelivery after a crash is the next attempt: {message}"
-            );
+            let deadline = short_deadlines.get(&id);
+            assert!(deadline.is_some(), "a message held for ten minutes came back: {message}");
+            assert!(now_ms() >= deadline.copied().unwrap(), "{id} came back before its deadline");
+            assert_eq!(message["attempt"], json!(2), "redelivery is the next attempt: {message}");
+            assert_eq!(message["body"], json!(ids.iter().position(|x| *x == id).unwrap()));
             assert!(redelivered.insert(id.clone()), "{id} redelivered twice");
         }
     }
-    assert_eq!(redelivered, ids, "not every leased message came back after its lease");
+    let expected: BTreeSet<String> = short_deadlines.keys().cloned().collect();
+    assert_eq!(redelivered, expected, "every short lease held at the crash came back");
+    for id in long_deadlines.keys() {
+        assert_eq!(server.get_message(id)["state"], json!("leased"), "{id} is still held");
+    }
+    println!(
+        "short leases {} at the restart",
+        if short_already_expired { "had expired" } else { "were live" }
+    );
 }
 
 #[test]
@@ -379,7 +435,8 @@ fn messages_acked_before_the_crash_never_come_back() {
     }
 
     let mut returned = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_millis(lease_ms + 5000);
+    // Bounded generously: a lease that never expires after recovery fails here.
+    let deadline = Instant::now() + Duration::from_millis(lease_ms + 30_000);
     while returned.len() < kept_ids.len() && Instant::now() < deadline {
         for message in server.lease("acked", count, HOLD_LEASE_MS, 1000) {
             let id = id_of(&message);
@@ -398,7 +455,7 @@ fn attempt_count_survives_restarts_until_dead() {
     let mut server = Server::start(NO_BACKOFF);
     let ids = server.enqueue("attempts", &json!([{ "body": "flaky", "max_attempts": 3 }]));
     for attempt in 1..=3 {
-        let leased = server.lease("attempts", 1, 300, 5000);
+        let leased = server.lease("attempts", 1, 300, 30_000);
         assert_eq!(leased.len(), 1, "delivery {attempt} never came");
         assert_eq!(
             leased[0]["attempt"],
@@ -410,7 +467,7 @@ fn attempt_count_survives_restarts_until_dead() {
         server.restart();
     }
     let message =
-        poll_until(Duration::from_secs(5), "the third expired delivery to go dead", || {
+        poll_until(Duration::from_secs(30), "the third expired delivery to go dead", || {
             let message = server.get_message(&ids[0]);
             (message["state"] == json!("dead")).then_some(message)
         });

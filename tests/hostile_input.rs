@@ -30,16 +30,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{assert_error, Server};
+use common::{assert_error, poll_until, Server};
 
 /// Longest the server may take to answer or close a connection before the test calls it hung.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The server's header read timeout (10 s) plus slack for a loaded CI machine.
-const HEADER_TIMEOUT_WITH_SLACK: Duration = Duration::from_secs(12);
-
-/// Longest one ordinary request may take while an attack is going on.
-const SERVED_WITHIN: Duration = Duration::from_secs(3);
+/// Generous: the server's own timeouts (10 s for a head or a paused body) come well before it on
+/// any machine, and a server that hangs hangs for ever.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The queue that attacks aim at: a refused attack must not create it.
 const ATTACK_QUEUE: &str = "attack";
@@ -374,15 +370,14 @@ fn malformed_framing_is_refused() {
         assert_refused(&target.send(request), what);
     }
 
-    // Declared over --request-bytes-max: refused from the header alone, without a body.
-    let started = Instant::now();
+    // Declared over --request-bytes-max: refused from the header alone, without a body (the body
+    // is never sent, so only a server that decides from the header can answer at all).
     let oversized = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         64u64 << 30
     );
     let outcome = target.send(oversized.as_bytes());
     assert_api_error(&outcome, 413, "payload_too_large", "64 GiB Content-Length");
-    assert!(started.elapsed() < SERVED_WITHIN, "{:?}", started.elapsed());
     target.assert_intact();
 }
 
@@ -413,28 +408,47 @@ fn slowloris_headers_are_cut_off_while_other_clients_are_served() {
         (outcome, started.elapsed())
     });
 
-    // Other clients are served normally while the slow client drips.
-    let mut served_count = 0;
+    // Other clients are served while the slow client drips: a request counts only if its answer
+    // came while the slow client was still connected (a server blocked by it would answer only
+    // once it is cut off).
+    let mut served_during_attack_count = 0;
     while !reader.is_finished() && started.elapsed() < ANSWER_TIMEOUT {
-        let asked = Instant::now();
         let health = target.server.get("/healthz");
         assert_eq!(health.status, 200, "{health:?}");
         target.server.get_message(&target.canary_id);
-        assert!(asked.elapsed() < SERVED_WITHIN, "{:?}", asked.elapsed());
-        served_count += 1;
+        if !reader.is_finished() {
+            served_during_attack_count += 1;
+        }
         thread::sleep(Duration::from_millis(250));
     }
+    // The head would take the dripper over two minutes: an end before that is the server's doing
+    // (read_outcome fails the test if nothing ends it within ANSWER_TIMEOUT).
     let (outcome, elapsed) = reader.join().expect("reader thread");
+    let still_dripping = !dripper.is_finished();
     stop.store(true, Ordering::Relaxed);
     dripper.join().expect("dripper thread");
 
-    assert!(served_count >= 5, "only {served_count} requests were served");
-    assert!(elapsed <= HEADER_TIMEOUT_WITH_SLACK, "the slow client was cut off after {elapsed:?}");
+    assert!(
+        served_during_attack_count >= 5,
+        "only {served_during_attack_count} requests were answered during the attack"
+    );
+    assert!(still_dripping, "the slow client ended its head before the server cut it off");
+    println!("the slow client was cut off after {elapsed:?}");
     match &outcome {
         Outcome::Closed(_) => {}
         Outcome::Answered(response) => assert_eq!(response.status, 408, "{outcome:?}"),
     }
     target.assert_intact();
+}
+
+/// Whether the server still holds `stream` open: nothing to read yet, and no end of file.
+fn still_open(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("set non-blocking");
+    let mut byte = [0u8; 1];
+    let open =
+        matches!(stream.peek(&mut byte), Err(error) if error.kind() == ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).expect("set blocking");
+    open
 }
 
 /// This process's soft limit on open files (`ulimit -n`), from /proc; a machine whose default is
@@ -471,17 +485,16 @@ fn many_idle_connections_do_not_lock_out_a_real_client() {
         }
     }
 
-    // With every idle connection still open, ordinary requests go through at once.
-    let asked = Instant::now();
+    // With every idle connection still open, ordinary requests go through: they are answered
+    // while the server still holds the idle connections (a server that needed their slots would
+    // answer only after closing them).
     let health = target.server.get("/healthz");
     assert_eq!(health.status, 200, "{health:?}");
     let ids = target.server.enqueue("after-idle", &json!([{"body": "served"}]));
     assert_eq!(target.server.get_message(&ids[0])["body"], json!("served"));
-    assert!(
-        asked.elapsed() < SERVED_WITHIN,
-        "with {wanted} idle connections open, 3 requests took {:?}",
-        asked.elapsed()
-    );
+    let open_count = idle.iter().filter(|stream| still_open(stream)).count();
+    assert!(open_count > 0, "every idle connection was closed before the real client was served");
+    println!("{open_count} of {wanted} idle connections still open once the client was served");
 
     // Idle connections count against the header read timeout too: one is closed by then.
     let mut sample = idle.pop().expect("at least one idle connection");
@@ -517,7 +530,6 @@ fn stalled_bodies_do_not_lock_out_other_clients() {
         .collect();
     // Give the server time to accept all four, so the next client waits for a free slot.
     thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
     let outcome = exchange(
         target.address,
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -527,12 +539,13 @@ fn stalled_bodies_do_not_lock_out_other_clients() {
         panic!("health check was not answered: {outcome:?}");
     };
     assert_eq!(response.status, 200, "{outcome:?}");
-    // A 10 s body timeout frees the slots after about 10 s; the rest is slack.
-    assert!(
-        started.elapsed() <= Duration::from_secs(14),
-        "a client waited {:?} behind 4 stalled uploads",
-        started.elapsed()
-    );
+    // The stalled clients never gave up their connections: the server freed a slot itself (the
+    // 10 s body timeout), so at least one stalled upload has been ended by it (a 408 or a close
+    // to read). Not all of them: the harness's own keep-alive connection took one of the four
+    // slots, so one stalled upload may only now be getting its turn.
+    poll_until(Duration::from_secs(10), "a stalled upload ended by the server", || {
+        stalled.iter().any(|stream| !still_open(stream)).then_some(())
+    });
     drop(stalled);
     target.assert_intact();
 }

@@ -5,12 +5,15 @@
 //! with the store's raw writer (bypassing the codec) while the server is stopped; the server must
 //! refuse to start and name the message, or, with `--quarantine-corrupt`, set it aside and serve
 //! the rest. A full disk is a real one: the data directory lives on a small tmpfs that the test
-//! mounts (CI runs as root) and fills; enqueues must get 507 with a hint while leases, acks and
-//! reads go on, and must work again once space is freed, with nothing acknowledged lost.
+//! mounts and fills; enqueues must get 507 with a hint while leases, acks and reads go on, and
+//! must work again once space is freed, with nothing acknowledged lost (every message read back
+//! with its body and state after a `kill -9`). Mounting needs root: run as root, or with `CI` set
+//! (`.ci/run` sets it), a failed mount fails the test; only an unprivileged run outside CI skips
+//! it, printing `SKIPPED the full-disk test`.
 
 mod common;
 
-use common::{assert_error, Server};
+use common::{assert_error, poll_until, Server};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,7 +72,7 @@ fn a_damaged_record_stops_startup_naming_the_messages_or_is_quarantined() {
     assert_eq!(server.get_message(&ids[254])["state"], "ready");
     assert_error(&server.get(&format!("/v1/messages/{}", ids[255])), 404, "message_not_found");
     assert_eq!(server.queue_counts("faults")["ready"], 255);
-    assert!(server.stderr_text().contains("quarantined a damaged catalog page"));
+    server.stderr_containing("quarantined a damaged catalog page");
     // The undamaged messages work as usual.
     assert_eq!(server.lease("faults", 1000, 30_000, 0).len(), 255);
 }
@@ -94,26 +97,48 @@ fn free_bytes(path: &std::path::Path) -> u64 {
     text.lines().nth(1).and_then(|line| line.trim().parse().ok()).expect("df prints a number")
 }
 
+/// Whether this process runs as root (effective uid 0), from `/proc/self/status`.
+fn running_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let uid_line = status.lines().find(|line| line.starts_with("Uid:")).expect("a Uid line");
+    // Real, effective, saved and filesystem uids: the effective one decides what mount may do.
+    uid_line.split_whitespace().nth(2) == Some("0")
+}
+
 /// A tmpfs mounted for the length of a test, unmounted on drop.
 struct Tmpfs {
     mount_point: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs, or `None` where that is not allowed (not root) outside CI. In CI (`CI`
-    /// set, as `.ci/run` runs) a failed mount fails the test: there it must run.
+    /// Mounts a tmpfs. Where the test must run (as root, or with `CI` set, as `.ci/run` sets it),
+    /// a failed mount fails the test with mount's own error; only an unprivileged run outside CI
+    /// gets `None`, and says loudly that it skipped.
     fn mount(size_mib: u64) -> Option<Tmpfs> {
         let mount_point = tempfile::TempDir::new().unwrap();
-        let status = Command::new("mount")
+        let output = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
             .arg(mount_point.path())
-            .stderr(Stdio::null())
-            .status();
-        if status.is_ok_and(|status| status.success()) {
-            return Some(Tmpfs { mount_point });
-        }
-        assert!(std::env::var_os("CI").is_none(), "mounting a tmpfs failed; CI must run as root");
-        eprintln!("SKIPPED the full-disk test: mounting a tmpfs needs root (CI runs it as root)");
+            .output();
+        let failure = match output {
+            Ok(output) if output.status.success() => return Some(Tmpfs { mount_point }),
+            Ok(output) => {
+                format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim())
+            }
+            Err(error) => format!("could not run mount(8): {error}"),
+        };
+        let root = running_as_root();
+        let in_ci = std::env::var_os("CI").is_some();
+        assert!(
+            !root && !in_ci,
+            "the full-disk test must run here (root: {root}, CI set: {in_ci}), but mounting a \
+             {size_mib} MiB tmpfs on {} failed: {failure}",
+            mount_point.path().display()
+        );
+        eprintln!(
+            "SKIPPED the full-disk test: mounting a tmpfs needs root ({failure}); run the suite as \
+             root, as .ci/run does, to run it"
+        );
         None
     }
 
@@ -126,6 +151,17 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.mount_point.path()).status();
     }
+}
+
+/// Sends one enqueue to the probe queue; its status tells whether the server refuses enqueues.
+/// Probes go to their own queue, so that what they store never mixes with what the test checks.
+fn probe_enqueue_status(server: &Server) -> u16 {
+    let response = server.enqueue_raw("disk-probe", r#"{"messages": [{"body": "probe"}]}"#, None);
+    assert!(
+        matches!(response.status, 201 | 507),
+        "an enqueue on a filling disk is stored or refused with 507: {response:?}"
+    );
+    response.status
 }
 
 #[test]
@@ -148,7 +184,10 @@ fn a_full_disk_refuses_enqueues_with_507_keeps_serving_and_recovers_when_space_r
             filler.flush().unwrap();
         }
     }
-    std::thread::sleep(Duration::from_millis(400));
+    // The server samples free space now and then: wait (generously) until it refuses.
+    poll_until(Duration::from_secs(30), "enqueues refused on the full disk", || {
+        (probe_enqueue_status(&server) == 507).then_some(())
+    });
     let refused =
         server.enqueue_raw("disk", r#"{"messages": [{"body": "during"}]}"#, Some("k-during"));
     assert_error(&refused, 507, "insufficient_storage");
@@ -156,22 +195,43 @@ fn a_full_disk_refuses_enqueues_with_507_keeps_serving_and_recovers_when_space_r
     assert_eq!(server.get("/healthz").status, 200, "a full disk is not a storage failure");
     assert_eq!(server.get_message(&ids[0])["body"], "before");
     let leased = server.lease("disk", 1, 30_000, 0);
+    assert_eq!(leased.len(), 1, "leases go on while the disk is full: {leased:?}");
+    assert_eq!(leased[0]["id"], json!(ids[0]), "the oldest message first: {leased:?}");
     let token = leased[0]["lease"].as_str().unwrap().to_string();
     assert_eq!(server.ack("disk", &[&token])[0]["result"], "acked");
 
     std::fs::remove_file(&filler_path).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    poll_until(Duration::from_secs(30), "enqueues accepted once space returned", || {
+        (probe_enqueue_status(&server) == 201).then_some(())
+    });
+    // The refused request, retried with its key: it was not stored then, so it is stored now.
     let accepted =
         server.enqueue_raw("disk", r#"{"messages": [{"body": "during"}]}"#, Some("k-during"));
     assert_eq!(accepted.status, 201, "{:?}", accepted.body);
+    assert_eq!(accepted.body["duplicate"], json!(false), "{:?}", accepted.body);
     let later_id = accepted.body["ids"][0].as_str().unwrap().to_string();
 
+    // Everything acknowledged survives a kill, body for body and state for state.
     server.kill9();
     server.restart();
-    assert_eq!(server.get_message(leased[0]["id"].as_str().unwrap())["state"], "delivered");
-    assert_eq!(server.get_message(&later_id)["body"], "during");
+    let expected = [
+        (&ids[0], "before", "delivered"),
+        (&ids[1], "also before", "ready"),
+        (&later_id, "during", "ready"),
+    ];
+    for (id, body, state) in expected {
+        let message = server.get_message(id);
+        assert_eq!(
+            (&message["body"], &message["state"]),
+            (&json!(body), &json!(state)),
+            "{message}"
+        );
+        assert_eq!(message["queue"], "disk", "{message}");
+    }
     let counts = server.queue_counts("disk");
     assert_eq!((counts["ready"].as_u64(), counts["delivered"].as_u64()), (Some(2), Some(1)));
+    let total: u64 = counts.as_object().unwrap().values().filter_map(|count| count.as_u64()).sum();
+    assert_eq!(total, 3, "nothing but the three acknowledged messages: {counts}");
     drop(server);
 }
 
@@ -197,7 +257,7 @@ fn a_damaged_history_record_is_replaced_rather_than_blocking_the_message_or_a_re
     server.kill9();
     server.restart();
     assert_eq!(server.get_message(&ids[0])["last_error"]["message"], "after damage");
-    assert!(server.stderr_text().contains("replacing a damaged history record"));
+    server.stderr_containing("replacing a damaged history record");
 }
 
 /// After a failed fsync the server refuses writes, but every message acknowledged before the

@@ -413,10 +413,10 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
         let elapsed = started.elapsed();
         assert!(elapsed >= stall_timeout, "gave up after {elapsed:?}, before the stall timeout");
-        assert!(elapsed < Duration::from_secs(5), "waited {elapsed:?} for a stalled client");
+        // Generous: the point is that the wait ends, not how promptly on a busy machine.
+        assert!(elapsed < Duration::from_secs(60), "waited {elapsed:?} for a stalled client");
 
-        // Once stalled, nothing waits: a failure record that does not fit fails at once.
-        let started = Instant::now();
+        // The client reads again: what the stalled sender kept goes out, then the failure record.
         let mut out = out;
         let message = "the client took no data";
         assert!(out.entry(b"late", b"v").is_ok(), "a stalled sender only gathers");
@@ -429,7 +429,6 @@ mod tests {
             bytes.extend(received(&mut receiver));
             bytes
         };
-        assert!(started.elapsed() < stall_timeout, "a stalled sender must not wait again");
         let mut reader = BackupReader::new(bytes_then.as_slice()).unwrap();
         let mut keys = Vec::new();
         let failure = loop {
@@ -444,20 +443,48 @@ mod tests {
         assert_eq!(keys, vec![vec![0], vec![1], b"late".to_vec()], "records kept in order, whole");
     }
 
+    /// A `ChunkSender` shared between a `BackupWriter` and the test, so that the test can change
+    /// the stall timeout once the writer has noticed a stall.
+    #[derive(Clone)]
+    struct SharedSink(Arc<std::sync::Mutex<ChunkSender>>);
+
+    impl SharedSink {
+        fn set_stall_timeout(&self, stall_timeout: Duration) {
+            self.0.lock().unwrap().stall_timeout = stall_timeout;
+        }
+    }
+
+    impl Write for SharedSink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().write(bytes)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.lock().unwrap().flush()
+        }
+    }
+
     #[test]
     fn a_stalled_client_that_never_reads_again_gets_no_failure_record_and_no_wait() {
-        let stall_timeout = Duration::from_millis(100);
-        let (_runtime, sink, _receiver) = sender(1, stall_timeout);
-        let mut out = BackupWriter::new(sink).unwrap();
+        let (_runtime, sink, _receiver) = sender(1, Duration::from_millis(100));
+        let sink = SharedSink(Arc::new(std::sync::Mutex::new(sink)));
+        let mut out = BackupWriter::new(sink.clone()).unwrap();
         let mut index = 0u8;
         while out.entry(&[index], &big_value(index)).is_ok() {
             index += 1;
             assert!(index < 10, "the stall was never noticed");
         }
-        let started = Instant::now();
-        let Err(error) = out.fail("abandoned") else { panic!("the channel is still full") };
-        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
-        assert!(started.elapsed() < stall_timeout, "a stalled sender must not wait again");
+        // From now on a wait for the client would last an hour: the failure record, which does not
+        // fit the full channel, must fail at once rather than wait (the bound is generous).
+        sink.set_stall_timeout(Duration::from_secs(3600));
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            done.send(out.fail("abandoned").err().map(|error| error.kind()))
+        });
+        let kind = outcome
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a stalled sender waited for its client again");
+        assert_eq!(kind, Some(io::ErrorKind::TimedOut), "the channel is still full");
     }
 
     #[test]

@@ -116,8 +116,18 @@ impl ApiError {
 
     pub fn invalid_queue_name(name: &str) -> ApiError {
         let shown: String = name.chars().take(64).collect();
-        let message = format!("queue name {shown:?} is not 1-128 characters of [A-Za-z0-9._-]");
-        let hint = "Use letters, digits, '.', '_' and '-' only, at most 128 of them.";
+        // `.` and `..` are made of allowed characters, so the general message would not say
+        // what is wrong with them.
+        let message = if name == "." || name == ".." {
+            format!(
+                "queue name {shown:?} is not allowed: \".\" and \"..\" are path segments that \
+                 URL-normalising clients remove, so no queue may have them as its name"
+            )
+        } else {
+            format!("queue name {shown:?} is not 1-128 characters of [A-Za-z0-9._-]")
+        };
+        let hint = "Use letters, digits, '.', '_' and '-' only, at most 128 of them, and not \
+                    \".\" or \"..\" alone.";
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_queue_name", message, hint)
     }
 

@@ -137,6 +137,24 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The kept tail of the server's stderr once it contains `needle`. A line the server logged
+    /// a moment ago may not have been read from its pipe yet, so this waits for it (up to 10 s,
+    /// which only a line that never comes reaches) instead of reading once.
+    pub fn stderr_containing(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.stderr_text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server's stderr never showed {needle:?}; it holds:\n{text}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         self.data_dir.path()
     }
