@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# Measures disk use under steady churn: starts `outboxd serve --retention-ms 0` (a message is
-# removed at its ack) on a fresh data directory, runs `outboxd bench --phase mixed` (producers and
+# Measures disk use under steady churn: starts `outboxd serve --retention-ms RETENTION_MS` (default
+# 0: a message is removed at its ack; 600000 keeps delivered messages for 10 minutes) on a fresh
+# data directory, runs `outboxd bench --phase mixed` (producers and
 # consumers at once) RUNS times for RUN_S seconds each, back to back on the same queue (several
 # short bench runs rather than one long one, because the bench keeps every id it saw in memory to
 # check exactly-once delivery), and every SAMPLE_S seconds prints the data directory's size
-# (`du -sb`, and its WAL and sled parts), the messages stored in the queue (ready + leased, from
+# (`du -sb`, and its log/ and catalog/ parts), the messages stored in the queue (ready + leased, from
 # GET /v1/queues/{queue}), the server's RSS and CPU seconds. The disk target is that the size
 # levels off at a bound set by the live data, instead of growing with the messages that passed
 # through.
 #
 # Usage: benches/scripts/churn.sh     (from the repository root)
-# Environment: OUTBOXD, TEMP_DIR (default /tmp), RUNS (default 5), RUN_S (default 120), SAMPLE_S
+# Environment: OUTBOXD, TEMP_DIR (default /tmp), RETENTION_MS (default 0), RUNS (default 5), RUN_S (default 120), SAMPLE_S
 # (default 10), PRODUCERS (default 2), CONSUMERS (default 16), BATCH (default 100), OUT (sample
 # log, default target/perf/churn-<date>.tsv). With 2 producers and 16 consumers the consumers
 # keep up (a few hundred messages stored); PRODUCERS=16 RUNS=50 RUN_S=5 instead builds a backlog
-# of up to ~100,000 in each 5 s run and drains it, so messages do reach sled.
+# of up to ~100,000 in each 5 s run and drains it, so messages do reach the catalog.
 set -euo pipefail
 
 bin=${OUTBOXD:-target/release/outboxd}
@@ -37,7 +38,7 @@ cleanup() {
 trap cleanup EXIT
 
 : >"$data_dir.out"
-"$bin" serve --data-dir "$data_dir" --listen 127.0.0.1:0 --retention-ms 0 \
+"$bin" serve --data-dir "$data_dir" --listen 127.0.0.1:0 --retention-ms "${RETENTION_MS:-0}" \
   >"$data_dir.out" 2>"$data_dir.err" &
 server_pid=$!
 until grep -q '^outboxd listening on ' "$data_dir.out"; do
@@ -59,7 +60,7 @@ bench_pid=$!
 
 ticks=$(getconf CLK_TCK)
 start_s=$(date +%s)
-printf 'elapsed_s\tdata_dir_bytes\twal_bytes\tsled_bytes\tstored\trss_MiB\tserver_cpu_s\tload1\n' | tee "$out"
+printf 'elapsed_s\tdata_dir_bytes\tlog_bytes\tcatalog_bytes\tstored\trss_MiB\tserver_cpu_s\tload1\n' | tee "$out"
 while kill -0 "$bench_pid" 2>/dev/null; do
   # stored: ready + leased (+ scheduled + retrying), the live data the disk bound refers to.
   stats=$(curl -s "http://$address/v1/queues/$queue" |
@@ -68,8 +69,8 @@ while kill -0 "$bench_pid" 2>/dev/null; do
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$(($(date +%s) - start_s))" \
     "$(du -sb "$data_dir" | cut -f1)" \
-    "$(du -sbc "$data_dir"/wal* 2>/dev/null | tail -1 | cut -f1)" \
-    "$(du -sb "$data_dir/sled" | cut -f1)" \
+    "$(du -sb "$data_dir/log" | cut -f1)" \
+    "$(du -sb "$data_dir/catalog" | cut -f1)" \
     "$stats" \
     "$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' /proc/"$server_pid"/status)" \
     "$(sed -E 's/^.*\) //' /proc/"$server_pid"/stat | awk -v t="$ticks" '{print ($12 + $13) / t}')" \
