@@ -112,6 +112,9 @@ settings! {
     retention_ms: u64 = RETENTION_MS_DEFAULT, "OUTBOXD_RETENTION_MS";
     /// How many history events are kept per message.
     history_events_max: u32 = HISTORY_EVENT_COUNT_DEFAULT, "OUTBOXD_HISTORY_EVENTS_MAX";
+    /// Ready messages held in memory; the rest of a backlog waits in the catalog and is read back
+    /// in order as consumers catch up (about 200 bytes of memory each).
+    ready_in_memory_max: usize = READY_RESIDENT_DEFAULT, "OUTBOXD_READY_IN_MEMORY_MAX";
     /// Most connections served at once.
     max_connections: usize = CONNECTION_COUNT_DEFAULT, "OUTBOXD_MAX_CONNECTIONS";
     /// Enqueues are refused (507) while the data directory's filesystem has fewer free bytes (0: off).
@@ -400,6 +403,7 @@ impl Config {
             lease_ms: range(&s.lease_ms, LEASE_MS_MIN, LEASE_MS_MAX)?,
             retention_ms: range(&s.retention_ms, 0, RETENTION_MS_MAX)?,
             history_keep_count: range(&s.history_events_max, 1, HISTORY_EVENT_COUNT_MAX)?,
+            ready_resident_max: range(&s.ready_in_memory_max, 1, READY_RESIDENT_MAX)?,
         };
         let log_format = match s.log_format.value.as_str() {
             "text" => LogFormat::Text,

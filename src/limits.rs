@@ -92,11 +92,27 @@ pub const CHECKPOINT_WAL_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 /// restart replays and how many records the broker keeps for reads until the catalog has them.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 2_000;
 /// A checkpoint is taken as soon as this many message records changed since the last one (about
-/// 8 MiB of catalog pages, written as one sled batch).
-pub const CHECKPOINT_DIRTY_COUNT: usize = 200_000;
+/// 2 MiB of catalog pages, written as one sled batch). Taking the snapshot costs the storage
+/// thread about 1 ms per 10,000 records, a pause every request of that moment waits out.
+pub const CHECKPOINT_DIRTY_COUNT: usize = 100_000;
 /// Enqueues are refused (503) while the broker holds this many dead, delivered or removed records
 /// waiting for a checkpoint: the bound on that memory when the catalog cannot keep up.
 pub const SETTLED_COUNT_MAX: usize = 2_000_000;
+
+/// Ready messages held in memory by default (about 200 bytes each), and at most: the rest of a
+/// backlog waits in the catalog and is read back in order as consumers catch up.
+pub const READY_RESIDENT_DEFAULT: usize = 250_000;
+pub const READY_RESIDENT_MAX: usize = 100_000_000;
+/// Most ready messages one housekeeping pass moves out of memory, so a pass stays short (~2 ms).
+pub const EVICT_COUNT_MAX: usize = 4096;
+/// How often housekeeping moves ready messages out of memory, at most (each pass walks back over
+/// the newest messages, which a checkpoint does not hold yet).
+pub const EVICT_INTERVAL_MS: u64 = 5;
+/// Ready messages a lease looks ahead of itself for cold catalog pages to read back early.
+pub const COLD_PREFETCH_COUNT: usize = 4096;
+/// How far over the limit memory may go before the resident messages just ahead of a queue's
+/// cold ones (what leases need next, often just read back) are moved out too.
+pub const EVICT_HEAD_SLACK_COUNT: usize = 4 * COLD_PREFETCH_COUNT;
 
 /// Open connections served at once; more wait in the kernel's accept backlog.
 pub const CONNECTION_COUNT_DEFAULT: usize = 4096;

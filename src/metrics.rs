@@ -33,6 +33,9 @@ pub const CHECKPOINT_DURATION_SECONDS: &str = "outboxd_checkpoint_duration_secon
 pub const PENDING_RECORDS: &str = "outboxd_pending_records";
 /// Gauge: bytes of log after the last durable checkpoint: what a restart would replay.
 pub const REPLAY_BYTES: &str = "outboxd_replay_bytes";
+/// Gauge: ready messages kept in the catalog on disk rather than in memory (a backlog beyond
+/// `--ready-in-memory-max`).
+pub const READY_IN_CATALOG: &str = "outboxd_ready_in_catalog";
 /// Gauge: armed timers (scheduled deliveries, retry backoffs, leases).
 pub const TIMERS: &str = "outboxd_timers";
 /// Gauge: 1 after a storage failure (writes refused until a restart).

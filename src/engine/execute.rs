@@ -23,6 +23,7 @@ impl Engine {
                 return;
             }
         }
+        let Some(command) = self.park_if_cold(command) else { return };
         let reply = match command {
             Command::Enqueue { queue, messages, idempotency, reply } => {
                 let result = self.enqueue(now_ms, &queue, messages, idempotency);

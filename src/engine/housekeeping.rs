@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 /// How often the retention sweep looks for expired dead and delivered messages.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+const EVICT_INTERVAL: Duration = Duration::from_millis(crate::limits::EVICT_INTERVAL_MS);
 /// How often the free space is looked up (a statvfs call).
 const DISK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How often memory freed by checkpoints is handed back to the system.
@@ -55,6 +56,7 @@ pub(super) struct Housekeeping {
     sweep_in_flight: bool,
     last_checkpoint: Instant,
     last_sweep: Instant,
+    last_evict: Instant,
     last_trim: Instant,
     log_bytes_at_checkpoint: u64,
     /// Retention notes handled since the last checkpoint job (deleted by the next one).
@@ -89,6 +91,7 @@ impl Housekeeping {
             sweep_in_flight: false,
             last_checkpoint: Instant::now(),
             last_sweep: Instant::now(),
+            last_evict: Instant::now(),
             last_trim: Instant::now(),
             log_bytes_at_checkpoint: wal.disk_bytes(),
             expiry_done: Vec::new(),
@@ -133,7 +136,12 @@ impl Engine {
             }
             self.house.checkpointer.stop();
         }
+        if !stopping && self.cold.may_evict() && self.house.last_evict.elapsed() >= EVICT_INTERVAL {
+            self.house.last_evict = Instant::now();
+            self.broker.evict_cold(crate::limits::EVICT_COUNT_MAX);
+        }
         let gauges = &self.shared.gauges;
+        gauges.cold_count.store(self.broker.cold_count(), Ordering::Relaxed);
         gauges.settled_count.store(self.broker.settled_count() as u64, Ordering::Relaxed);
         gauges.timer_count.store(self.broker.timer_count() as u64, Ordering::Relaxed);
         let replay_bytes = self.wal.bytes_after(self.house.durable_position);

@@ -20,9 +20,11 @@
 //! - `execute.rs`: running one command against the broker.
 //! - `housekeeping.rs`: checkpoints, retention sweeps, segment deletion, the disk watermark.
 //! - `checkpointer.rs`: the checkpoint writer's thread.
+//! - `cold.rs`: reading ready messages kept on disk back into memory; requests that wait for them.
 //! - `waiters.rs`: long-poll wake-ups.
 
 mod checkpointer;
+mod cold;
 pub mod command;
 mod execute;
 mod housekeeping;
@@ -50,6 +52,8 @@ use std::time::{Duration, Instant};
 
 /// The longest the thread sleeps without a command or a due timer (housekeeping granularity).
 const IDLE_WAKE_MS: u64 = 250;
+/// The longest it sleeps while catalog pages are being read back for parked requests.
+const COLD_POLL_MS: u64 = 1;
 
 /// The handlers' side of the storage thread.
 #[derive(Clone)]
@@ -115,6 +119,8 @@ pub struct Gauges {
     pub timer_count: AtomicU64,
     /// Bytes of log after the durable checkpoint (what a restart replays).
     pub replay_bytes: AtomicU64,
+    /// Ready messages kept in the catalog, not in memory.
+    pub cold_count: AtomicU64,
 }
 
 /// Keeps every log segment from being deleted while it lives (a running backup holds one).
@@ -161,6 +167,7 @@ pub struct Engine {
     pending: Vec<Pending>,
     config: EngineConfig,
     house: housekeeping::Housekeeping,
+    cold: cold::ColdLoads,
 }
 
 /// Starts the storage thread; it runs until `Stop` (or every handle is dropped), then checkpoints.
@@ -175,6 +182,7 @@ pub fn spawn(
     let failure = Arc::new(RwLock::new(None));
     let house =
         housekeeping::Housekeeping::new(shared.catalog.clone(), shared.segments.clone(), &wal)?;
+    let cold = cold::ColdLoads::spawn(shared.catalog.clone())?;
     let engine = Engine {
         broker,
         wal,
@@ -186,6 +194,7 @@ pub fn spawn(
         pending: Vec::new(),
         config,
         house,
+        cold,
     };
     engine.publish_queue_names();
     let thread = std::thread::Builder::new()
@@ -200,7 +209,11 @@ impl Engine {
         loop {
             let now_ms = self.now_ms();
             let wake_ms = self.broker.next_deadline_ms().unwrap_or(u64::MAX);
-            let sleep_ms = wake_ms.saturating_sub(now_ms).min(IDLE_WAKE_MS);
+            let mut sleep_ms = wake_ms.saturating_sub(now_ms).min(IDLE_WAKE_MS);
+            if self.cold.busy() {
+                // Parked requests wait for catalog pages: look for them often.
+                sleep_ms = sleep_ms.min(COLD_POLL_MS);
+            }
             let mut stopping = false;
             match receiver.recv_timeout(Duration::from_millis(sleep_ms)) {
                 Ok(Command::Stop) => stopping = true,
@@ -221,6 +234,7 @@ impl Engine {
                 break;
             }
         }
+        self.cold.stop();
         self.housekeeping(true);
         tracing::info!("storage thread stopped");
     }
@@ -243,6 +257,7 @@ impl Engine {
             self.broker.expire_due(now_ms, &mut self.ops);
             self.append_ops(0, |_, _| {});
         }
+        self.take_cold_loads(now_ms);
         for command in group.drain(..) {
             self.execute(command, now_ms);
         }

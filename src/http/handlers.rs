@@ -493,6 +493,8 @@ pub async fn metrics(state: &AppState) -> Result<HttpResponse, ApiError> {
     metrics::gauge!(m::TIMERS).set(timers as f64);
     let replay_bytes = gauges.replay_bytes.load(std::sync::atomic::Ordering::Relaxed);
     metrics::gauge!(m::REPLAY_BYTES).set(replay_bytes as f64);
+    let cold = gauges.cold_count.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(m::READY_IN_CATALOG).set(cold as f64);
     metrics::gauge!(m::STORAGE_FAILED).set(f64::from(u8::from(state.engine.failure().is_some())));
     let mut response = super::raw_json_response(StatusCode::OK, handle.render().into_bytes());
     response.headers_mut().insert(

@@ -146,13 +146,22 @@ impl Broker {
     }
 
     /// Makes a record read from the catalog resident, unchanged (replay fetches the messages an op
-    /// touches this way). Does nothing if the broker already holds the message.
-    pub fn ensure_resident(&mut self, id: MessageId, meta: MessageMeta) {
+    /// touches this way): a terminal one until the next checkpoint, a ready one back from the
+    /// cold pages. Does nothing if the broker already holds the message; `false` for a record the
+    /// broker cannot take (an active record other than a cold ready one is always resident, so
+    /// such a record is out of date).
+    pub fn ensure_resident(&mut self, id: MessageId, meta: MessageMeta) -> bool {
         if self.is_resident(id) {
-            return;
+            return true;
         }
-        assert!(!meta.state.is_active(), "active records are restored, not fetched");
+        if meta.state == MessageState::Ready {
+            return self.warm(id, meta);
+        }
+        if meta.state.is_active() {
+            return false;
+        }
         self.settled.insert(id, Settled { meta: Some(meta), epoch: 0 });
+        true
     }
 
     fn check_queue(&self, queue_id: QueueId) -> Result<(), String> {

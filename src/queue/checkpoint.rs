@@ -106,6 +106,8 @@ pub(super) struct Book {
     history_new: FastMap<MessageId, Vec<HistoryEvent>>,
     /// History events of snapshots not yet durable, oldest epoch first.
     history_inflight: VecDeque<(u64, FastMap<MessageId, Vec<HistoryEvent>>)>,
+    /// The pages of snapshots not yet durable, oldest epoch first.
+    pages_inflight: VecDeque<(u64, FastSet<u64>)>,
     segments: BTreeMap<u32, SegmentUsage>,
     expiry: FastSet<(u64, u64)>,
     pub dirty_queues: BTreeSet<QueueId>,
@@ -125,6 +127,7 @@ impl Default for Book {
             dirty_count: 0,
             history_new: FastMap::default(),
             history_inflight: VecDeque::new(),
+            pages_inflight: VecDeque::new(),
             segments: BTreeMap::new(),
             expiry: FastSet::default(),
             dirty_queues: BTreeSet::new(),
@@ -146,6 +149,13 @@ impl Book {
             *word |= bit;
             self.dirty_count += 1;
         }
+    }
+
+    /// Whether the catalog holds every record of a page durably and as the broker has it: the
+    /// page changed neither since the last snapshot nor in a snapshot not yet durable.
+    pub fn is_clean(&self, page: u64) -> bool {
+        !self.dirty.contains_key(&page)
+            && !self.pages_inflight.iter().any(|(_, pages)| pages.contains(&page))
     }
 
     /// Counts content newly placed (enqueue, edit, move).
@@ -241,6 +251,7 @@ impl Broker {
             std::mem::take(&mut self.book.dirty).into_iter().collect();
         self.book.dirty_count = 0;
         dirty.sort_unstable_by_key(|(page, _)| *page);
+        self.book.pages_inflight.push_back((epoch, dirty.iter().map(|(page, _)| *page).collect()));
         let pages = dirty.into_iter().map(|(page, bits)| self.page_changes(page, &bits)).collect();
         let new_history = std::mem::take(&mut self.book.history_new);
         let mut histories: Vec<(MessageId, Vec<HistoryEvent>)> =
@@ -325,6 +336,9 @@ impl Broker {
         while self.book.history_inflight.front().is_some_and(|(first, _)| *first <= epoch) {
             self.book.history_inflight.pop_front();
         }
+        while self.book.pages_inflight.front().is_some_and(|(first, _)| *first <= epoch) {
+            self.book.pages_inflight.pop_front();
+        }
     }
 
     /// A checkpoint failed: its changes go into the next snapshot again.
@@ -348,6 +362,7 @@ impl Broker {
                 self.book.touch(*id);
             }
         }
+        self.book.pages_inflight.retain(|(first, _)| *first != snapshot.epoch);
         if let Some(position) =
             self.book.history_inflight.iter().position(|(first, _)| *first == snapshot.epoch)
         {
@@ -390,6 +405,8 @@ impl Broker {
     ///
     /// Overdue deadlines are armed as they are and fire on the first `expire_due`, so a message that
     /// was leased when the server stopped becomes available when its lease would have expired.
+    ///
+    /// Ready messages beyond `ready_resident_max` stay in the catalog, counted as cold.
     pub fn restore_active(&mut self, id: MessageId, meta: MessageMeta) {
         assert!(meta.state.is_active(), "message {id} restored as active is {:?}", meta.state);
         assert!(
@@ -398,6 +415,13 @@ impl Broker {
             meta.queue_id.0
         );
         self.next_id = self.next_id.max(id.0 + 1);
+        if meta.state == MessageState::Ready {
+            if self.restored_ready >= self.config.ready_resident_max {
+                self.restore_cold(id, &meta);
+                return;
+            }
+            self.restored_ready += 1;
+        }
         let queue = &mut self.queues[meta.queue_id.0 as usize];
         queue.counts[meta.state.index()] += 1;
         if meta.state == MessageState::Ready {
@@ -445,6 +469,7 @@ impl Broker {
         self.book.new_keys.clear();
         self.notices.clear();
         self.woken.clear();
+        self.restored_ready = 0;
     }
 }
 

@@ -51,11 +51,11 @@ impl Broker {
         stored: Option<MessageMeta>,
     ) -> Result<MessageMeta, ControlError> {
         if let (false, Some(meta)) = (self.is_resident(id), stored) {
-            if meta.state.is_active() {
-                // Active messages are always resident; a stored active record is stale.
+            // Active messages other than cold ready ones are always resident: a stored record of
+            // one is out of date.
+            if !self.ensure_resident(id, meta) {
                 return Err(ControlError::NotFound);
             }
-            self.ensure_resident(id, meta);
         }
         self.current(id).cloned().ok_or(ControlError::NotFound)
     }

@@ -3,6 +3,7 @@
 use super::message::{HistoryKind, LeaseToken};
 use super::op::{lease_nonce, FailOutcome, Failed, Op};
 use super::{Broker, MessageId, MessageMeta, MessageState, QueueId};
+use std::cmp::Reverse;
 
 /// One message handed to a consumer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,9 +77,14 @@ impl Broker {
         let mut grants = Vec::new();
         let mut ids = Vec::new();
         while grants.len() < count_max as usize {
-            let Some(&(_, id)) = self.queues[queue_id.0 as usize].ready.first() else {
+            let Some(&(Reverse(priority), id)) = self.queues[queue_id.0 as usize].ready.first()
+            else {
                 break;
             };
+            if !self.ahead_of_cold(queue_id, priority, id) {
+                // A cold page comes first: the storage thread loads it before leasing on.
+                break;
+            }
             let nonce = lease_nonce(nonce_seed, id);
             self.apply_lease(id, now_ms, deadline_ms, nonce);
             ids.push(id);

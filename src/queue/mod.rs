@@ -20,6 +20,7 @@
 
 mod apply;
 mod checkpoint;
+mod cold;
 mod control;
 mod enqueue;
 mod lease;
@@ -34,6 +35,7 @@ pub use apply::ApplyError;
 pub use checkpoint::{
     page_of, PageChanges, SegmentUsage, Snapshot, TerminalCounts, PAGE_ID_BITS, PAGE_ID_COUNT,
 };
+pub use cold::ColdAhead;
 pub use control::{ControlError, Edit, SettledView, Stored};
 pub use enqueue::{Delivery, EnqueueError, EnqueueOutcome, IdempotencyKey, NewMessage};
 pub use lease::{AckOutcome, ExtendItem, ExtendOutcome, Grant, NackItem, NackOutcome, Refusal};
@@ -66,6 +68,8 @@ pub struct BrokerConfig {
     pub retention_ms: u64,
     /// How many history events are kept per message.
     pub history_keep_count: u32,
+    /// How many ready messages are held in memory; the rest wait in the catalog (`cold.rs`).
+    pub ready_resident_max: usize,
 }
 
 impl Default for BrokerConfig {
@@ -83,6 +87,7 @@ impl Default for BrokerConfig {
             lease_ms: LEASE_MS_DEFAULT,
             retention_ms: RETENTION_MS_DEFAULT,
             history_keep_count: HISTORY_EVENT_COUNT_DEFAULT,
+            ready_resident_max: READY_RESIDENT_DEFAULT,
         }
     }
 }
@@ -121,8 +126,12 @@ struct QueueState {
     settings: QueueSettings,
     /// Ready messages, highest priority first, then oldest id first.
     ready: BTreeSet<(Reverse<i32>, MessageId)>,
-    /// Active messages by state (scheduled, ready, leased, retrying), in id order, for listing.
+    /// Resident active messages by state (scheduled, ready, leased, retrying), in id order, for
+    /// listing.
     members: [BTreeSet<MessageId>; ACTIVE_STATE_COUNT],
+    /// Ready messages left in the catalog, per page (`cold.rs`).
+    cold: cold::ColdReady,
+    /// Every message of the queue by state, cold ones included.
     counts: StateCounts,
 }
 
@@ -168,6 +177,8 @@ pub struct Broker {
     notices: Vec<Notice>,
     /// What the next checkpoint must write.
     book: checkpoint::Book,
+    /// Ready messages restored into memory so far (startup only; see `restore_active`).
+    restored_ready: usize,
 }
 
 impl Broker {
@@ -187,6 +198,7 @@ impl Broker {
             woken: Vec::new(),
             notices: Vec::new(),
             book: checkpoint::Book::default(),
+            restored_ready: 0,
         }
     }
 
@@ -216,15 +228,22 @@ impl Broker {
             name: queue.name.clone(),
             paused: queue.paused,
             counts: queue.counts,
-            oldest_ready_enqueued_at_ms: self.oldest_ready(queue).map(|meta| meta.enqueued_at_ms),
+            oldest_ready_enqueued_at_ms: self.oldest_ready_enqueued_at_ms(queue_id),
             settings: queue.settings.clone(),
         }
     }
 
-    /// The ready message with the smallest id (ids increase in enqueue order).
-    fn oldest_ready(&self, queue: &QueueState) -> Option<&MessageMeta> {
-        let oldest = *queue.members[MessageState::Ready.index()].first()?;
-        self.active.get(&oldest).map(|resident| &resident.meta)
+    /// When the oldest ready message was enqueued, resident or cold.
+    fn oldest_ready_enqueued_at_ms(&self, queue_id: QueueId) -> Option<u64> {
+        let queue = &self.queues[queue_id.0 as usize];
+        let resident = queue.members[MessageState::Ready.index()]
+            .first()
+            .and_then(|id| self.active.get(id))
+            .map(|resident| resident.meta.enqueued_at_ms);
+        match (resident, self.oldest_cold_enqueued_at_ms(queue_id)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The queue id of `name`, if it exists.
@@ -506,6 +525,7 @@ impl QueueState {
             settings: QueueSettings::default(),
             ready: BTreeSet::new(),
             members: Default::default(),
+            cold: cold::ColdReady::default(),
             counts: [0; 6],
         }
     }

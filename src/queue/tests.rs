@@ -14,8 +14,11 @@ fn config() -> BrokerConfig {
         lease_ms: 1000,
         retention_ms: 60_000,
         history_keep_count: 5,
+        ready_resident_max: 1_000_000,
     }
 }
+
+mod cold;
 
 /// A broker and the disk its ops go to, driven the way the storage thread drives them.
 struct Harness {
@@ -38,7 +41,11 @@ fn message(priority: i32) -> Plan {
 
 impl Harness {
     fn new() -> Harness {
-        Harness { broker: Broker::new(config(), NOW, 1), disk: DiskModel::new(), ops: Vec::new() }
+        Harness::with_config(config())
+    }
+
+    fn with_config(config: BrokerConfig) -> Harness {
+        Harness { broker: Broker::new(config, NOW, 1), disk: DiskModel::new(), ops: Vec::new() }
     }
 
     /// Logs what the last call decided, as one frame.
@@ -123,7 +130,7 @@ impl Harness {
 
     /// A broker rebuilt from the disk, as a restart would.
     fn recovered(&self, now_ms: u64) -> Broker {
-        self.disk.recover(config(), now_ms, 2).unwrap()
+        self.disk.recover(*self.broker.config(), now_ms, 2).unwrap()
     }
 
     fn counts(&self) -> StateCounts {

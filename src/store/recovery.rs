@@ -233,9 +233,9 @@ fn fetch_touched(broker: &mut Broker, catalog: &Catalog, op: &Op) -> Result<(), 
             continue;
         }
         if let Some(meta) = catalog.meta(id)? {
-            if !meta.state.is_active() {
-                broker.ensure_resident(id, meta);
-            }
+            // A record the broker cannot take (an active one it should hold) leaves the message
+            // missing, and applying the op reports it.
+            broker.ensure_resident(id, meta);
         }
     }
     Ok(())
