@@ -59,7 +59,11 @@ const QUEUE: &str = "mixed";
 
 /// Retries are due 1 ms after a failure, so a message held at the kill is ready right after
 /// its deadline; no message goes dead, so the quiescent state is only `ready` or `delivered`.
+/// At most 500 ready messages stay in memory, so the backlog the producers build goes to the
+/// catalog and is read back while the kills come.
 const SERVER_ARGS: &[&str] = &[
+    "--ready-in-memory-max",
+    "500",
     "--backoff-initial-ms",
     "1",
     "--backoff-max-ms",

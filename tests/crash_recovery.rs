@@ -283,8 +283,9 @@ fn sigkill_during_enqueue_stream_loses_no_acknowledged_message() {
         "crash_recovery seed = {seed} (replay with OUTBOXD_CRASH_SEED={seed}), rounds = {rounds}"
     );
     let mut rng = Rng::new(seed);
-    // Every check leases each message once more, so attempts grow by one per round.
-    let mut server = Server::start(&["--max-attempts", "1000"]);
+    // Every check leases each message once more, so attempts grow by one per round. At most 300
+    // ready messages stay in memory: the rest wait in the catalog across the kills.
+    let mut server = Server::start(&["--max-attempts", "1000", "--ready-in-memory-max", "300"]);
     // Earlier rounds, re-checked after every later crash.
     let mut earlier_rounds: Vec<EarlierRound> = Vec::new();
 
