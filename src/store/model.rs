@@ -12,7 +12,11 @@ use super::codec::FrameWriter;
 use super::recovery;
 use super::wal::{WalPosition, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use super::StoreError;
-use crate::queue::{Broker, BrokerConfig, ContentLocation, Lookup, MessageId, MessageMeta, Op};
+use crate::limits::IDEMPOTENCY_WINDOW_MS;
+use crate::queue::{
+    page_of, Broker, BrokerConfig, ContentLocation, History, Lookup, MessageId, MessageMeta,
+    MessageState, Op, QueueId, ALL_STATES,
+};
 
 /// The log and the catalog of one data directory, in memory.
 pub struct DiskModel {
@@ -25,6 +29,20 @@ pub struct DiskModel {
     open: Option<(FrameWriter, usize)>,
     /// Frames written since the model was made.
     pub frame_count: u64,
+    /// Retention notes the last sweeps read, and notes they asked for: the next checkpoint
+    /// deletes and writes them, as the storage thread's next checkpoint job does.
+    expiry_done: Vec<(u64, u64)>,
+    expiry_added: Vec<(u64, u64)>,
+}
+
+/// What a retention sweep read from the catalog: see [`DiskModel::sweep`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepRead {
+    /// The messages whose retention passed, as the catalog holds them, for
+    /// [`Broker::expire_retained`].
+    pub candidates: Vec<(MessageId, Option<MessageMeta>)>,
+    /// How many retention notes were due (0: there is nothing left to sweep at this time).
+    pub note_count: usize,
 }
 
 impl Default for DiskModel {
@@ -41,6 +59,8 @@ impl DiskModel {
             frames: Vec::new(),
             open: None,
             frame_count: 0,
+            expiry_done: Vec::new(),
+            expiry_added: Vec::new(),
         }
     }
 
@@ -98,8 +118,14 @@ impl DiskModel {
     pub fn checkpoint(&mut self, broker: &mut Broker, now_ms: u64) -> Result<(), StoreError> {
         assert!(self.open.is_none(), "checkpoint with a frame open");
         let position = WalPosition { segment_seq: 0, offset: self.segment.len() as u64 };
-        let job =
-            CheckpointJob { snapshot: broker.snapshot(), position, now_ms, ..Default::default() };
+        let job = CheckpointJob {
+            snapshot: broker.snapshot(),
+            position,
+            now_ms,
+            expiry_done: std::mem::take(&mut self.expiry_done),
+            expiry_added: std::mem::take(&mut self.expiry_added),
+            moved_contents: Vec::new(),
+        };
         self.catalog.write_checkpoint(&job)?;
         broker.checkpoint_durable(job.snapshot.epoch);
         self.frames.clear();
@@ -150,4 +176,140 @@ impl DiskModel {
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }
+
+    /// Reads the retention notes due at `now_ms` (at most `page_limit` pages) at the broker's
+    /// durable checkpoint, as the storage thread's sweep does, and returns the messages to hand to
+    /// [`Broker::expire_retained`]. The next [`DiskModel::checkpoint`] deletes the notes read and
+    /// writes the later ones their pages still need.
+    pub fn sweep(
+        &mut self,
+        broker: &Broker,
+        now_ms: u64,
+        page_limit: usize,
+    ) -> Result<SweepRead, StoreError> {
+        let retention = broker.retention_table();
+        let batch = self.catalog.sweep(now_ms, &retention, page_limit, broker.durable_epoch())?;
+        let note_count = batch.done.len();
+        self.expiry_done.extend(batch.done);
+        self.expiry_added.extend(batch.added);
+        let candidates = batch.candidates.into_iter().map(|(id, meta)| (id, Some(meta))).collect();
+        Ok(SweepRead { candidates, note_count })
+    }
+
+    /// Every message's record as a reader sees it ([`DiskModel::observe`]), for the ids 1 up to
+    /// the broker's next id (at index `id - 1`), reading each catalog page once.
+    pub fn observe_all(&self, broker: &Broker) -> Result<Vec<Option<MessageMeta>>, StoreError> {
+        let mut records = Vec::new();
+        let mut page: Option<(u64, Vec<(MessageId, MessageMeta)>)> = None;
+        for id in (1..broker.next_id()).map(MessageId) {
+            let meta = match broker.lookup(id) {
+                Lookup::Found(meta) => Some(meta),
+                Lookup::Removed => None,
+                Lookup::InCatalog { .. } => {
+                    if page.as_ref().is_none_or(|(number, _)| *number != page_of(id)) {
+                        page = Some((page_of(id), self.catalog.page(page_of(id))?));
+                    }
+                    let (_, stored) = page.as_ref().expect("read above");
+                    let index = stored.binary_search_by_key(&id, |(stored_id, _)| *stored_id);
+                    index.ok().map(|index| stored[index].1.clone())
+                }
+            };
+            records.push(meta);
+        }
+        Ok(records)
+    }
+
+    /// A message's history as a reader sees it: the catalog's, with the events the broker holds
+    /// that the catalog may not have yet (merged as the HTTP layer merges them).
+    pub fn history(
+        &self,
+        broker: &Broker,
+        id: MessageId,
+        meta: &MessageMeta,
+    ) -> Result<History, StoreError> {
+        let mut history = match meta.event_seq {
+            0 => History::default(),
+            _ => self.catalog.history(id)?.unwrap_or_default(),
+        };
+        let keep_count = broker.config().history_keep_count as usize;
+        for event in broker.pending_history(id) {
+            history.record(event, keep_count);
+        }
+        Ok(history)
+    }
+
+    /// Checks that `recovered`, a broker rebuilt from this disk, shows readers and clients exactly
+    /// what `live` shows at `now_ms`; returns the first difference.
+    ///
+    /// Compared: the next id; every queue's stats (counts, pause, settings, oldest ready message);
+    /// every message's record and history ([`DiskModel::observe_all`], [`DiskModel::history`]);
+    /// the idempotency keys still within their window (a restart forgets the others, as the
+    /// storage thread's first tick would); every queue's listing of every state, active ones from
+    /// the broker and dead or delivered ones from the catalog merged with the broker's
+    /// [`Broker::settled_of`] view, as the HTTP layer lists them; and what the next checkpoint
+    /// will record: the log segments' content usage, the durable epoch, the armed timers.
+    pub fn compare(&self, live: &Broker, recovered: &Broker, now_ms: u64) -> Result<(), String> {
+        let read = |error: StoreError| format!("reading the catalog failed: {error}");
+        differ("next id", &live.next_id(), &recovered.next_id())?;
+        differ("queue stats", &live.all_queue_stats(), &recovered.all_queue_stats())?;
+        let live_records = self.observe_all(live).map_err(read)?;
+        let recovered_records = self.observe_all(recovered).map_err(read)?;
+        for (index, (record, other)) in live_records.iter().zip(&recovered_records).enumerate() {
+            let id = MessageId(index as u64 + 1);
+            differ(&format!("message {id}"), record, other)?;
+            let (history, other) = match record {
+                Some(meta) => (
+                    self.history(live, id, meta).map_err(read)?.events,
+                    self.history(recovered, id, meta).map_err(read)?.events,
+                ),
+                None => (live.pending_history(id), recovered.pending_history(id)),
+            };
+            differ(&format!("history of message {id}"), &history, &other)?;
+        }
+        let within_window = |broker: &Broker| {
+            let mut keys = broker.idempotency_keys();
+            keys.retain(|(_, _, record)| record.created_at_ms + IDEMPOTENCY_WINDOW_MS > now_ms);
+            keys
+        };
+        differ("idempotency keys", &within_window(live), &within_window(recovered))?;
+        for queue_id in (0..live.queue_count() as u32).map(QueueId) {
+            for state in ALL_STATES {
+                let listed = self.list(live, queue_id, state).map_err(read)?;
+                let other = self.list(recovered, queue_id, state).map_err(read)?;
+                differ(&format!("queue {} {} listing", queue_id.0, state.name()), &listed, &other)?;
+            }
+        }
+        differ("segment usage", live.segment_usage(), recovered.segment_usage())?;
+        differ("durable epoch", &live.durable_epoch(), &recovered.durable_epoch())?;
+        differ("active messages", &live.active_count(), &recovered.active_count())?;
+        differ("armed timers", &live.timer_count(), &recovered.timer_count())
+    }
+
+    /// Every message of a queue in `state`, in id order, listed as the HTTP layer lists them:
+    /// active states from the broker, dead and delivered ones from the catalog merged with what
+    /// the broker holds.
+    pub fn list(
+        &self,
+        broker: &Broker,
+        queue_id: QueueId,
+        state: MessageState,
+    ) -> Result<Vec<(MessageId, MessageMeta)>, StoreError> {
+        if state.is_active() {
+            return Ok(broker.list_active(queue_id, state, None, false, usize::MAX));
+        }
+        let view = broker.settled_of(queue_id, state);
+        self.catalog.list_terminal(queue_id, state, None, false, usize::MAX, &view)
+    }
+}
+
+/// `Err` naming `what` when the live and the recovered values differ.
+fn differ<T: PartialEq + std::fmt::Debug + ?Sized>(
+    what: &str,
+    live: &T,
+    recovered: &T,
+) -> Result<(), String> {
+    if live == recovered {
+        return Ok(());
+    }
+    Err(format!("{what}: live {live:?}, recovered {recovered:?}"))
 }
