@@ -15,7 +15,7 @@ use super::StoreError;
 use crate::limits::IDEMPOTENCY_WINDOW_MS;
 use crate::queue::{
     page_of, Broker, BrokerConfig, ContentLocation, History, Lookup, MessageId, MessageMeta,
-    MessageState, Op, QueueId, ALL_STATES,
+    MessageState, Op, QueueId, Snapshot, ALL_STATES,
 };
 use std::cell::RefCell;
 use std::collections::hash_map::{Entry, HashMap};
@@ -35,8 +35,8 @@ pub struct DiskModel {
     /// deletes and writes them, as the storage thread's next checkpoint job does.
     expiry_done: Vec<(u64, u64)>,
     expiry_added: Vec<(u64, u64)>,
-    /// Catalog pages and histories read since the last checkpoint: the catalog changes only at a
-    /// checkpoint, which empties this, and decoding pages is most of a long test's time.
+    /// Catalog pages and histories already decoded: the catalog changes only at a checkpoint,
+    /// which drops what it rewrites (decoding pages is most of a long test's time).
     read_cache: RefCell<ReadCache>,
 }
 
@@ -140,15 +140,16 @@ impl DiskModel {
     pub fn checkpoint(&mut self, broker: &mut Broker, now_ms: u64) -> Result<(), StoreError> {
         assert!(self.open.is_none(), "checkpoint with a frame open");
         let position = WalPosition { segment_seq: 0, offset: self.segment.len() as u64 };
+        let snapshot = broker.snapshot();
+        self.forget_read(&snapshot);
         let job = CheckpointJob {
-            snapshot: broker.snapshot(),
+            snapshot,
             position,
             now_ms,
             expiry_done: std::mem::take(&mut self.expiry_done),
             expiry_added: std::mem::take(&mut self.expiry_added),
             moved_contents: Vec::new(),
         };
-        self.read_cache.take();
         self.catalog.write_checkpoint(&job)?;
         broker.checkpoint_durable(job.snapshot.epoch);
         self.frames.clear();
@@ -249,6 +250,30 @@ impl DiskModel {
         };
         let index = records.binary_search_by_key(&id, |(stored_id, _)| *stored_id);
         Ok(index.ok().map(|index| records[index].1.clone()))
+    }
+
+    /// A catalog page's records ([`Catalog::page`], read through the cache of decoded pages).
+    pub fn stored_page(&self, page: u64) -> Result<Vec<(MessageId, MessageMeta)>, StoreError> {
+        let mut cache = self.read_cache.borrow_mut();
+        match cache.pages.entry(page) {
+            Entry::Occupied(entry) => Ok(entry.get().clone()),
+            Entry::Vacant(entry) => Ok(entry.insert(self.catalog.page(page)?).clone()),
+        }
+    }
+
+    /// Drops what a checkpoint of `snapshot` rewrites from the cache: its pages, and the histories
+    /// of its messages.
+    fn forget_read(&self, snapshot: &Snapshot) {
+        let mut cache = self.read_cache.borrow_mut();
+        for changes in &snapshot.pages {
+            cache.pages.remove(&changes.page);
+            for (id, _) in &changes.records {
+                cache.histories.remove(id);
+            }
+        }
+        for (id, _) in &snapshot.histories {
+            cache.histories.remove(id);
+        }
     }
 
     /// A message's history in the catalog (read through the cache).

@@ -221,11 +221,11 @@ impl Sim {
             },
             63..=67 => self.act_operation(),
             68 => self.bulk_operation(),
-            69..=89 => {
+            69..=90 => {
                 Operation::Advance { step_ms: self.clock_step_ms(), expire: self.rng.percent(75) }
             }
-            90..=91 => Operation::Expire,
-            92..=94 => Operation::Checkpoint,
+            91..=92 => Operation::Expire,
+            93..=94 => Operation::Checkpoint,
             95..=97 => Operation::Sweep,
             _ => Operation::Restart { seed: self.rng.next_u64(), checkpoint: self.rng.percent(50) },
         }
