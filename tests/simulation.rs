@@ -82,7 +82,7 @@ const STEP_COUNT: usize = 300;
 const LOG_OPERATION_COUNT: usize = 20;
 /// Every this many steps, every message and listing is compared, not only the messages the step
 /// touched (and at every restart).
-const FULL_CHECK_INTERVAL_STEPS: usize = 50;
+const FULL_CHECK_INTERVAL_STEPS: usize = 60;
 /// Issued tokens kept for stale replays; older ones are dropped at random.
 const ISSUED_TOKEN_COUNT_MAX: usize = 256;
 /// Below this many seeds, a run is a replay or a smoke run and need not reach every outcome.

@@ -227,7 +227,11 @@ impl Sim {
             91..=92 => Operation::Expire,
             93..=94 => Operation::Checkpoint,
             95..=97 => Operation::Sweep,
-            _ => Operation::Restart { seed: self.rng.next_u64(), checkpoint: self.rng.percent(50) },
+            // 1.5 %: a restart rebuilds and compares everything, the costliest step.
+            98..=99 if self.rng.percent(75) => {
+                Operation::Restart { seed: self.rng.next_u64(), checkpoint: self.rng.percent(50) }
+            }
+            _ => Operation::Expire,
         }
     }
 
