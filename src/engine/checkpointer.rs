@@ -8,7 +8,7 @@
 //! still the durable one before it acts on them.
 
 use crate::store::catalog::{Catalog, CheckpointJob, CheckpointStats, SweepBatch};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,10 +72,7 @@ impl Checkpointer {
 
     /// The next outcome, if one is ready.
     pub fn try_outcome(&self) -> Option<Outcome> {
-        match self.outcomes.try_recv() {
-            Ok(outcome) => Some(outcome),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.outcomes.try_recv().ok()
     }
 
     /// Waits for the next outcome.

@@ -274,7 +274,7 @@ impl Catalog {
         let held = view.in_state.iter().filter(|(id, _)| in_range(*id)).cloned();
         found.extend(held);
         if descending {
-            found.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            found.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
         } else {
             found.sort_unstable_by_key(|(id, _)| *id);
         }

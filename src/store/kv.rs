@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 /// One write of a batch: a value, or a removal (`None`).
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
+/// What a scan calls with each key and value; it returns whether to go on.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+
 /// An ordered map of byte keys to byte values, with atomic batches.
 pub trait Kv: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -24,7 +27,7 @@ pub trait Kv: Send + Sync {
         start: &[u8],
         end: &[u8],
         reverse: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError>;
 
     /// Applies every write or none, also across a crash.
@@ -76,7 +79,7 @@ impl Kv for SledKv {
         start: &[u8],
         end: &[u8],
         reverse: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
         let range = self.tree.range(start..end);
         let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
@@ -131,7 +134,7 @@ impl Kv for MemoryKv {
         start: &[u8],
         end: &[u8],
         reverse: bool,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), StoreError> {
         let map = self.map.read();
         let range = map.range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)));
