@@ -25,7 +25,8 @@ pub struct DiskModel {
     catalog: Catalog,
     /// Segment 0's bytes, as the file would hold them (the header's 16 bytes are zeros).
     segment: Vec<u8>,
-    /// The frames after the last checkpoint: the position after each, and where its payload is.
+    /// The frames after the last durable checkpoint: the position after each, and where its
+    /// payload is.
     frames: Vec<(WalPosition, std::ops::Range<usize>)>,
     /// The open frame: its writer and where its header starts.
     open: Option<(FrameWriter, usize)>,
@@ -136,24 +137,49 @@ impl DiskModel {
         }
     }
 
-    /// Takes a checkpoint of `broker` at the end of the log, as the server does (synchronously).
+    /// Takes a checkpoint of `broker` at the end of the log, as the server does, at once.
     pub fn checkpoint(&mut self, broker: &mut Broker, now_ms: u64) -> Result<(), StoreError> {
+        let job = self.begin_checkpoint(broker, now_ms);
+        self.finish_checkpoint(broker, job)
+    }
+
+    /// Starts a checkpoint as the storage thread does: the broker's snapshot at the end of the
+    /// log, with the retention notes the sweeps handled since the last one, for the checkpoint
+    /// writer. The broker goes on meanwhile; the catalog is as it was until
+    /// [`DiskModel::finish_checkpoint`] (or [`DiskModel::fail_checkpoint`]).
+    pub fn begin_checkpoint(&mut self, broker: &mut Broker, now_ms: u64) -> CheckpointJob {
         assert!(self.open.is_none(), "checkpoint with a frame open");
-        let position = WalPosition { segment_seq: 0, offset: self.segment.len() as u64 };
-        let snapshot = broker.snapshot();
-        self.forget_read(&snapshot);
-        let job = CheckpointJob {
-            snapshot,
-            position,
+        CheckpointJob {
+            snapshot: broker.snapshot(),
+            position: WalPosition { segment_seq: 0, offset: self.segment.len() as u64 },
             now_ms,
             expiry_done: std::mem::take(&mut self.expiry_done),
             expiry_added: std::mem::take(&mut self.expiry_added),
             moved_contents: Vec::new(),
-        };
+        }
+    }
+
+    /// Writes a checkpoint begun earlier and tells the broker the catalog holds it, as the
+    /// storage thread does when the writer reports it durable: a restart no longer replays the
+    /// log before its position.
+    pub fn finish_checkpoint(
+        &mut self,
+        broker: &mut Broker,
+        job: CheckpointJob,
+    ) -> Result<(), StoreError> {
+        self.forget_read(&job.snapshot);
         self.catalog.write_checkpoint(&job)?;
         broker.checkpoint_durable(job.snapshot.epoch);
-        self.frames.clear();
+        self.frames.retain(|(position, _)| *position > job.position);
         Ok(())
+    }
+
+    /// A checkpoint begun earlier fails, as when the catalog cannot be written: nothing is
+    /// written, and its changes and retention notes go into the next one.
+    pub fn fail_checkpoint(&mut self, broker: &mut Broker, job: CheckpointJob) {
+        self.expiry_done.splice(0..0, job.expiry_done);
+        self.expiry_added.splice(0..0, job.expiry_added);
+        broker.checkpoint_failed(job.snapshot);
     }
 
     /// A broker rebuilt the way a restart rebuilds it: restored from the catalog, then every
@@ -308,7 +334,8 @@ impl DiskModel {
     /// what `live` shows at `now_ms`; returns the first difference.
     ///
     /// Compared: the next id; every queue's stats (counts, pause, settings, oldest ready message);
-    /// every message's record and history ([`DiskModel::observe_all`], [`DiskModel::history`]);
+    /// every message's record, and the history of each that exists ([`DiskModel::observe_all`],
+    /// [`DiskModel::history`]);
     /// the idempotency keys still within their window (a restart forgets the others, as the
     /// storage thread's first tick would); every queue's listing of every state, active ones from
     /// the broker and dead or delivered ones from the catalog merged with the broker's
@@ -323,13 +350,9 @@ impl DiskModel {
         for (index, (record, other)) in live_records.iter().zip(&recovered_records).enumerate() {
             let id = MessageId(index as u64 + 1);
             differ(&format!("message {id}"), record, other)?;
-            let (history, other) = match record {
-                Some(meta) => (
-                    self.history(live, id, meta).map_err(read)?.events,
-                    self.history(recovered, id, meta).map_err(read)?.events,
-                ),
-                None => (live.pending_history(id), recovered.pending_history(id)),
-            };
+            let Some(meta) = record else { continue };
+            let history = self.history(live, id, meta).map_err(read)?.events;
+            let other = self.history(recovered, id, meta).map_err(read)?.events;
             differ(&format!("history of message {id}"), &history, &other)?;
         }
         let within_window = |broker: &Broker| {
