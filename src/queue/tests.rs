@@ -646,3 +646,26 @@ fn notices_follow_the_life_of_a_message() {
     assert_eq!(kinds, vec![NoticeKind::Enqueued, NoticeKind::Leased, NoticeKind::Dead]);
     assert!(harness.broker.take_notices().is_empty());
 }
+
+#[test]
+fn a_message_removed_while_a_failed_checkpoint_was_in_flight_leaves_no_history_behind() {
+    let mut harness = Harness::new();
+    let keep_none = QueueSettings { retention_ms: Some(0), ..QueueSettings::default() };
+    harness.broker.configure(NOW, "q", keep_none, &mut harness.ops);
+    harness.log();
+    let id = harness.enqueue(NOW, vec![message(0)])[0];
+    let grant = harness.lease(NOW, 1).remove(0);
+    harness.nack(NOW, vec![nack_item(grant.token, Some(0), false)]);
+    harness.expire(NOW);
+    let grant = harness.lease(NOW, 1).remove(0);
+    // The nack's history event is in the snapshot the checkpoint writer has; meanwhile the ack
+    // removes the message (delivered messages are not kept), and then the checkpoint fails.
+    let job = harness.disk.begin_checkpoint(&mut harness.broker, NOW);
+    assert_eq!(harness.ack(NOW, "q", &[Some(grant.token)]), vec![Ok(())]);
+    assert_eq!(harness.broker.lookup(id), Lookup::Removed);
+    harness.disk.fail_checkpoint(&mut harness.broker, job);
+    harness.checkpoint(NOW);
+    assert_eq!(harness.observe(id), None);
+    assert_eq!(harness.disk.catalog().history(id).unwrap(), None, "an orphan history was written");
+    assert!(harness.broker.pending_history(id).is_empty());
+}
