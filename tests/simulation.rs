@@ -14,8 +14,11 @@
 //! broker's, else the catalog's), agree with the model; every few steps every message and every
 //! listing does (dead and delivered messages through `Catalog::list_terminal` merged with the
 //! broker's `settled_of` view, as the HTTP layer lists them). After every checkpoint the catalog
-//! alone holds exactly the model: every page, the queue records, the manifest (next id, dead and
-//! delivered counts, the content bytes the log still holds), the idempotency keys.
+//! alone holds exactly the model as it was when the checkpoint began: every page, the indexes over
+//! them, the histories kept, the queue records, the manifest (next id, dead and delivered counts,
+//! the content bytes the log still holds), the idempotency keys. Checkpoints are written at once,
+//! or stay in flight while the run goes on (as the storage thread's do while the writer works),
+//! or fail (their changes must reach the next one), or are lost in a restart.
 //!
 //! Restarts: at random points the harness rebuilds a broker from the disk with the server's own
 //! recovery (the catalog's last checkpoint, then every log frame after it, decoded by the real
@@ -38,7 +41,7 @@
 //! carries the catalog's record, as the HTTP layer's does); queue settings from presets (retention
 //! 0, short everything, long retention); clock moves from 0 ms to 30 h (crossing the idempotency
 //! window), often exactly onto a deadline, a retention's end or 1 ms before it, with or without
-//! `expire_due`; checkpoints, sweeps and restarts. Each seed also draws the broker's settings
+//! `expire_due`; checkpoints (at once, in flight, failing), sweeps and restarts. Each seed also draws the broker's settings
 //! (attempts, backoff, default lease, retention of delivered messages, history length). The model
 //! (`simulation/model.rs`) is a list of messages that every operation scans: no timer wheel, no
 //! indexes, no disk. Backoff jitter is 0, so retry times are exact. The broker is driven the way
@@ -69,6 +72,8 @@ use outboxd::queue::{
     QueueRecord, Refusal, SegmentUsage, TerminalCounts, ALL_STATES,
 };
 use outboxd::random::SplitMix64;
+use outboxd::store::catalog::CheckpointJob;
+use outboxd::store::keys;
 use outboxd::store::model::DiskModel;
 
 use model::{without_nonce, ActionOutcome, Model, Summary};
@@ -243,6 +248,12 @@ coverage! {
     swept_dead,
     paused_leases,
     checkpoints,
+    /// Checkpoints written after other steps ran while they were in flight.
+    checkpoints_held,
+    /// Checkpoints whose catalog write failed (their changes went into the next one).
+    checkpoints_failed,
+    /// Checkpoints in flight when a restart came (recovery started from the one before).
+    checkpoints_lost,
     restarts,
     leases_held_across_restart,
     /// Restarts that replayed log frames written after the last checkpoint.
@@ -279,6 +290,15 @@ impl Coverage {
 // The harness
 // ---------------------------------------------------------------------------------------------------
 
+/// A checkpoint in flight: the job, and the model and step when it began.
+struct PendingCheckpoint {
+    job: CheckpointJob,
+    model: Model,
+    step: usize,
+    /// Frames logged before it began (it makes them unnecessary to replay).
+    frame_count: u64,
+}
+
 /// One seed's run: the broker, the disk its ops go to, the model, and what the harness remembers
 /// to check invariants the model cannot see (tokens and their nonces).
 struct Sim {
@@ -307,8 +327,10 @@ struct Sim {
     last_attempt: HashMap<u64, u32>,
     /// The highest id handed out so far.
     highest_id: u64,
-    /// Frames logged since the last checkpoint (a restart replays them).
+    /// Frames logged since the last durable checkpoint (a restart replays them).
     frames_since_checkpoint: u64,
+    /// A checkpoint handed to the writer and not finished yet.
+    pending_checkpoint: Option<PendingCheckpoint>,
     /// Retention notes the last sweep found due.
     last_sweep_note_count: usize,
     recent: VecDeque<(usize, Operation)>,
@@ -351,6 +373,7 @@ impl Sim {
             last_attempt: HashMap::new(),
             highest_id: 0,
             frames_since_checkpoint: 0,
+            pending_checkpoint: None,
             last_sweep_note_count: 0,
             recent: VecDeque::new(),
             step: 0,
@@ -383,6 +406,10 @@ impl Sim {
             .filter(|(_, message)| self.model.retention_passed(&message.meta))
             .map(|(id, _)| id)
             .collect();
+        if self.pending_checkpoint.is_some() {
+            self.remember(&Operation::Checkpoint);
+            self.execute(&Operation::Checkpoint)?;
+        }
         let drained_at_ms = now_ms.div_ceil(1000) * 1000 + 1000;
         let advance = Operation::Advance { step_ms: drained_at_ms - now_ms, expire: true };
         self.remember(&advance);
@@ -467,6 +494,11 @@ impl Sim {
             }
             Operation::Expire => self.expire_due(),
             Operation::Checkpoint => self.checkpoint()?,
+            Operation::BeginCheckpoint if self.pending_checkpoint.is_none() => {
+                self.pending_checkpoint = Some(self.begin_checkpoint());
+            }
+            Operation::BeginCheckpoint => self.checkpoint()?,
+            Operation::FailCheckpoint => self.fail_checkpoint(),
             Operation::Sweep => self.sweep()?,
             Operation::Restart { seed, checkpoint } => self.restart(*seed, *checkpoint)?,
         }
@@ -975,14 +1007,39 @@ impl Sim {
             .collect())
     }
 
-    /// A checkpoint; afterwards the catalog alone must hold exactly the model.
+    /// A checkpoint: the one in flight is written, or one is taken and written at once;
+    /// afterwards the catalog alone holds exactly the model as it was when the checkpoint began.
     fn checkpoint(&mut self) -> Result<(), String> {
-        let now_ms = self.model.now_ms;
-        (self.disk.checkpoint(&mut self.broker, now_ms))
+        let pending = match self.pending_checkpoint.take() {
+            Some(pending) => pending,
+            None => self.begin_checkpoint(),
+        };
+        let held = pending.model.now_ms != self.model.now_ms || self.step != pending.step;
+        (self.disk.finish_checkpoint(&mut self.broker, pending.job))
             .map_err(|error| format!("checkpoint failed: {error}"))?;
-        self.frames_since_checkpoint = 0;
+        self.frames_since_checkpoint -= pending.frame_count;
         self.coverage.checkpoints += 1;
-        self.check_catalog()
+        self.coverage.checkpoints_held += u64::from(held);
+        self.check_catalog(&pending.model, pending.model.now_ms, !held)
+    }
+
+    /// Starts a checkpoint, as the storage thread hands one to the checkpoint writer; the run
+    /// goes on while it is in flight, and a later step writes it, fails it, or loses it in a crash.
+    fn begin_checkpoint(&mut self) -> PendingCheckpoint {
+        let job = self.disk.begin_checkpoint(&mut self.broker, self.model.now_ms);
+        let frame_count = self.frames_since_checkpoint;
+        PendingCheckpoint { job, model: self.model.clone(), step: self.step, frame_count }
+    }
+
+    /// A checkpoint whose catalog write fails: nothing is written, and its changes go into the
+    /// next one (the next checkpoint's catalog check proves they did).
+    fn fail_checkpoint(&mut self) {
+        let pending = match self.pending_checkpoint.take() {
+            Some(pending) => pending,
+            None => self.begin_checkpoint(),
+        };
+        self.disk.fail_checkpoint(&mut self.broker, pending.job);
+        self.coverage.checkpoints_failed += 1;
     }
 
     /// The storage thread's sweep: the catalog's due notes name candidates, the broker removes
@@ -1024,6 +1081,9 @@ impl Sim {
     /// shows; it carries on in its place, and must equal the model.
     fn restart(&mut self, seed: u64, checkpoint: bool) -> Result<(), String> {
         let now_ms = self.model.now_ms;
+        // A checkpoint in flight when the server stops is lost: recovery starts from the last
+        // durable one.
+        self.coverage.checkpoints_lost += u64::from(self.pending_checkpoint.take().is_some());
         let recovered = (self.disk.recover(self.config, now_ms, seed))
             .map_err(|error| format!("recovery failed: {error}"))?;
         (self.disk.compare(&self.broker, &recovered, now_ms)).map_err(|difference| {
@@ -1334,18 +1394,20 @@ impl Sim {
         Ok(())
     }
 
-    /// Right after a checkpoint the catalog alone equals the model: every page (those the
-    /// checkpoint did not write as decoded before), the queue records, the manifest (next id, dead
-    /// and delivered counts, the content bytes the log holds for stored messages) and the
-    /// idempotency keys within their window.
-    fn check_catalog(&self) -> Result<(), String> {
+    /// Right after a checkpoint the catalog alone equals `expected` (the model when the checkpoint
+    /// began, at `now_ms`): every page (those the checkpoint did not write as decoded before) and
+    /// the `a` and `t` indexes over them, the histories kept, the queue records, the manifest (next
+    /// id, dead and delivered counts, the content bytes the log holds for stored messages) and the
+    /// idempotency keys within their window. `nonces`: the leased records' nonces are checked
+    /// against the newest tokens (when nothing was leased since the checkpoint began).
+    fn check_catalog(&self, expected: &Model, now_ms: u64, nonces: bool) -> Result<(), String> {
         let catalog = self.disk.catalog();
         let read = |error| format!("reading the catalog failed: {error}");
-        let last_id = MessageId(self.model.next_id - 1);
+        let last_id = MessageId(expected.next_id - 1);
         let page_count = if last_id.0 == 0 { 0 } else { page_of(last_id) + 1 };
         for page in 0..page_count {
             let records = self.disk.stored_page(page).map_err(read)?;
-            let expected: Vec<(MessageId, MessageMeta)> = (self.model.iter())
+            let expected: Vec<(MessageId, MessageMeta)> = (expected.iter())
                 .filter(|(id, _)| page_of(MessageId(*id)) == page)
                 .map(|(id, message)| (MessageId(id), message.meta.clone()))
                 .collect();
@@ -1354,13 +1416,14 @@ impl Sim {
             if actual != expected {
                 return Err(format!("catalog page {page}: {actual:?}, model {expected:?}"));
             }
-            for (id, meta) in &records {
+            for (id, meta) in records.iter().filter(|_| nonces) {
                 self.check_nonce(id.0, meta)?;
             }
         }
+        self.check_catalog_indexes(expected)?;
         let mut queues = Vec::new();
         catalog.for_each_queue(|queue_id, record| queues.push((queue_id, record))).map_err(read)?;
-        let expected_queues: Vec<(QueueId, QueueRecord)> = (self.model.queues.iter().enumerate())
+        let expected_queues: Vec<(QueueId, QueueRecord)> = (expected.queues.iter().enumerate())
             .map(|(index, queue)| {
                 let record = QueueRecord {
                     name: queue.name.to_string(),
@@ -1373,21 +1436,74 @@ impl Sim {
         if queues != expected_queues {
             return Err(format!("catalog queues {queues:?}, model {expected_queues:?}"));
         }
-        self.check_manifest()?;
-        self.check_catalog_keys()
+        self.check_manifest(expected)?;
+        self.check_catalog_keys(expected, now_ms)
     }
 
-    fn check_manifest(&self) -> Result<(), String> {
+    /// The catalog's indexes name exactly what its pages hold: an `a` entry per page with active
+    /// records (their number), a `t` entry per (queue, dead or delivered, page) (their number),
+    /// and an `h` entry per message whose history has events; no content is kept in the catalog
+    /// (nothing moves contents out of the log here).
+    fn check_catalog_indexes(&self, expected: &Model) -> Result<(), String> {
+        let mut active_pages: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut terminal_pages: BTreeMap<(u32, u8, u64), u32> = BTreeMap::new();
+        let mut histories: BTreeSet<u64> = BTreeSet::new();
+        for (id, message) in expected.iter() {
+            let (meta, page) = (&message.meta, page_of(MessageId(id)));
+            if meta.state.is_active() {
+                *active_pages.entry(page).or_default() += 1;
+            } else {
+                *terminal_pages.entry((meta.queue_id.0, meta.state as u8, page)).or_default() += 1;
+            }
+            if meta.event_seq > 0 {
+                histories.insert(id);
+            }
+        }
+        let (mut found_active, mut found_terminal) = (BTreeMap::new(), BTreeMap::new());
+        let mut found_histories = BTreeSet::new();
+        let mut stray = Vec::new();
+        let count = |value: &[u8]| value.try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+        let number = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
+        (self.disk.catalog())
+            .for_each_entry(|key, value| {
+                match (key[0], key.len()) {
+                    (keys::ACTIVE, 9) => drop(found_active.insert(number(&key[1..]), count(value))),
+                    (keys::TERMINAL, 14) => {
+                        let queue = u32::from_be_bytes(key[1..5].try_into().expect("4 bytes"));
+                        let entry = (queue, key[5], number(&key[6..]));
+                        found_terminal.insert(entry, count(value));
+                    }
+                    (keys::HISTORY, 9) => drop(found_histories.insert(number(&key[1..]))),
+                    (keys::CONTENT, _) => stray.push(key.to_vec()),
+                    _ => {}
+                }
+                Ok(())
+            })
+            .map_err(|error| format!("reading the catalog failed: {error}"))?;
+        if found_active != active_pages {
+            return Err(format!("catalog a index {found_active:?}, model {active_pages:?}"));
+        }
+        if found_terminal != terminal_pages {
+            return Err(format!("catalog t index {found_terminal:?}, model {terminal_pages:?}"));
+        }
+        if found_histories != histories {
+            return Err(format!("catalog histories of {found_histories:?}, model {histories:?}"));
+        }
+        if !stray.is_empty() {
+            return Err(format!("the catalog keeps contents {stray:02x?}"));
+        }
+        Ok(())
+    }
+
+    fn check_manifest(&self, expected: &Model) -> Result<(), String> {
         let manifest = (self.disk.catalog().manifest())
             .map_err(|error| format!("reading the manifest failed: {error}"))?
             .ok_or("no manifest after a checkpoint")?;
-        if manifest.next_id != self.model.next_id {
-            return Err(format!(
-                "manifest next id {}, model {}",
-                manifest.next_id, self.model.next_id
-            ));
+        if manifest.next_id != expected.next_id {
+            let next_id = expected.next_id;
+            return Err(format!("manifest next id {}, model {next_id}", manifest.next_id));
         }
-        let summary = self.model.summary();
+        let summary = expected.summary();
         let expected_counts: Vec<TerminalCounts> = (summary.stats.iter())
             .map(|stats| TerminalCounts {
                 dead: stats.counts[MessageState::Dead.index()],
@@ -1400,7 +1516,7 @@ impl Sim {
         }
         // Every content is in segment 0 of the model's log: its usage is every stored message.
         let (mut live_count, mut live_bytes) = (0, 0);
-        for (_, message) in self.model.iter() {
+        for (_, message) in expected.iter() {
             live_count += 1;
             live_bytes += u64::from(message.meta.content.len());
         }
@@ -1416,8 +1532,7 @@ impl Sim {
         Ok(())
     }
 
-    fn check_catalog_keys(&self) -> Result<(), String> {
-        let now_ms = self.model.now_ms;
+    fn check_catalog_keys(&self, expected: &Model, now_ms: u64) -> Result<(), String> {
         let since_ms = now_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS);
         let mut keys = BTreeMap::new();
         (self.disk.catalog())
@@ -1427,7 +1542,7 @@ impl Sim {
                 }
             })
             .map_err(|error| format!("reading the catalog's keys failed: {error}"))?;
-        let mut expected = self.model.idempotency.clone();
+        let mut expected = expected.idempotency.clone();
         expected.retain(|_, record| record.created_at_ms + IDEMPOTENCY_WINDOW_MS > now_ms);
         if keys != expected {
             return Err(format!("catalog keys {keys:?}, model {expected:?}"));

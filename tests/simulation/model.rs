@@ -115,6 +115,7 @@ pub struct ModelQueue {
 pub type ActionOutcome = Result<(), ControlError>;
 
 /// Every stored message in one list, scanned by every operation.
+#[derive(Clone)]
 pub struct Model {
     pub config: BrokerConfig,
     pub now_ms: u64,

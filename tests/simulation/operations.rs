@@ -161,8 +161,13 @@ pub enum Operation {
     },
     /// Fires the timers without moving the clock.
     Expire,
-    /// A checkpoint: the broker's changes since the last one written to the catalog.
+    /// A checkpoint: the one in flight written, or the broker's changes since the last one
+    /// written to the catalog at once.
     Checkpoint,
+    /// A checkpoint handed to the writer: the run goes on while it is in flight.
+    BeginCheckpoint,
+    /// A checkpoint whose catalog write fails (the one in flight, or one taken now).
+    FailCheckpoint,
     /// The storage thread's retention sweep: the catalog's due notes, then the broker's removals.
     Sweep,
     /// A broker rebuilt from the disk (the last checkpoint plus the log after it) is compared with
@@ -225,13 +230,23 @@ impl Sim {
                 Operation::Advance { step_ms: self.clock_step_ms(), expire: self.rng.percent(75) }
             }
             91..=92 => Operation::Expire,
-            93..=94 => Operation::Checkpoint,
+            93..=94 => self.checkpoint_operation(),
             95..=97 => Operation::Sweep,
             // 1.5 %: a restart rebuilds and compares everything, the costliest step.
             98..=99 if self.rng.percent(75) => {
                 Operation::Restart { seed: self.rng.next_u64(), checkpoint: self.rng.percent(50) }
             }
             _ => Operation::Expire,
+        }
+    }
+
+    /// Mostly a checkpoint written at once, sometimes one left in flight for later steps (or a
+    /// restart), sometimes one that fails.
+    fn checkpoint_operation(&mut self) -> Operation {
+        match self.rng.below(10) {
+            0..=5 => Operation::Checkpoint,
+            6..=8 => Operation::BeginCheckpoint,
+            _ => Operation::FailCheckpoint,
         }
     }
 
