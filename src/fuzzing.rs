@@ -6,13 +6,15 @@
 //! feature, lets `tests/fuzz_corpus.rs` replay the checked-in corpus on stable Rust while
 //! `cargo fuzz` (nightly features) explores new inputs with the same code.
 //!
-//! | target         | what it feeds                              | what it checks beyond "no panic"          |
-//! |----------------|--------------------------------------------|-------------------------------------------|
-//! | `decode_record`| every `store::codec` decoder               | decode → encode → decode round trips      |
-//! | `decode_key`   | every `store::keys` decoder                | round trips, byte order = numeric order   |
-//! | `http_json`    | every request parser of `http::types`      | accepted requests are within the limits   |
-//! | `wal_replay`   | a log directory built from the bytes       | frames match a model; torn tail only at the end; replay is idempotent; `read_range` agrees |
-//! | `queue_ops`    | up to 256 broker and person's actions, checkpoints and restarts | counts, lease exclusivity, recovered broker = live broker |
+//! | target         | what it feeds                          | what it checks beyond "no panic"          |
+//! |----------------|----------------------------------------|-------------------------------------------|
+//! | `decode_record`| every `store::codec` decoder           | decode → encode → decode round trips      |
+//! | `decode_key`   | every `store::keys` decoder            | round trips, byte order = numeric order   |
+//! | `http_json`    | every request parser of `http::types`  | accepted requests are within the limits   |
+//! | `wal_replay`   | a log directory built from the bytes   | frames match a model; torn tail only at   |
+//! |                |                                        | the end; replay idempotent, = read_range  |
+//! | `queue_ops`    | up to 256 broker and person's actions, | counts, lease exclusivity, a recovered    |
+//! |                | checkpoints and restarts               | broker = the live broker                  |
 //!
 //! Every target runs in microseconds to a few milliseconds, so that libFuzzer gets thousands of
 //! executions per second and the corpus test stays fast in debug builds.

@@ -41,8 +41,9 @@
 //! carries the catalog's record, as the HTTP layer's does); queue settings from presets (retention
 //! 0, short everything, long retention); clock moves from 0 ms to 30 h (crossing the idempotency
 //! window), often exactly onto a deadline, a retention's end or 1 ms before it, with or without
-//! `expire_due`; checkpoints (at once, in flight, failing), sweeps and restarts. Each seed also draws the broker's settings
-//! (attempts, backoff, default lease, retention of delivered messages, history length). The model
+//! `expire_due`; checkpoints (at once, in flight, failing), sweeps and restarts. Each seed also
+//! draws the broker's settings (attempts, backoff, default lease, retention of delivered
+//! messages, history length). The model
 //! (`simulation/model.rs`) is a list of messages that every operation scans: no timer wheel, no
 //! indexes, no disk. Backoff jitter is 0, so retry times are exact. The broker is driven the way
 //! the storage thread drives it: each request's contents are placed in a log frame first and its
