@@ -34,6 +34,7 @@ use crate::queue::{
     MessageMeta, MessageState, NackItem, NewMessage, Op, QueueId, QueueSettings, ALL_STATES,
     PAGE_ID_BITS,
 };
+use crate::store::catalog::CheckpointJob;
 use crate::store::codec::{self, CodecError, ContentRef, FrameWriter};
 use crate::store::keys;
 use crate::store::model::DiskModel;
@@ -694,8 +695,8 @@ const SWEEP_PAGE_LIMIT: usize = 2;
 ///
 /// Operations: enqueue (with idempotency keys, delays, priorities, attempt limits), lease, ack,
 /// nack, extend (with tokens from earlier grants, stale or forged ones too), moving the clock with
-/// or without firing timers, checkpoints, restarts (the last checkpoint plus the log after it,
-/// through the server's own recovery), and a person's actions: pause, configure, delete, retry,
+/// or without firing timers, checkpoints (written at once, left in flight, or failed), restarts
+/// (the last checkpoint plus the log after it, through the server's own recovery), and a person's actions: pause, configure, delete, retry,
 /// reschedule, edit, and the retention sweep. The broker is driven as the storage thread drives
 /// it: each request's contents and ops are one log frame (`store::model::DiskModel`). A small model
 /// predicts the outcomes; the checks are:
@@ -726,7 +727,7 @@ pub fn queue_ops(data: &[u8]) {
             16 => simulation.pause(&mut input),
             17 => simulation.configure(&mut input),
             18 => simulation.sweep(),
-            19 => simulation.checkpoint(),
+            19 => simulation.checkpoint_step(&mut input),
             _ => simulation.act(code % 22 == 20, &mut input),
         };
         if done.is_none() {
@@ -799,6 +800,8 @@ struct Simulation {
     restart_count: u64,
     /// The ops of the request being run.
     ops: Vec<Op>,
+    /// A checkpoint handed to the writer and not finished yet.
+    pending: Option<CheckpointJob>,
     /// Per queue: whether it exists, its settings and pause flag as last set.
     created: [bool; 2],
     settings: [QueueSettings; 2],
@@ -843,6 +846,7 @@ impl Simulation {
             now_ms: START_MS,
             restart_count: 0,
             ops: Vec::new(),
+            pending: None,
             created: [false; 2],
             settings: Default::default(),
             paused: [false; 2],
@@ -1208,9 +1212,32 @@ impl Simulation {
         self.keys.retain(|_, used| used.created_at_ms + IDEMPOTENCY_WINDOW_MS > now_ms);
     }
 
-    /// A checkpoint, as the server takes them.
-    fn checkpoint(&mut self) -> Option<()> {
-        self.disk.checkpoint(&mut self.broker, self.now_ms).expect("an in-memory checkpoint");
+    /// A checkpoint, as the server takes them (the one in flight written, if there is one).
+    fn checkpoint(&mut self) {
+        let job = match self.pending.take() {
+            Some(job) => job,
+            None => self.disk.begin_checkpoint(&mut self.broker, self.now_ms),
+        };
+        (self.disk.finish_checkpoint(&mut self.broker, job)).expect("an in-memory checkpoint");
+    }
+
+    /// A checkpoint written at once, left in flight while later operations run (as the storage
+    /// thread goes on while the checkpoint writer works), or failed (its changes go into the next).
+    fn checkpoint_step(&mut self, input: &mut Input) -> Option<()> {
+        match (input.byte()? % 3, self.pending.take()) {
+            (1, None) => {
+                self.pending = Some(self.disk.begin_checkpoint(&mut self.broker, self.now_ms));
+            }
+            (2, pending) => {
+                let job = pending
+                    .unwrap_or_else(|| self.disk.begin_checkpoint(&mut self.broker, self.now_ms));
+                self.disk.fail_checkpoint(&mut self.broker, job);
+            }
+            (_, pending) => {
+                self.pending = pending;
+                self.checkpoint();
+            }
+        }
         Some(())
     }
 
@@ -1226,6 +1253,8 @@ impl Simulation {
     }
 
     fn restart_with(&mut self, checkpoint_after: bool) {
+        // A checkpoint in flight is lost: recovery starts from the last durable one.
+        self.pending = None;
         self.restart_count += 1;
         let seed = crate::random::mix64(self.restart_count);
         let recovered = (self.disk.recover(broker_config(), self.now_ms, seed))

@@ -637,6 +637,7 @@ mod op {
     pub const PAUSE: u8 = 16;
     pub const CONFIGURE: u8 = 17;
     pub const SWEEP: u8 = 18;
+    /// Its byte: 0 writes at once (or the one in flight), 1 leaves one in flight, 2 fails one.
     pub const CHECKPOINT: u8 = 19;
     /// Delete (even id choice) or retry (odd).
     pub const DELETE_OR_RETRY: u8 = 20;
@@ -700,8 +701,9 @@ fn consumer_scenarios() -> Vec<Scenario> {
             &[RESTART, 2],
         ]),
         ("checkpoints", vec![
-            &[ENQUEUE, 12, 0, 0, 2, 1, 3, 2], &[CHECKPOINT], &[LEASE, 6, 100], &[NACK, 0, 0, 2],
-            &[CHECKPOINT], &[ACK, 0, 1], &[RESTART, 0], &[DELETE_OR_RETRY, 1, 0], &[CHECKPOINT],
+            &[ENQUEUE, 12, 0, 0, 2, 1, 3, 2], &[CHECKPOINT, 0], &[LEASE, 6, 100],
+            &[NACK, 0, 0, 2], &[CHECKPOINT, 0], &[ACK, 0, 1], &[RESTART, 0],
+            &[DELETE_OR_RETRY, 1, 0], &[CHECKPOINT, 0],
             &[RESTART, 2], &[LEASE, 6, 100],
         ]),
         ("two-queues", vec![
@@ -729,13 +731,20 @@ fn person_scenarios() -> Vec<Scenario> {
         ("retention", vec![
             &[CONFIGURE, 2], &[ENQUEUE, 2, 0, 0, 0, 0], &[LEASE, 2, 10], &[ACK, 0, 0],
             &[NACK, 0, 1, 2], &[CONFIGURE, 4], &[ENQUEUE, 0, 0, 0], &[LEASE, 0, 0], &[TICK, 0x41],
-            &[ADVANCE, 0x45], &[CHECKPOINT], &[SWEEP], &[ADVANCE, 0xcc], &[SWEEP], &[CHECKPOINT],
+            &[ADVANCE, 0x45], &[CHECKPOINT, 0], &[SWEEP], &[ADVANCE, 0xcc], &[SWEEP],
+            &[CHECKPOINT, 0],
             &[SWEEP], &[RESTART, 3], &[SWEEP],
         ]),
+        ("checkpoints-in-flight", vec![
+            &[ENQUEUE, 4, 0, 0, 0, 0], &[LEASE, 2, 100], &[NACK, 0, 0, 1], &[CHECKPOINT, 1],
+            &[ACK, 0, 1], &[DELETE_OR_RETRY, 0, 0], &[CHECKPOINT, 2], &[CHECKPOINT, 0],
+            &[CHECKPOINT, 1], &[ENQUEUE, 0, 0, 0], &[RESTART, 0], &[CHECKPOINT, 1],
+            &[LEASE, 0, 100], &[CHECKPOINT, 0], &[RESTART, 2],
+        ]),
         ("dead-from-the-catalog", vec![
-            &[ENQUEUE, 0, 0, 4], &[LEASE, 0, 10], &[NACK, 0, 0, 2], &[CHECKPOINT],
-            &[MOVE, 3, 7], &[CHECKPOINT], &[DELETE_OR_RETRY, 1, 1], &[RESTART, 0],
-            &[LEASE, 0, 10], &[ACK, 0, 1], &[CHECKPOINT], &[DELETE_OR_RETRY, 0, 0],
+            &[ENQUEUE, 0, 0, 4], &[LEASE, 0, 10], &[NACK, 0, 0, 2], &[CHECKPOINT, 0],
+            &[MOVE, 3, 7], &[CHECKPOINT, 0], &[DELETE_OR_RETRY, 1, 1], &[RESTART, 0],
+            &[LEASE, 0, 10], &[ACK, 0, 1], &[CHECKPOINT, 0], &[DELETE_OR_RETRY, 0, 0],
             &[RESTART, 1],
         ]),
     ]
