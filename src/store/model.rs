@@ -5,7 +5,9 @@
 //! the storage thread does — each request's contents and ops become one frame, through the same
 //! frame codec — and take checkpoints and restarts through the same catalog and recovery code as
 //! the server, so a restart in a test rebuilds exactly what a real restart would, only without
-//! files and fsyncs.
+//! files and fsyncs. Checkpoints can stay in flight or fail, as the checkpoint writer's do.
+//! [`DiskModel::compare`] is the one check that a broker rebuilt from the disk equals the live
+//! one; all three use it.
 
 use super::catalog::{Catalog, CheckpointJob};
 use super::codec::{decode_frame, FrameWriter};
@@ -111,10 +113,9 @@ impl DiskModel {
         // What replay will read: the ops exactly, their contents where they were placed.
         match decode_frame(&self.segment[payload.clone()], 0, payload.start as u64) {
             Ok(decoded) => assert_eq!(decoded, ops, "a frame decodes to other ops"),
-            Err(error) => panic!(
-                "a frame does not decode ({error}); do its ops use exactly \
-                                  the contents placed in it? {ops:?}"
-            ),
+            Err(error) => {
+                panic!("a frame does not decode ({error}): its ops must use its contents {ops:?}")
+            }
         }
         let length = u32::try_from(payload.len()).expect("small frames");
         let crc = crc32fast::hash(&self.segment[payload.clone()]);
@@ -335,32 +336,32 @@ impl DiskModel {
     ///
     /// Compared: the next id; every queue's stats (counts, pause, settings, oldest ready message);
     /// every message's record, and the history of each that exists ([`DiskModel::observe_all`],
-    /// [`DiskModel::history`]);
-    /// the idempotency keys still within their window (a restart forgets the others, as the
-    /// storage thread's first tick would); every queue's listing of every state, active ones from
-    /// the broker and dead or delivered ones from the catalog merged with the broker's
-    /// [`Broker::settled_of`] view, as the HTTP layer lists them; and what the next checkpoint
-    /// will record: the log segments' content usage, the durable epoch, the armed timers.
+    /// [`DiskModel::history`]); the idempotency keys still within their window (a restart forgets
+    /// the others, as the storage thread's first tick would); every queue's listing of every
+    /// state, active ones from the broker and dead or delivered ones from the catalog merged with
+    /// the broker's [`Broker::settled_of`] view, as the HTTP layer lists them; and what the next
+    /// checkpoint will record: the log segments' content usage, the durable epoch, the armed
+    /// timers.
     pub fn compare(&self, live: &Broker, recovered: &Broker, now_ms: u64) -> Result<(), String> {
         let read = |error: StoreError| format!("reading the catalog failed: {error}");
-        differ("next id", &live.next_id(), &recovered.next_id())?;
-        differ("queue stats", &live.all_queue_stats(), &recovered.all_queue_stats())?;
+        same("next id", &live.next_id(), &recovered.next_id())?;
+        same("queue stats", &live.all_queue_stats(), &recovered.all_queue_stats())?;
         let live_records = self.observe_all(live).map_err(read)?;
         let recovered_records = self.observe_all(recovered).map_err(read)?;
         for (index, (record, other)) in live_records.iter().zip(&recovered_records).enumerate() {
             let id = MessageId(index as u64 + 1);
-            differ(&format!("message {id}"), record, other)?;
+            same(&format!("message {id}"), record, other)?;
             let Some(meta) = record else { continue };
             let history = self.history(live, id, meta).map_err(read)?.events;
             let other = self.history(recovered, id, meta).map_err(read)?.events;
-            differ(&format!("history of message {id}"), &history, &other)?;
+            same(&format!("history of message {id}"), &history, &other)?;
         }
         let within_window = |broker: &Broker| {
             let mut keys = broker.idempotency_keys();
             keys.retain(|(_, _, record)| record.created_at_ms + IDEMPOTENCY_WINDOW_MS > now_ms);
             keys
         };
-        differ("idempotency keys", &within_window(live), &within_window(recovered))?;
+        same("idempotency keys", &within_window(live), &within_window(recovered))?;
         for queue_id in (0..live.queue_count() as u32).map(QueueId) {
             for state in ALL_STATES {
                 let terminal = !state.is_active();
@@ -372,13 +373,13 @@ impl DiskModel {
                 }
                 let listed = self.list(live, queue_id, state).map_err(read)?;
                 let other = self.list(recovered, queue_id, state).map_err(read)?;
-                differ(&format!("queue {} {} listing", queue_id.0, state.name()), &listed, &other)?;
+                same(&format!("queue {} {} listing", queue_id.0, state.name()), &listed, &other)?;
             }
         }
-        differ("segment usage", live.segment_usage(), recovered.segment_usage())?;
-        differ("durable epoch", &live.durable_epoch(), &recovered.durable_epoch())?;
-        differ("active messages", &live.active_count(), &recovered.active_count())?;
-        differ("armed timers", &live.timer_count(), &recovered.timer_count())
+        same("segment usage", live.segment_usage(), recovered.segment_usage())?;
+        same("durable epoch", &live.durable_epoch(), &recovered.durable_epoch())?;
+        same("active messages", &live.active_count(), &recovered.active_count())?;
+        same("armed timers", &live.timer_count(), &recovered.timer_count())
     }
 
     /// Every message of a queue in `state`, in id order, listed as the HTTP layer lists them:
@@ -398,8 +399,8 @@ impl DiskModel {
     }
 }
 
-/// `Err` naming `what` when the live and the recovered values differ.
-fn differ<T: PartialEq + std::fmt::Debug + ?Sized>(
+/// `Ok` when the live and the recovered values are the same, else an `Err` naming `what`.
+fn same<T: PartialEq + std::fmt::Debug + ?Sized>(
     what: &str,
     live: &T,
     recovered: &T,
