@@ -669,3 +669,36 @@ fn a_message_removed_while_a_failed_checkpoint_was_in_flight_leaves_no_history_b
     assert_eq!(harness.disk.catalog().history(id).unwrap(), None, "an orphan history was written");
     assert!(harness.broker.pending_history(id).is_empty());
 }
+
+/// Runs the retention sweep as the storage thread does, as one request; returns how many it removed.
+fn sweep(harness: &mut Harness, now_ms: u64) -> u64 {
+    let read = harness.disk.sweep(&harness.broker, now_ms, 64).unwrap();
+    harness.ops.clear();
+    let removed = harness.broker.expire_retained(now_ms, read.candidates, &mut harness.ops);
+    harness.log();
+    removed
+}
+
+#[test]
+fn a_retention_change_checkpointed_in_the_second_of_a_swept_note_still_reaches_its_page() {
+    let mut harness = Harness::new();
+    let ids = harness.enqueue(NOW, vec![message(0), message(0)]);
+    let grants = harness.lease(NOW, 2);
+    harness.ack(NOW, "q", &[Some(grants[0].token)]);
+    harness.nack(NOW, vec![nack_item(grants[1].token, None, true)]);
+    harness.checkpoint(NOW);
+    // The delivered message's note is due at this second; the sweep removes it and reads the
+    // note, which the next checkpoint deletes.
+    let due_ms = NOW + config().retention_ms;
+    assert_eq!(due_ms % 1000, 0);
+    assert_eq!(sweep(&mut harness, due_ms), 1);
+    // In the same millisecond, dead messages get a retention: every page holding the queue's
+    // dead messages must be looked at again.
+    let settings = QueueSettings { dead_retention_ms: Some(0), ..QueueSettings::default() };
+    harness.ops.clear();
+    harness.broker.configure(due_ms, "q", settings, &mut harness.ops);
+    harness.log();
+    harness.checkpoint(due_ms);
+    assert_eq!(sweep(&mut harness, due_ms + 1000), 1, "the dead message was never swept");
+    assert_eq!(harness.observe(ids[1]), None);
+}
