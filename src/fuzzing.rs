@@ -707,7 +707,9 @@ const SWEEP_PAGE_LIMIT: usize = 2;
 ///   again or back; a person's action never touches a leased message;
 /// - ids are handed out consecutively, and idempotent retries return the original ids;
 /// - a broker recovered from the disk shows exactly what the live one shows (`DiskModel::compare`,
-///   the check the simulation makes too), and the run goes on with it.
+///   the check the simulation makes too), and the run goes on with it;
+/// - after every checkpoint the catalog agrees with itself: its indexes count exactly what its
+///   pages hold, and it keeps histories and contents exactly for the messages that have them.
 pub fn queue_ops(data: &[u8]) {
     let mut input = Input { bytes: data };
     let mut simulation = Simulation::new();
@@ -1219,6 +1221,9 @@ impl Simulation {
             None => self.disk.begin_checkpoint(&mut self.broker, self.now_ms),
         };
         (self.disk.finish_checkpoint(&mut self.broker, job)).expect("an in-memory checkpoint");
+        if let Err(difference) = self.disk.check_catalog() {
+            panic!("the catalog disagrees with itself after a checkpoint: {difference}");
+        }
     }
 
     /// A checkpoint written at once, left in flight while later operations run (as the storage

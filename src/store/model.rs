@@ -10,7 +10,8 @@
 //! one; all three use it.
 
 use super::catalog::{Catalog, CheckpointJob};
-use super::codec::{decode_frame, FrameWriter};
+use super::codec::{decode_frame, decode_page, FrameWriter};
+use super::keys;
 use super::recovery;
 use super::wal::{WalPosition, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use super::StoreError;
@@ -21,6 +22,7 @@ use crate::queue::{
 };
 use std::cell::RefCell;
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The log and the catalog of one data directory, in memory.
 pub struct DiskModel {
@@ -380,6 +382,67 @@ impl DiskModel {
         same("durable epoch", &live.durable_epoch(), &recovered.durable_epoch())?;
         same("active messages", &live.active_count(), &recovered.active_count())?;
         same("armed timers", &live.timer_count(), &recovered.timer_count())
+    }
+
+    /// Checks that the catalog agrees with itself: its `a` and `t` index entries count exactly
+    /// the records its pages hold, it keeps a history exactly for the messages whose record
+    /// counts history events, and a content exactly for those whose content is kept there.
+    pub fn check_catalog(&self) -> Result<(), String> {
+        let mut pages = Vec::new();
+        let (mut active, mut terminal) = (BTreeMap::new(), BTreeMap::new());
+        let (mut histories, mut contents) = (BTreeSet::new(), BTreeSet::new());
+        let count = |value: &[u8]| value.try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+        let number = |bytes: &[u8]| bytes.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+        self.catalog
+            .for_each_entry(|key, value| {
+                match key[0] {
+                    keys::PAGE => pages.push((number(&key[1..]), value.to_vec())),
+                    keys::ACTIVE => drop(active.insert(number(&key[1..]), count(value))),
+                    keys::TERMINAL if key.len() == 14 => {
+                        let queue = u32::from_be_bytes(key[1..5].try_into().expect("4 bytes"));
+                        terminal.insert((queue, key[5], number(&key[6..])), count(value));
+                    }
+                    keys::HISTORY => drop(histories.insert(number(&key[1..]))),
+                    keys::CONTENT => drop(contents.insert(number(&key[1..]))),
+                    _ => {}
+                }
+                Ok(())
+            })
+            .map_err(|error| format!("reading the catalog failed: {error}"))?;
+        let (mut expected_active, mut expected_terminal) = (BTreeMap::new(), BTreeMap::new());
+        let (mut expected_histories, mut expected_contents) = (BTreeSet::new(), BTreeSet::new());
+        for (page, bytes) in pages {
+            let records =
+                decode_page(page, &bytes).map_err(|error| format!("page {page}: {error}"))?;
+            for (id, meta) in records {
+                if meta.state.is_active() {
+                    *expected_active.entry(page).or_insert(0) += 1;
+                } else {
+                    let entry = (meta.queue_id.0, meta.state as u8, page);
+                    *expected_terminal.entry(entry).or_insert(0) += 1;
+                }
+                if meta.event_seq > 0 {
+                    expected_histories.insert(id.0);
+                }
+                if matches!(meta.content, ContentLocation::Catalog { .. }) {
+                    expected_contents.insert(id.0);
+                }
+            }
+        }
+        fn agree<T: PartialEq + std::fmt::Debug>(
+            what: &str,
+            found: T,
+            pages: T,
+        ) -> Result<(), String> {
+            if found == pages {
+                return Ok(());
+            }
+            Err(format!("{what}: the catalog has {found:?}, its pages say {pages:?}"))
+        }
+        agree("active page index", active, expected_active)?;
+        agree("dead and delivered page index", terminal, expected_terminal)?;
+        agree("messages with a history", histories, expected_histories)?;
+        agree("messages with a content in the catalog", contents, expected_contents)
     }
 
     /// Every message of a queue in `state`, in id order, listed as the HTTP layer lists them:
