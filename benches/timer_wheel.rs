@@ -1,13 +1,17 @@
 //! Measures the timer wheel that drives scheduled delivery, retries and lease expiry: inserting
-//! 1M timers, expiring 1M timers in one jump of time, and the steady state of a wheel holding 1M
-//! timers where each millisecond inserts 33 leases of 30 s and fires the 33 that fall due.
+//! 1M timers, expiring 1M timers in one jump of time, the steady state of a wheel holding 1M
+//! timers where each millisecond inserts 33 leases of 30 s and fires the 33 that fall due, and the
+//! steady state of 1M leases that are all acked before their deadline, where each millisecond
+//! inserts 33 leases and cancels the 33 oldest (an ack cancels its lease's timer).
 //!
-//! Method: deadlines come from a fixed-seed generator; the 1M-timer wheels are built outside the
-//! timed section (criterion `iter_batched`), so each figure is the operation alone. Throughput is
-//! reported per timer.
+//! Method: deadlines come from a fixed-seed SplitMix64; the 1M-timer wheels are built outside the
+//! timed section (criterion `iter_batched`, or before the steady states start), so each figure is
+//! the operation alone. Throughput is reported per timer.
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use outboxd::timer::TimerWheel;
+use outboxd::random::SplitMix64;
+use outboxd::timer::{TimerHandle, TimerWheel};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -17,23 +21,10 @@ const SPREAD_MS: u64 = 30_000;
 /// Timers inserted (and fired) per millisecond in the steady state: 1M over 30 s.
 const STEADY_PER_MS: u64 = TIMER_COUNT / SPREAD_MS;
 
-/// A fixed-seed SplitMix64, so that every run inserts the same deadlines.
-struct Deadlines(u64);
-
-impl Deadlines {
-    /// A deadline in (`now_ms`, `now_ms + SPREAD_MS`].
-    fn next_after(&mut self, now_ms: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        now_ms + 1 + (z ^ (z >> 31)) % SPREAD_MS
-    }
-}
-
+/// `count` deadlines in (`NOW_MS`, `NOW_MS + SPREAD_MS`], the same in every run.
 fn deadlines(count: u64) -> Vec<u64> {
-    let mut generator = Deadlines(7);
-    (0..count).map(|_| generator.next_after(NOW_MS)).collect()
+    let mut generator = SplitMix64(7);
+    (0..count).map(|_| NOW_MS + 1 + generator.below(SPREAD_MS)).collect()
 }
 
 fn filled_wheel(deadlines: &[u64]) -> TimerWheel {
@@ -88,6 +79,34 @@ fn wheel(c: &mut Criterion) {
                 key += 1;
             }
             fired.clear();
+            wheel.expire(now_ms, &mut fired);
+            black_box(fired.len())
+        })
+    });
+
+    // One iteration is one millisecond of a busy server whose consumers ack every lease: 33 new
+    // 60 s leases, and the 33 oldest of the 1M held cancelled by their acks, 30 s into their
+    // lease. Nothing ever fires; the wheel holds 1M timers throughout.
+    group.bench_function("insert_cancel_steady_1M", |b| {
+        const LEASE_MS: u64 = 2 * SPREAD_MS;
+        let mut wheel = TimerWheel::new(NOW_MS);
+        let mut held: VecDeque<TimerHandle> = (0..TIMER_COUNT)
+            .map(|key| {
+                let leased_at_ms = NOW_MS - SPREAD_MS + key * SPREAD_MS / TIMER_COUNT;
+                wheel.insert(leased_at_ms + LEASE_MS, key)
+            })
+            .collect();
+        let mut fired = Vec::new();
+        let mut now_ms = NOW_MS;
+        let mut key = TIMER_COUNT;
+        b.iter(|| {
+            now_ms += 1;
+            for _ in 0..STEADY_PER_MS {
+                held.push_back(wheel.insert(now_ms + LEASE_MS, key));
+                key += 1;
+                let oldest = held.pop_front().expect("1M leases are held");
+                assert!(wheel.cancel(oldest), "a held lease's timer fired");
+            }
             wheel.expire(now_ms, &mut fired);
             black_box(fired.len())
         })

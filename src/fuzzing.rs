@@ -6,17 +6,20 @@
 //! feature, lets `tests/fuzz_corpus.rs` replay the checked-in corpus on stable Rust while
 //! `cargo fuzz` (nightly features) explores new inputs with the same code.
 //!
-//! | target         | what it feeds                         | what it checks beyond "no panic"          |
-//! |----------------|---------------------------------------|-------------------------------------------|
-//! | `decode_record`| every `store::codec` decoder          | decode → encode → decode round trips      |
-//! | `decode_key`   | every `store::keys` decoder           | round trips, byte order = numeric order   |
-//! | `http_json`    | every request parser of `http::types` | accepted requests are within the limits   |
-//! | `wal_replay`   | a WAL directory built from the bytes  | frames match a model; replay is idempotent|
-//! | `queue_ops`    | up to 256 broker and person's actions | counts, lease exclusivity, store = memory |
+//! | target         | what it feeds                          | what it checks beyond "no panic"          |
+//! |----------------|----------------------------------------|-------------------------------------------|
+//! | `decode_record`| every `store::codec` decoder           | decode → encode → decode round trips      |
+//! | `decode_key`   | every `store::keys` decoder            | round trips, byte order = numeric order   |
+//! | `http_json`    | every request parser of `http::types`  | accepted requests are within the limits   |
+//! | `wal_replay`   | a log directory built from the bytes   | frames match a model; torn tail only at   |
+//! |                |                                        | the end; replay idempotent, = read_range  |
+//! | `queue_ops`    | up to 256 broker and person's actions, | counts, lease exclusivity, a recovered    |
+//! |                | checkpoints and restarts               | broker = the live broker                  |
 //!
 //! Every target runs in microseconds to a few milliseconds, so that libFuzzer gets thousands of
 //! executions per second and the corpus test stays fast in debug builds.
 
+use crate::engine::IncomingMessage;
 use crate::http::error::ApiError;
 use crate::http::types::{self, RequestLimits};
 use crate::limits::{
@@ -26,15 +29,17 @@ use crate::limits::{
 };
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{
-    BodyKind, Broker, BrokerConfig, Change, ControlError, Delivery, Edit, EnqueueError,
-    FailOutcome, Grant, IdempotencyKey, IdempotencyRecord, LeaseToken, MessageContent, MessageId,
-    MessageMeta, MessageState, NackItem, NewMessage, QueueId, QueueRecord, QueueSettings,
-    ALL_STATES,
+    BodyKind, Broker, BrokerConfig, ContentLocation, ControlError, Delivery, Edit, EditFields,
+    EnqueueError, ExtendItem, FailOutcome, Grant, IdempotencyKey, LeaseToken, MessageId,
+    MessageMeta, MessageState, NackItem, NewMessage, Op, QueueId, QueueSettings, ALL_STATES,
+    PAGE_ID_BITS,
 };
-use crate::store::codec::{self, CodecError, ContentRef};
+use crate::store::catalog::CheckpointJob;
+use crate::store::codec::{self, CodecError, ContentRef, FrameWriter};
 use crate::store::keys;
+use crate::store::model::DiskModel;
 use crate::store::wal::{self, WalError, WalPosition, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::Path;
 
@@ -42,29 +47,47 @@ use std::path::Path;
 // decode_record
 // ---------------------------------------------------------------------------------------------
 
-/// Feeds `data` to every record decoder, as given and with a valid crc appended.
+/// Where a segment's first frame payload starts: after the segment header and the frame header.
+pub const FIRST_PAYLOAD_OFFSET: u64 = 24;
+
+/// The (segment, payload offset) pairs frames are decoded at: the first frame of segment 0, and a
+/// frame whose contents would end beyond the 4 GiB a location can address.
+const FRAME_PLACES: [(u32, u64); 2] = [(0, FIRST_PAYLOAD_OFFSET), (u32::MAX, u32::MAX as u64 - 64)];
+
+/// The pages records are decoded as: the first, and the last an id can be in.
+const PAGE_NUMBERS: [u64; 2] = [0, u64::MAX >> PAGE_ID_BITS];
+
+/// Feeds `data` to every decoder of the store's formats, as given and sealed with a valid crc.
 ///
-/// Random bytes almost never carry a matching crc32, so without the sealed variant the fuzzer
-/// would only ever exercise the crc check; sealing lets it reach the bincode field decoding. Any
-/// record that decodes must survive encode → decode → encode unchanged, and its canonical encoding
-/// can be no longer than the bytes that were accepted (bincode's varints are minimal when written).
+/// Random bytes almost never carry a matching crc32, so without the sealed variants the fuzzer
+/// would only ever exercise the crc checks: the catalog's records carry theirs at the end, a
+/// content at the start. Any value that decodes must survive encode → decode unchanged (compared
+/// as re-encoded bytes: queue settings hold floats, and a NaN is not equal to itself), and its
+/// canonical encoding can be no longer than the bytes that were accepted (varints are minimal
+/// when written).
 pub fn decode_record(data: &[u8]) {
     decode_every_kind(data);
-    let mut sealed = data.to_vec();
-    sealed.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    decode_every_kind(&sealed);
+    let crc = crc32fast::hash(data).to_le_bytes();
+    decode_every_kind(&[data, &crc].concat());
+    decode_every_kind(&[&crc, data].concat());
 }
 
 fn decode_every_kind(bytes: &[u8]) {
-    round_trip(bytes, codec::decode_meta, codec::encode_meta);
-    round_trip(bytes, codec::decode_content, codec::encode_content);
-    round_trip(bytes, codec::decode_history, codec::encode_history);
-    round_trip(bytes, codec::decode_queue, codec::encode_queue);
-    round_trip(bytes, codec::decode_idempotency, codec::encode_idempotency);
-    round_trip(bytes, codec::decode_changes, |changes: &Vec<Change>| encode_changes(changes));
-    if let Ok(content) = codec::decode_content(bytes) {
-        check_borrowed_content_encoding(&content);
+    check_content(bytes);
+    for (segment, payload_offset) in FRAME_PLACES {
+        check_frame(bytes, segment, payload_offset);
     }
+    for page in PAGE_NUMBERS {
+        round_trip(
+            bytes,
+            |bytes| codec::decode_page(page, bytes),
+            |records| codec::encode_page(page, records),
+        );
+    }
+    round_trip(bytes, codec::decode_manifest, codec::encode_manifest);
+    round_trip(bytes, codec::decode_queue, codec::encode_queue);
+    round_trip(bytes, codec::decode_history, codec::encode_history);
+    round_trip(bytes, codec::decode_idempotency, codec::encode_idempotency);
 }
 
 /// Checks that a decoded record re-encodes to bytes that decode to the same value.
@@ -79,8 +102,6 @@ fn round_trip<T: Debug>(
     let encoded = encode(&value);
     let again = decode(&encoded)
         .unwrap_or_else(|error| panic!("re-encoded {value:?} does not decode: {error}"));
-    // Compared as bytes, not values: queue settings hold floats, and a NaN is not equal to itself.
-    // bincode encodes every field, so equal bytes mean nothing was lost in the round trip.
     assert_eq!(encode(&again), encoded, "a record changed in a round trip: {value:?}");
     assert!(
         encoded.len() <= bytes.len(),
@@ -90,78 +111,208 @@ fn round_trip<T: Debug>(
     );
 }
 
-fn encode_changes(changes: &[Change]) -> Vec<u8> {
-    let mut payload = Vec::new();
-    codec::encode_changes_into(changes, &mut payload);
-    payload
+/// A content that decodes re-encodes (from its parts, as the enqueue path does) to a content
+/// that decodes to the same parts.
+fn check_content(bytes: &[u8]) {
+    let Ok(view) = codec::decode_content(bytes) else {
+        return;
+    };
+    let owned = view.to_owned();
+    let parts =
+        ContentRef { headers: &owned.headers, body_kind: owned.body_kind, body: &owned.body };
+    let encoded = codec::encode_content(&parts);
+    let again = codec::decode_content(&encoded)
+        .unwrap_or_else(|error| panic!("re-encoded {view:?} does not decode: {error}"));
+    assert_eq!(again, view, "a content changed in a round trip");
+    assert!(encoded.len() <= bytes.len(), "the canonical content is longer than the accepted one");
 }
 
-/// The enqueue path encodes content through `ContentRef`; it must produce the owned encoding.
-fn check_borrowed_content_encoding(content: &MessageContent) {
-    let borrowed =
-        ContentRef { headers: &content.headers, body_kind: content.body_kind, body: &content.body };
+/// A frame payload that decodes re-encodes, with the contents its ops use, to a payload that
+/// decodes to the same ops whose contents hold the same bytes.
+fn check_frame(payload: &[u8], segment: u32, payload_offset: u64) {
+    let Ok(ops) = codec::decode_frame(payload, segment, payload_offset) else {
+        return;
+    };
+    let contents: Vec<&[u8]> = content_locations(&ops)
+        .into_iter()
+        .map(|location| content_bytes(payload, payload_offset, location))
+        .collect();
+    let encoded = encode_frame(segment, payload_offset, &contents, &ops);
+    let again = codec::decode_frame(&encoded, segment, payload_offset)
+        .unwrap_or_else(|error| panic!("re-encoded ops {ops:?} do not decode: {error}"));
+    let again_contents: Vec<&[u8]> = content_locations(&again)
+        .into_iter()
+        .map(|location| content_bytes(&encoded, payload_offset, location))
+        .collect();
+    assert_eq!(again_contents, contents, "contents changed in a round trip");
     assert_eq!(
-        codec::encode_content_ref(&borrowed),
-        codec::encode_content(content),
-        "ContentRef and MessageContent encode differently"
+        encode_frame(segment, payload_offset, &again_contents, &again),
+        encoded,
+        "ops changed in a round trip: {ops:?}"
     );
+    assert!(encoded.len() <= payload.len(), "the canonical frame is longer than the accepted one");
+}
+
+/// The content locations the ops use, in the order a frame holds the contents.
+fn content_locations(ops: &[Op]) -> Vec<ContentLocation> {
+    let mut locations = Vec::new();
+    for op in ops {
+        match op {
+            Op::Enqueue { messages, .. } => {
+                locations.extend(messages.iter().map(|message| message.content));
+            }
+            Op::Edit { content: Some(content), .. } => locations.push(*content),
+            _ => {}
+        }
+    }
+    locations
+}
+
+/// The bytes a decoded location names in its frame payload.
+fn content_bytes(payload: &[u8], payload_offset: u64, location: ContentLocation) -> &[u8] {
+    let ContentLocation::Log { offset, len, .. } = location else {
+        panic!("a frame's content decoded as kept in the catalog: {location:?}");
+    };
+    let start = (u64::from(offset) - payload_offset) as usize;
+    &payload[start..start + len as usize]
+}
+
+/// A frame payload: the contents, then the ops (which must use them in order).
+pub fn encode_frame(segment: u32, payload_offset: u64, contents: &[&[u8]], ops: &[Op]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    let mut writer = FrameWriter::begin(&mut payload, segment, payload_offset, contents.len());
+    for content in contents {
+        writer.content(&mut payload, content);
+    }
+    writer.finish(&mut payload, ops);
+    payload
 }
 
 // ---------------------------------------------------------------------------------------------
 // decode_key
 // ---------------------------------------------------------------------------------------------
 
-/// Feeds `data` to every sled key decoder (message, queue, idempotency, terminal, expiry) and
-/// checks round trips and ordering.
+/// Feeds `data` to every catalog key decoder and checks round trips, ranges and ordering.
 ///
-/// A key decodes exactly when it has the right shape, re-encodes to the same bytes (each id has one
-/// key), and two keys compare as bytes the way their ids compare as numbers, which is what makes
-/// sled's iteration order the enqueue order (and the expiry order the time order).
+/// A key decodes exactly when it has the right shape, re-encodes to the same bytes (each value has
+/// one key), lies in its kind's range, and two keys of a kind compare as bytes the way their
+/// values compare as numbers (then strings), which is what makes sled's order the id order of
+/// pages, the time order of retention notes and idempotency keys, and the page order of a
+/// queue's dead or delivered listing.
 pub fn decode_key(data: &[u8]) {
-    match keys::decode_message_key(data) {
-        Some(id) => assert_eq!(keys::message_key(id).as_slice(), data),
-        None => assert_ne!(data.len(), 8, "an 8-byte message key was refused"),
-    }
+    let shaped = |kind: u8, length: usize| data.len() == length && data.first() == Some(&kind);
     match keys::decode_queue_key(data) {
         Some(queue_id) => assert_eq!(keys::queue_key(queue_id).as_slice(), data),
-        None => assert_ne!(data.len(), 4, "a 4-byte queue key was refused"),
+        None => assert!(!shaped(keys::QUEUE, 5), "a queue key was refused"),
+    }
+    match keys::decode_page_key(data) {
+        Some(page) => assert_eq!(keys::page_key(page).as_slice(), data),
+        None => assert!(!shaped(keys::PAGE, 9), "a page key was refused"),
+    }
+    match keys::decode_active_key(data) {
+        Some(page) => assert_eq!(keys::active_key(page).as_slice(), data),
+        None => assert!(!shaped(keys::ACTIVE, 9), "an active key was refused"),
+    }
+    match keys::decode_expiry_key(data) {
+        Some((at_ms, page)) => assert_eq!(keys::expiry_key(at_ms, page).as_slice(), data),
+        None => assert!(!shaped(keys::EXPIRY, 17), "a retention note key was refused"),
     }
     match keys::decode_idempotency_key(data) {
-        Some((queue_id, key)) => assert_eq!(keys::idempotency_key(queue_id, &key), data),
+        Some((at_ms, queue_id, key)) => {
+            assert_eq!(keys::idempotency_key(at_ms, queue_id, &key), data);
+        }
         None => assert!(
-            data.len() < 4 || std::str::from_utf8(&data[4..]).is_err(),
+            data.len() < 14
+                || data[0] != keys::IDEMPOTENCY
+                || std::str::from_utf8(&data[13..]).is_err(),
             "a well-formed idempotency key was refused"
         ),
     }
-    match keys::decode_terminal_key(data) {
-        // The id is all a terminal key yields: its queue and state come from the prefix it was
-        // listed under.
-        Some(id) => {
-            assert_eq!(data.len(), 13, "a terminal key of {} bytes", data.len());
-            assert_eq!(&data[5..], keys::message_key(id).as_slice());
-        }
-        None => assert_ne!(data.len(), 13, "a 13-byte terminal key was refused"),
-    }
-    match keys::decode_expiry_key(data) {
-        Some((at_ms, id)) => assert_eq!(keys::expiry_key(at_ms, id).as_slice(), data),
-        None => assert_ne!(data.len(), 16, "a 16-byte expiry key was refused"),
-    }
+    check_terminal_key(data);
     check_key_order(data);
 }
 
+/// A `t` key decodes under exactly its own queue and state.
+fn check_terminal_key(data: &[u8]) {
+    let own = (data.len() == 14 && data[0] == keys::TERMINAL).then(|| {
+        let queue_id = QueueId(u32::from_be_bytes(data[1..5].try_into().expect("4 bytes")));
+        (queue_id, data[5])
+    });
+    let other_queue = own.map_or(QueueId(0), |(queue_id, _)| QueueId(queue_id.0 ^ 1));
+    for state in ALL_STATES {
+        let decoded = keys::decode_terminal_key(data, own.map_or(QueueId(0), |own| own.0), state);
+        match (own, decoded) {
+            (Some((queue_id, byte)), Some(page)) => {
+                assert_eq!(byte, state as u8, "a terminal key decoded under another state");
+                assert_eq!(keys::terminal_key(queue_id, state, page).as_slice(), data);
+            }
+            (Some((_, byte)), None) => {
+                assert_ne!(byte, state as u8, "a terminal key was refused under its own state")
+            }
+            (None, decoded) => assert_eq!(decoded, None, "a malformed terminal key decoded"),
+        }
+        assert_eq!(
+            keys::decode_terminal_key(data, other_queue, state),
+            None,
+            "a terminal key decoded under another queue"
+        );
+    }
+}
+
+/// Keys built from numbers taken from the input order as the numbers do, within their kind's
+/// range.
 fn check_key_order(data: &[u8]) {
-    if data.len() >= 16 {
-        let (left, right) = (&data[..8], &data[8..16]);
-        let left_id = keys::decode_message_key(left).expect("8 bytes are a message key");
-        let right_id = keys::decode_message_key(right).expect("8 bytes are a message key");
-        assert_eq!(left.cmp(right), left_id.cmp(&right_id), "message key order");
+    if data.len() < 16 {
+        return;
     }
-    if data.len() >= 8 {
-        let (left, right) = (&data[..4], &data[4..8]);
-        let left_id = keys::decode_queue_key(left).expect("4 bytes are a queue key");
-        let right_id = keys::decode_queue_key(right).expect("4 bytes are a queue key");
-        assert_eq!(left.cmp(right), left_id.cmp(&right_id), "queue key order");
+    let number = |range: std::ops::Range<usize>| {
+        u64::from_be_bytes(data[range].try_into().expect("8 bytes"))
+    };
+    let (a, b) = (number(0..8), number(8..16));
+    let queue = |value: u64| QueueId(value as u32);
+    let in_range = |kind: u8, key: &[u8]| {
+        let (start, end) = keys::kind_range(kind);
+        assert!(start.as_slice() <= key && key < end.as_slice(), "key {key:02x?} outside its kind");
+    };
+    let pairs: [(u8, Vec<u8>, Vec<u8>); 4] = [
+        (keys::PAGE, keys::page_key(a).to_vec(), keys::page_key(b).to_vec()),
+        (keys::ACTIVE, keys::active_key(a).to_vec(), keys::active_key(b).to_vec()),
+        (
+            keys::HISTORY,
+            keys::history_key(MessageId(a)).to_vec(),
+            keys::history_key(MessageId(b)).to_vec(),
+        ),
+        (
+            keys::CONTENT,
+            keys::content_key(MessageId(a)).to_vec(),
+            keys::content_key(MessageId(b)).to_vec(),
+        ),
+    ];
+    for (kind, left, right) in pairs {
+        in_range(kind, &left);
+        assert_eq!(left.cmp(&right), a.cmp(&b), "order of {} keys", kind as char);
     }
+    let (left, right) = (keys::queue_key(queue(a)), keys::queue_key(queue(b)));
+    in_range(keys::QUEUE, &left);
+    assert_eq!(left.cmp(&right), queue(a).cmp(&queue(b)), "queue key order");
+    let (left, right) = (keys::expiry_key(a, b), keys::expiry_key(b, a));
+    in_range(keys::EXPIRY, &left);
+    assert_eq!(left.cmp(&right), (a, b).cmp(&(b, a)), "retention note key order");
+    let rest = &data[16..];
+    let split = rest.len() / 2;
+    let (text_a, text_b) =
+        (String::from_utf8_lossy(&rest[..split]), String::from_utf8_lossy(&rest[split..]));
+    let (left, right) =
+        (keys::idempotency_key(a, queue(b), &text_a), keys::idempotency_key(b, queue(a), &text_b));
+    in_range(keys::IDEMPOTENCY, &left);
+    let expected = (a, queue(b), text_a.as_bytes()).cmp(&(b, queue(a), text_b.as_bytes()));
+    assert_eq!(left.cmp(&right), expected, "idempotency key order");
+    let states = [ALL_STATES[(a % 6) as usize], ALL_STATES[(b % 6) as usize]];
+    let (left, right) =
+        (keys::terminal_key(queue(a), states[0], b), keys::terminal_key(queue(b), states[1], a));
+    in_range(keys::TERMINAL, &left);
+    let expected = (queue(a), states[0] as u8, b).cmp(&(queue(b), states[1] as u8, a));
+    assert_eq!(left.cmp(&right), expected, "terminal key order");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -212,12 +363,12 @@ pub fn http_json(data: &[u8]) {
     }
     match types::parse_extend(data) {
         Ok((texts, items)) => {
-            for (_, lease_ms) in &items {
-                if let Some(lease_ms) = lease_ms {
-                    assert!((LEASE_MS_MIN..=LEASE_MS_MAX).contains(lease_ms));
+            for item in &items {
+                if let Some(lease_ms) = item.lease_ms {
+                    assert!((LEASE_MS_MIN..=LEASE_MS_MAX).contains(&lease_ms));
                 }
             }
-            check_tokens(&texts, items.into_iter().map(|(token, _)| token));
+            check_tokens(&texts, items.into_iter().map(|item| item.token));
         }
         Err(error) => check_refusal(&error),
     }
@@ -238,12 +389,12 @@ fn check_refusal(error: &ApiError) {
 }
 
 /// Every accepted message respects the limits, and its stored content decodes and can be served.
-fn check_enqueue(messages: &[NewMessage], now_ms: u64) {
+fn check_enqueue(messages: &[IncomingMessage], now_ms: u64) {
     assert!(!messages.is_empty());
     assert!(messages.len() <= FUZZ_LIMITS.batch_count_max as usize);
     for message in messages {
-        let content = codec::decode_content(&message.content_record)
-            .expect("the parser's content record decodes");
+        let content =
+            codec::decode_content(&message.content).expect("the parser's content decodes");
         assert!(content.headers.len() <= HEADER_COUNT_MAX);
         let mut size_bytes = content.body.len();
         for (name, value) in &content.headers {
@@ -254,7 +405,7 @@ fn check_enqueue(messages: &[NewMessage], now_ms: u64) {
         assert!(size_bytes as u64 <= FUZZ_LIMITS.message_bytes_max);
         if content.body_kind == BodyKind::Json {
             // The body is returned verbatim inside a JSON response, so it must be JSON itself.
-            serde_json::from_slice::<serde::de::IgnoredAny>(&content.body)
+            serde_json::from_slice::<serde::de::IgnoredAny>(content.body)
                 .expect("an accepted JSON body is JSON");
         }
         if let Some(count) = message.attempt_count_max {
@@ -287,7 +438,7 @@ fn check_tokens(texts: &[String], tokens: impl Iterator<Item = Option<LeaseToken
 // wal_replay
 // ---------------------------------------------------------------------------------------------
 
-/// Writes the bytes as WAL segment files, replays them, and checks the result against a model.
+/// Writes the bytes as log segment files, replays them, and checks the result against a model.
 ///
 /// The first byte picks the layout (the rest of the input is `body`):
 /// - 0: one segment file whose whole content is `body` (header included, so usually refused);
@@ -297,10 +448,12 @@ fn check_tokens(texts: &[String], tokens: impl Iterator<Item = Option<LeaseToken
 /// - 3: two built segments (the next byte says how many bytes the first one gets): damage in the
 ///   first is corruption, damage in the second a torn tail.
 ///
-/// Whatever the layout, replay returns `Ok` or `Err` and never panics; after an `Ok` (which may
+/// Whatever the layout, replay returns `Ok` or `Err` and never panics. `read_range` (the read-only
+/// reader backups use), run first, changes no file and agrees with the replay: the same frames, its
+/// torn tail where the replay truncates, an error where the replay fails. After an `Ok` (which may
 /// have truncated a torn tail) a second replay succeeds without truncating and returns the same
-/// frames, a replay from any frame boundary returns the frames after it, and a replay from inside a
-/// frame is refused.
+/// frames, a replay from any frame boundary returns the frames after it, a range up to a frame
+/// boundary returns the frames before it, and a replay from inside a frame is refused.
 pub fn wal_replay(data: &[u8]) {
     let Some((&layout, body)) = data.split_first() else {
         return;
@@ -318,10 +471,14 @@ pub fn wal_replay(data: &[u8]) {
         }
     };
     for (seq, segment) in segments.iter().enumerate() {
-        std::fs::write(segment_file(dir, seq as u64), &segment.bytes)
-            .expect("writing a scratch WAL segment");
+        std::fs::write(wal::segment_path(dir, seq as u64), &segment.bytes)
+            .expect("writing a scratch log segment");
     }
+    let lengths = file_lengths(dir, segments.len());
+    let read = read_frames(dir, WalPosition::START, None);
+    assert_eq!(file_lengths(dir, segments.len()), lengths, "read_range changed a segment");
     let first = replay_frames(dir, WalPosition::START);
+    check_read_agrees(&read, &first);
     check_against_plan(dir, &segments, &first);
     match first {
         Ok((frames, _)) => check_replay_again(dir, &frames, body.len()),
@@ -357,6 +514,47 @@ fn replay_frames(dir: &Path, from: WalPosition) -> Result<(Frames, wal::ReplaySu
     Ok((frames, summary))
 }
 
+/// Frames returned by `read_range`, and the offset of the torn tail it stopped at.
+type RangeRead = (Frames, Option<u64>);
+
+fn read_frames(
+    dir: &Path,
+    from: WalPosition,
+    to: Option<WalPosition>,
+) -> Result<RangeRead, WalError> {
+    let mut frames = Vec::new();
+    let summary = wal::read_range(dir, from, to, |position, payload: &[u8]| {
+        frames.push((position, payload.to_vec()));
+        Ok::<(), WalError>(())
+    })?;
+    assert_eq!(summary.frame_count, frames.len() as u64);
+    Ok((frames, summary.torn_tail.map(|(_, offset, _)| offset)))
+}
+
+fn file_lengths(dir: &Path, count: usize) -> Vec<u64> {
+    (0..count as u64)
+        .map(|seq| std::fs::metadata(wal::segment_path(dir, seq)).map_or(0, |meta| meta.len()))
+        .collect()
+}
+
+/// `read_range` over the whole log reads what the replay replays and stops where it truncates.
+fn check_read_agrees(
+    read: &Result<RangeRead, WalError>,
+    replayed: &Result<(Frames, wal::ReplaySummary), WalError>,
+) {
+    match (read, replayed) {
+        (Ok((frames, torn_at)), Ok((replayed_frames, summary))) => {
+            assert_eq!(frames, replayed_frames, "read_range and replay read other frames");
+            let truncated_at = summary.truncated.as_ref().map(|tail| tail.offset);
+            assert_eq!(*torn_at, truncated_at, "read_range and replay disagree on the torn tail");
+        }
+        (Err(_), Err(_)) => {}
+        (read, replayed) => {
+            panic!("read_range gave {read:?} but replay gave {replayed:?}")
+        }
+    }
+}
+
 /// A directory for one replay, on tmpfs when there is one: replay fsyncs after truncating.
 fn scratch_dir() -> tempfile::TempDir {
     let shared_memory = Path::new("/dev/shm");
@@ -366,10 +564,6 @@ fn scratch_dir() -> tempfile::TempDir {
         .prefix("outboxd-fuzz-wal-")
         .tempdir_in(parent)
         .expect("creating a scratch directory")
-}
-
-fn segment_file(dir: &Path, seq: u64) -> std::path::PathBuf {
-    dir.join(format!("{seq:020}.wal"))
 }
 
 fn segment_header(seq: u64, rest: &[u8]) -> Vec<u8> {
@@ -439,8 +633,9 @@ fn check_against_plan(
     let truncated_at = summary.truncated.as_ref().map(|tail| tail.offset);
     assert_eq!(truncated_at, last_plan.1, "the torn tail was cut elsewhere");
     if let Some(offset) = truncated_at {
-        let length =
-            std::fs::metadata(segment_file(dir, last_seq)).expect("the segment still exists").len();
+        let length = std::fs::metadata(wal::segment_path(dir, last_seq))
+            .expect("the segment still exists")
+            .len();
         assert_eq!(length, offset, "the file was not truncated to the torn frame");
     }
 }
@@ -467,6 +662,10 @@ fn check_replay_again(dir: &Path, frames: &Frames, choice: usize) {
     let (after, _) = replay_frames(dir, boundary)
         .unwrap_or_else(|error| panic!("replay from the frame boundary {boundary:?}: {error}"));
     assert_eq!(after.as_slice(), &frames[index + 1..], "replay from {boundary:?}");
+    let (before, torn_at) = read_frames(dir, WalPosition::START, Some(boundary))
+        .unwrap_or_else(|error| panic!("reading up to the frame boundary {boundary:?}: {error}"));
+    assert_eq!(before.as_slice(), &frames[..=index], "range up to {boundary:?}");
+    assert_eq!(torn_at, None, "a bounded range reported a torn tail");
     // The position just before a frame's end is inside that frame: never a frame start.
     let inside = WalPosition::new(boundary.segment_seq, boundary.offset - 1);
     assert!(
@@ -489,24 +688,28 @@ const START_MS: u64 = 1_800_000_000_000;
 const BACKOFF_MAX_MS: u64 = 1000;
 /// How long the fuzzed broker keeps delivered messages by default.
 const RETENTION_MS: u64 = 600_000;
-/// Retention entries one sweep handles, like the storage thread's bounded chunks.
-const SWEEP_COUNT_MAX: usize = 64;
+/// Catalog pages one sweep reads, small like the broker's bounded chunks.
+const SWEEP_PAGE_LIMIT: usize = 2;
 
 /// Interprets the bytes as broker operations with a virtual clock, checking invariants after each.
 ///
 /// Operations: enqueue (with idempotency keys, delays, priorities, attempt limits), lease, ack,
 /// nack, extend (with tokens from earlier grants, stale or forged ones too), moving the clock with
-/// or without firing timers, restart (a broker rebuilt from the persisted changes, as recovery
-/// does), and a person's actions: pause, configure, delete, retry, reschedule, edit, and the
-/// retention sweep. A small model predicts the outcomes; the checks are:
-/// - every queue's per-state counts equal the states of its messages in the store, and add up to
-///   the messages accepted minus those deleted; delivered ones equal the acks not yet removed;
+/// or without firing timers, checkpoints (written at once, left in flight, or failed), restarts
+/// (the last checkpoint plus the log after it, through the server's own recovery), and a person's actions: pause, configure, delete, retry,
+/// reschedule, edit, and the retention sweep. The broker is driven as the storage thread drives
+/// it: each request's contents and ops are one log frame (`store::model::DiskModel`). A small model
+/// predicts the outcomes; the checks are:
+/// - every queue's per-state counts equal the states of its messages as a reader sees them (the
+///   broker's record, else the catalog's), and add up to the messages accepted and not removed;
 /// - a lease token works exactly while its lease is the message's current one and unexpired, so no
-///   message is held by two consumers at once, and an acked or deleted message is never leased
-///   again; a person's action never touches a leased message;
+///   message is held by two consumers at once, and an acked or removed message is never leased
+///   again or back; a person's action never touches a leased message;
 /// - ids are handed out consecutively, and idempotent retries return the original ids;
-/// - every emitted change survives the WAL codec, and the broker's memory equals what it
-///   persisted (checked after the clock moves, after a person's actions and across restarts).
+/// - a broker recovered from the disk shows exactly what the live one shows (`DiskModel::compare`,
+///   the check the simulation makes too), and the run goes on with it;
+/// - after every checkpoint the catalog agrees with itself: its indexes count exactly what its
+///   pages hold, and it keeps histories and contents exactly for the messages that have them.
 pub fn queue_ops(data: &[u8]) {
     let mut input = Input { bytes: data };
     let mut simulation = Simulation::new();
@@ -514,7 +717,7 @@ pub fn queue_ops(data: &[u8]) {
         let Some(code) = input.byte() else {
             break;
         };
-        let done = match code % 21 {
+        let done = match code % 22 {
             0..=3 => simulation.enqueue(&mut input),
             4..=6 => simulation.lease(&mut input),
             7 | 8 => simulation.ack(&mut input),
@@ -522,17 +725,21 @@ pub fn queue_ops(data: &[u8]) {
             11 => simulation.extend(&mut input),
             12 | 13 => simulation.advance(&mut input, true),
             14 => simulation.advance(&mut input, false),
-            15 => simulation.restart(),
+            15 => simulation.restart(&mut input),
             16 => simulation.pause(&mut input),
             17 => simulation.configure(&mut input),
             18 => simulation.sweep(),
-            _ => simulation.act(code % 21 == 19, &mut input),
+            19 => simulation.checkpoint_step(&mut input),
+            _ => simulation.act(code % 22 == 20, &mut input),
         };
         if done.is_none() {
             break;
         }
+        // Housekeeping after every request: ready messages over the budget leave memory.
+        (simulation.disk.housekeeping(&mut simulation.broker)).expect("an in-memory catalog");
         simulation.check_counts();
     }
+    simulation.restart_with(true);
 }
 
 /// The fuzz input, read front to back; an operation whose parameters run out is not run.
@@ -567,64 +774,6 @@ struct KeyUse {
     created_at_ms: u64,
 }
 
-/// What the store would hold after applying every change: what a restart recovers from.
-#[derive(Default)]
-struct StoreModel {
-    queues: BTreeMap<QueueId, QueueRecord>,
-    metas: BTreeMap<MessageId, MessageMeta>,
-    /// How many stored messages each (queue, state) has, kept in step with `metas`.
-    census: HashMap<(QueueId, MessageState), u64>,
-    /// Retention entries: (remove at, id).
-    expiry: BTreeSet<(u64, MessageId)>,
-    idempotency: BTreeMap<(QueueId, String), IdempotencyRecord>,
-    next_id: Option<u64>,
-}
-
-impl StoreModel {
-    fn apply(&mut self, changes: &[Change]) {
-        for change in changes {
-            match change.clone() {
-                Change::PutQueue { queue_id, record } => {
-                    self.queues.insert(queue_id, record);
-                }
-                Change::PutMeta { id, meta } => {
-                    *self.census.entry((meta.queue_id, meta.state)).or_default() += 1;
-                    if let Some(old) = self.metas.insert(id, meta) {
-                        self.uncount(&old);
-                    }
-                }
-                Change::DeleteMessage { id, .. } => {
-                    if let Some(old) = self.metas.remove(&id) {
-                        self.uncount(&old);
-                    }
-                }
-                Change::ExpireAt { at_ms, id } => {
-                    self.expiry.insert((at_ms, id));
-                }
-                Change::RemoveExpiry { at_ms, id } => {
-                    self.expiry.remove(&(at_ms, id));
-                }
-                Change::PutIdempotency { queue_id, key, record } => {
-                    self.idempotency.insert((queue_id, key), record);
-                }
-                Change::DeleteIdempotency { queue_id, key } => {
-                    self.idempotency.remove(&(queue_id, key));
-                }
-                Change::SetNextId { next_id } => self.next_id = Some(next_id),
-                Change::PutContent { .. }
-                | Change::RecordHistory { .. }
-                | Change::IndexTerminal { .. }
-                | Change::UnindexTerminal { .. } => {}
-            }
-        }
-    }
-
-    fn uncount(&mut self, meta: &MessageMeta) {
-        let count = self.census.get_mut(&(meta.queue_id, meta.state)).expect("counted when put");
-        *count -= 1;
-    }
-}
-
 /// Queue settings a person may set, from "as the server says" to "remove everything at once".
 fn settings_preset(choice: u8) -> QueueSettings {
     match choice % 3 {
@@ -647,26 +796,30 @@ fn settings_preset(choice: u8) -> QueueSettings {
     }
 }
 
-/// The broker under test, the model of what it must do, and the store its changes build.
+/// The broker under test, the disk its ops go to, and the model of what it must do.
 struct Simulation {
     broker: Broker,
+    disk: DiskModel,
     now_ms: u64,
     restart_count: u64,
-    store: StoreModel,
+    /// The ops of the request being run.
+    ops: Vec<Op>,
+    /// A checkpoint handed to the writer and not finished yet.
+    pending: Option<CheckpointJob>,
     /// Per queue: whether it exists, its settings and pause flag as last set.
     created: [bool; 2],
     settings: [QueueSettings; 2],
     paused: [bool; 2],
-    /// Per queue: messages accepted (duplicates excluded), deleted, acked, and delivered deleted.
+    /// Per queue: messages accepted (duplicates excluded).
     accepted_counts: [u64; 2],
-    deleted_counts: [u64; 2],
-    acked_counts: [u64; 2],
-    delivered_deleted_counts: [u64; 2],
+    /// The queue of each message, at index `id - 1`.
+    queue_of: Vec<usize>,
     next_id: u64,
     /// Leased messages: exactly the broker's leased set (expired ones leave at `expire_due`).
     held: HashMap<MessageId, Held>,
     acked: HashSet<MessageId>,
-    deleted: HashSet<MessageId>,
+    /// Messages no reader finds any more (deleted, swept, or a retention of 0).
+    removed: HashSet<MessageId>,
     /// Messages a person retried with their attempts kept.
     attempts_kept: HashSet<MessageId>,
     /// Every token ever granted, with its queue, to be presented again (often stale).
@@ -686,35 +839,29 @@ fn broker_config() -> BrokerConfig {
         lease_ms: 1000,
         retention_ms: RETENTION_MS,
         history_keep_count: 4,
+        // Most ready messages go to the catalog and come back (`queue/cold.rs`).
+        ready_resident_max: 8,
     }
-}
-
-/// SplitMix64's output function: distinct seeds for each restart, as distinct boots would have.
-fn mix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 impl Simulation {
     fn new() -> Simulation {
         Simulation {
-            broker: Broker::new(broker_config(), START_MS, mix(0)),
+            broker: Broker::new(broker_config(), START_MS, crate::random::mix64(0)),
+            disk: DiskModel::new(),
             now_ms: START_MS,
             restart_count: 0,
-            store: StoreModel::default(),
+            ops: Vec::new(),
+            pending: None,
             created: [false; 2],
             settings: Default::default(),
             paused: [false; 2],
             accepted_counts: [0; 2],
-            deleted_counts: [0; 2],
-            acked_counts: [0; 2],
-            delivered_deleted_counts: [0; 2],
+            queue_of: Vec::new(),
             next_id: 1,
             held: HashMap::new(),
             acked: HashSet::new(),
-            deleted: HashSet::new(),
+            removed: HashSet::new(),
             attempts_kept: HashSet::new(),
             tokens: Vec::new(),
             keys: HashMap::new(),
@@ -729,43 +876,19 @@ impl Simulation {
             .expect("a queue of the simulation")
     }
 
-    /// Checks that one operation's changes survive the WAL codec and only delete what may go,
-    /// then persists them.
-    fn persist(&mut self, changes: &[Change]) {
-        let payload = encode_changes(changes);
-        let decoded = codec::decode_changes(&payload).expect("the broker's changes decode");
-        assert_eq!(decoded, changes, "changes changed in the WAL codec");
-        for change in changes {
-            match change {
-                Change::PutMeta { id, meta } => {
-                    assert!(id.0 < self.broker.next_id(), "a change names an unissued id");
-                    let record = codec::encode_meta(meta);
-                    assert_eq!(&codec::decode_meta(&record).expect("meta decodes"), meta);
+    /// Ends the request: checks that its removals never take a leased message and that an
+    /// ordinary removal is one the model expects, then logs its ops as one frame.
+    fn log(&mut self) {
+        for op in &self.ops {
+            if let Op::Remove { ids, .. } = op {
+                for id in ids {
+                    assert!(!self.held.contains_key(id), "leased {id} was removed");
+                    assert!(self.removed.insert(*id), "{id} was removed twice");
                 }
-                Change::DeleteMessage { id, queue_id, state } => {
-                    self.observe_deletion(*id, *queue_id, *state)
-                }
-                _ => {}
             }
-            // One at a time, so that a deletion is checked against the state the changes before
-            // it in the same list left.
-            self.store.apply(std::slice::from_ref(change));
         }
-    }
-
-    /// A deletion names the message's stored queue and state, and never a leased message.
-    fn observe_deletion(&mut self, id: MessageId, queue_id: QueueId, state: MessageState) {
-        assert!(!self.held.contains_key(&id), "leased {id} was deleted");
-        assert_ne!(state, MessageState::Leased, "{id} was deleted as leased");
-        let queue = self.queue_index(queue_id);
-        if let Some(stored) = self.store.metas.get(&id) {
-            assert_eq!((stored.queue_id, stored.state), (queue_id, state), "{id}");
-        }
-        assert!(self.deleted.insert(id), "{id} was deleted twice");
-        self.deleted_counts[queue] += 1;
-        if state == MessageState::Delivered {
-            self.delivered_deleted_counts[queue] += 1;
-        }
+        self.disk.log(&self.ops);
+        self.ops.clear();
     }
 
     /// Enqueues 1-3 messages, maybe under an idempotency key, and checks the ids handed out.
@@ -775,25 +898,32 @@ impl Simulation {
         let count = 1 + usize::from((shape >> 1) % 3);
         let key_choice = (shape >> 3) & 3;
         let request_hash = u64::from(shape >> 5);
-        let mut messages = Vec::with_capacity(count);
+        let mut plans = Vec::with_capacity(count);
         for _ in 0..count {
-            messages.push(self.new_message(input.byte()?, input.byte()?));
+            plans.push((input.byte()?, input.byte()?));
         }
+        let contents: Vec<Vec<u8>> =
+            plans.iter().map(|(timing, settings)| fuzz_content(*timing, *settings)).collect();
+        let locations = self.disk.place(&contents);
+        let messages = plans
+            .iter()
+            .zip(locations)
+            .map(|((timing, settings), content)| self.new_message(*timing, *settings, content))
+            .collect();
         let key = (key_choice != 0)
             .then(|| IdempotencyKey { key: format!("key-{key_choice}"), request_hash });
-        let mut changes = Vec::new();
         let outcome =
-            self.broker.enqueue(self.now_ms, QUEUE_NAMES[queue], messages, key, &mut changes);
+            self.broker.enqueue(self.now_ms, QUEUE_NAMES[queue], messages, key, &mut self.ops);
         match self.keys.get(&(queue, key_choice)).copied() {
             Some(used) if used.request_hash != request_hash => {
                 assert_eq!(outcome, Err(EnqueueError::IdempotencyConflict));
-                assert!(changes.is_empty(), "a refused batch changed something");
+                assert!(self.ops.is_empty(), "a refused batch changed something");
             }
             Some(used) => {
                 let outcome = outcome.expect("a repeated request is accepted");
                 assert!(outcome.duplicate, "a repeated request was stored twice");
                 assert_eq!((outcome.first_id.0, outcome.count), (used.first_id, used.count));
-                assert!(changes.is_empty(), "a repeated request changed something");
+                assert!(self.ops.is_empty(), "a repeated request changed something");
             }
             None => {
                 let outcome = outcome.expect("a new batch is accepted");
@@ -811,15 +941,16 @@ impl Simulation {
                 }
                 self.next_id += count as u64;
                 self.accepted_counts[queue] += count as u64;
+                self.queue_of.extend(std::iter::repeat_n(queue, count));
                 self.created[queue] = true;
             }
         }
-        self.persist(&changes);
+        self.log();
         Some(())
     }
 
     /// A message whose delivery, priority and attempt limit come from two input bytes.
-    fn new_message(&self, timing: u8, settings: u8) -> NewMessage {
+    fn new_message(&self, timing: u8, settings: u8, content: ContentLocation) -> NewMessage {
         let step_ms = u64::from(timing >> 2);
         let delivery = match timing % 4 {
             0 | 1 => Delivery::Now,
@@ -829,11 +960,7 @@ impl Simulation {
         };
         let attempt_choice = u32::from((settings >> 2) % 4);
         NewMessage {
-            content_record: codec::encode_content(&MessageContent {
-                headers: vec![("kind".into(), "fuzz".into())],
-                body_kind: BodyKind::Bytes,
-                body: vec![timing, settings],
-            }),
+            content,
             priority: i32::from(settings & 3) - 1,
             attempt_count_max: (attempt_choice != 0).then_some(attempt_choice),
             delivery,
@@ -846,13 +973,13 @@ impl Simulation {
         let lease_ms = 1 + u64::from(input.byte()?) * 10;
         let queue = usize::from(shape & 1);
         let count_max = 1 + u32::from((shape >> 1) % 4);
-        let mut changes = Vec::new();
+        self.load_cold(QUEUE_NAMES[queue], count_max);
         let grants = self.broker.lease(
             self.now_ms,
             QUEUE_NAMES[queue],
             count_max,
             Some(lease_ms),
-            &mut changes,
+            &mut self.ops,
         );
         assert!(grants.len() <= count_max as usize);
         if self.paused[queue] {
@@ -874,15 +1001,15 @@ impl Simulation {
                 .map_or(0, |stats| stats.counts[MessageState::Ready.index()]);
             assert_eq!(ready_count, 0, "a lease returned short while messages were ready");
         }
-        self.persist(&changes);
+        self.log();
         Some(())
     }
 
-    /// A grant is of a message nobody holds, never acked or deleted, and its record is leased.
+    /// A grant is of a message nobody holds, never acked or removed, and its record is leased.
     fn check_grant(&mut self, queue: usize, grant: &Grant, lease_ms: u64) {
         let meta = &grant.meta;
         assert!(!self.acked.contains(&grant.id), "acked {} leased again", grant.id);
-        assert!(!self.deleted.contains(&grant.id), "deleted {} leased", grant.id);
+        assert!(!self.removed.contains(&grant.id), "removed {} leased", grant.id);
         if let Some(held) = self.held.get(&grant.id) {
             panic!(
                 "{} leased again while leased until {} (now {})",
@@ -943,8 +1070,7 @@ impl Simulation {
         for _ in 0..1 + (shape >> 1) % 3 {
             tokens.push(self.pick_token(input.byte()?));
         }
-        let mut changes = Vec::new();
-        let outcomes = self.broker.ack(self.now_ms, QUEUE_NAMES[queue], &tokens, &mut changes);
+        let outcomes = self.broker.ack(self.now_ms, QUEUE_NAMES[queue], &tokens, &mut self.ops);
         assert_eq!(outcomes.len(), tokens.len());
         for (token, outcome) in tokens.iter().zip(&outcomes) {
             let expected = self.holding(queue, *token);
@@ -952,11 +1078,23 @@ impl Simulation {
             if let Some((id, _)) = expected {
                 self.held.remove(&id);
                 self.acked.insert(id);
-                self.acked_counts[queue] += 1;
+                if self.retention_ms(queue, MessageState::Delivered) == Some(0) {
+                    self.removed.insert(id);
+                }
             }
         }
-        self.persist(&changes);
+        self.log();
         Some(())
+    }
+
+    /// How long a terminal message of the queue is kept, under its current settings.
+    fn retention_ms(&self, queue: usize, state: MessageState) -> Option<u64> {
+        let settings = &self.settings[queue];
+        match state {
+            MessageState::Delivered => Some(settings.retention_ms.unwrap_or(RETENTION_MS)),
+            MessageState::Dead => settings.dead_retention_ms,
+            _ => None,
+        }
     }
 
     /// Nacks 1-2 tokens, with or without a delay or a dead-letter request.
@@ -975,8 +1113,7 @@ impl Simulation {
             });
         }
         let expected_items = items.clone();
-        let mut changes = Vec::new();
-        let outcomes = self.broker.nack(self.now_ms, QUEUE_NAMES[queue], items, &mut changes);
+        let outcomes = self.broker.nack(self.now_ms, QUEUE_NAMES[queue], items, &mut self.ops);
         assert_eq!(outcomes.len(), expected_items.len());
         for (item, outcome) in expected_items.iter().zip(&outcomes) {
             let Some((id, held)) = self.holding(queue, item.token) else {
@@ -987,7 +1124,12 @@ impl Simulation {
             self.held.remove(&id);
             let dead = item.dead || held.attempt_count >= held.attempt_count_max;
             match outcome {
-                FailOutcome::Dead => assert!(dead, "{id} went dead early"),
+                FailOutcome::Dead => {
+                    assert!(dead, "{id} went dead early");
+                    if self.retention_ms(queue, MessageState::Dead) == Some(0) {
+                        self.removed.insert(id);
+                    }
+                }
                 FailOutcome::Retrying { next_attempt_at_ms } => {
                     assert!(!dead, "{id} retries after its last attempt");
                     let delay_ms = next_attempt_at_ms - self.now_ms;
@@ -998,7 +1140,7 @@ impl Simulation {
                 }
             }
         }
-        self.persist(&changes);
+        self.log();
         Some(())
     }
 
@@ -1009,25 +1151,22 @@ impl Simulation {
         let mut items = Vec::new();
         for _ in 0..1 + (shape >> 1) % 2 {
             let token = self.pick_token(input.byte()?);
-            items.push((token, 1 + u64::from(input.byte()?) * 10));
+            items.push(ExtendItem { token, lease_ms: Some(1 + u64::from(input.byte()?) * 10) });
         }
-        let asked: Vec<_> =
-            items.iter().map(|(token, lease_ms)| (*token, Some(*lease_ms))).collect();
-        let mut changes = Vec::new();
-        let outcomes = self.broker.extend(self.now_ms, QUEUE_NAMES[queue], &asked, &mut changes);
+        let outcomes = self.broker.extend(self.now_ms, QUEUE_NAMES[queue], &items, &mut self.ops);
         assert_eq!(outcomes.len(), items.len());
-        for ((token, lease_ms), outcome) in items.iter().zip(&outcomes) {
-            match self.holding(queue, *token) {
+        for (item, outcome) in items.iter().zip(&outcomes) {
+            match self.holding(queue, item.token) {
                 Some((id, mut held)) => {
-                    let deadline_ms = self.now_ms + lease_ms;
-                    assert_eq!(*outcome, Ok(deadline_ms), "extend of {token:?}");
+                    let deadline_ms = self.now_ms + item.lease_ms.expect("asked");
+                    assert_eq!(*outcome, Ok(deadline_ms), "extend of {:?}", item.token);
                     held.deadline_ms = deadline_ms;
                     self.held.insert(id, held);
                 }
-                None => assert!(outcome.is_err(), "extend of {token:?} succeeded"),
+                None => assert!(outcome.is_err(), "extend of {:?} succeeded", item.token),
             }
         }
-        self.persist(&changes);
+        self.log();
         Some(())
     }
 
@@ -1048,56 +1187,98 @@ impl Simulation {
         if !expire {
             return Some(());
         }
-        let mut changes = Vec::new();
-        self.broker.expire_due(self.now_ms, &mut changes);
-        // The leases that ran out end first: their messages may be deleted by these changes.
+        self.broker.expire_due(self.now_ms, &mut self.ops);
         self.forget_expired();
-        self.persist(&changes);
+        self.log();
         if let Some(deadline_ms) = self.broker.next_deadline_ms() {
             assert!(deadline_ms > self.now_ms, "a due timer survived expire_due");
         }
-        self.check_memory_matches_store(true);
+        for id in (1..self.next_id).map(MessageId) {
+            if let Some(meta) = self.broker.active_meta(id).filter(|meta| meta.state.is_timed()) {
+                assert!(meta.due_at_ms > self.now_ms, "{id} is overdue: {meta:?}");
+            }
+        }
         Some(())
     }
 
-    /// Drops what expiry ends in the model: past leases and idempotency keys out of their window.
+    /// Drops what expiry ends in the model: past leases (a dead one of a queue that keeps no dead
+    /// messages is gone) and idempotency keys out of their window.
     fn forget_expired(&mut self) {
         let now_ms = self.now_ms;
-        self.held.retain(|_, held| held.deadline_ms > now_ms);
+        let expired: Vec<(MessageId, Held)> = (self.held.iter())
+            .filter(|(_, held)| held.deadline_ms <= now_ms)
+            .map(|(id, held)| (*id, *held))
+            .collect();
+        for (id, held) in expired {
+            self.held.remove(&id);
+            let dead = held.attempt_count >= held.attempt_count_max;
+            if dead && self.retention_ms(held.queue, MessageState::Dead) == Some(0) {
+                self.removed.insert(id);
+            }
+        }
         self.keys.retain(|_, used| used.created_at_ms + IDEMPOTENCY_WINDOW_MS > now_ms);
     }
 
-    /// Replaces the broker with one rebuilt from the store, the way recovery does, and checks that
-    /// nothing the old broker knew was lost.
-    fn restart(&mut self) -> Option<()> {
-        self.restart_count += 1;
-        let mut broker = Broker::new(broker_config(), self.now_ms, mix(self.restart_count));
-        for (queue_id, record) in &self.store.queues {
-            broker.restore_queue(*queue_id, record.clone());
+    /// A checkpoint, as the server takes them (the one in flight written, if there is one).
+    fn checkpoint(&mut self) {
+        let job = match self.pending.take() {
+            Some(job) => job,
+            None => self.disk.begin_checkpoint(&mut self.broker, self.now_ms),
+        };
+        (self.disk.finish_checkpoint(&mut self.broker, job)).expect("an in-memory checkpoint");
+        if let Err(difference) = self.disk.check_catalog() {
+            panic!("the catalog disagrees with itself after a checkpoint: {difference}");
         }
-        for (id, meta) in &self.store.metas {
-            broker.restore_message(*id, meta.clone());
+    }
+
+    /// A checkpoint written at once, left in flight while later operations run (as the storage
+    /// thread goes on while the checkpoint writer works), or failed (its changes go into the next).
+    fn checkpoint_step(&mut self, input: &mut Input) -> Option<()> {
+        match (input.byte()? % 3, self.pending.take()) {
+            (1, None) => {
+                self.pending = Some(self.disk.begin_checkpoint(&mut self.broker, self.now_ms));
+            }
+            (2, pending) => {
+                let job = pending
+                    .unwrap_or_else(|| self.disk.begin_checkpoint(&mut self.broker, self.now_ms));
+                self.disk.fail_checkpoint(&mut self.broker, job);
+            }
+            (_, pending) => {
+                self.pending = pending;
+                self.checkpoint();
+            }
         }
-        if let Some(next_id) = self.store.next_id {
-            broker.restore_next_id(next_id);
-        }
-        let mut changes = Vec::new();
-        for ((queue_id, key), record) in &self.store.idempotency {
-            broker.restore_idempotency(self.now_ms, *queue_id, key.clone(), *record, &mut changes);
-        }
-        broker.finish_restore();
-        let old = std::mem::replace(&mut self.broker, broker);
-        assert_eq!(self.broker.next_id(), old.next_id(), "the id counter went back");
-        for name in QUEUE_NAMES {
-            assert_eq!(self.broker.queue_stats(name), old.queue_stats(name), "{name}");
-        }
-        for id in (1..self.next_id).map(MessageId) {
-            assert_eq!(self.broker.active_meta(id), old.active_meta(id), "{id}");
-        }
-        self.persist(&changes);
-        self.keys.retain(|_, used| used.created_at_ms + IDEMPOTENCY_WINDOW_MS > self.now_ms);
-        self.check_memory_matches_store(false);
         Some(())
+    }
+
+    /// Replaces the broker with one rebuilt from the disk, as a restart does (with a checkpoint
+    /// first, and after, as the input says), and checks that it shows exactly what the old one did.
+    fn restart(&mut self, input: &mut Input) -> Option<()> {
+        let choice = input.byte()?;
+        if choice & 1 == 1 {
+            self.checkpoint();
+        }
+        self.restart_with(choice & 2 == 2);
+        Some(())
+    }
+
+    fn restart_with(&mut self, checkpoint_after: bool) {
+        // A checkpoint in flight is lost: recovery starts from the last durable one.
+        self.pending = None;
+        self.restart_count += 1;
+        let seed = crate::random::mix64(self.restart_count);
+        let recovered = (self.disk.recover(broker_config(), self.now_ms, seed))
+            .unwrap_or_else(|error| panic!("recovery failed: {error}"));
+        if let Err(difference) = self.disk.compare(&self.broker, &recovered, self.now_ms) {
+            panic!("the broker recovered from the disk differs from the live one: {difference}");
+        }
+        self.broker = recovered;
+        // The storage thread's first tick forgets the keys past their window.
+        self.broker.forget_idempotency(self.now_ms);
+        self.keys.retain(|_, used| used.created_at_ms + IDEMPOTENCY_WINDOW_MS > self.now_ms);
+        if checkpoint_after {
+            self.checkpoint();
+        }
     }
 
     /// Pauses or resumes a queue: a paused queue leases nothing.
@@ -1105,13 +1286,12 @@ impl Simulation {
         let choice = input.byte()?;
         let queue = usize::from(choice & 1);
         let paused = choice & 2 != 0;
-        let mut changes = Vec::new();
-        let found = self.broker.set_paused(self.now_ms, QUEUE_NAMES[queue], paused, &mut changes);
+        let found = self.broker.set_paused(self.now_ms, QUEUE_NAMES[queue], paused, &mut self.ops);
         assert_eq!(found, self.created[queue], "set_paused found the wrong queues");
         if found {
             self.paused[queue] = paused;
         }
-        self.persist(&changes);
+        self.log();
         Some(())
     }
 
@@ -1120,57 +1300,64 @@ impl Simulation {
         let choice = input.byte()?;
         let queue = usize::from(choice & 1);
         let settings = settings_preset(choice >> 1);
-        let mut changes = Vec::new();
-        self.broker.configure(self.now_ms, QUEUE_NAMES[queue], settings.clone(), &mut changes);
+        self.broker.configure(self.now_ms, QUEUE_NAMES[queue], settings.clone(), &mut self.ops);
         let stats = self.broker.queue_stats(QUEUE_NAMES[queue]).expect("configure creates");
         assert_eq!(stats.settings, settings);
         self.created[queue] = true;
         self.settings[queue] = settings;
-        self.persist(&changes);
+        self.log();
         Some(())
     }
 
-    /// Handles the due retention entries as the storage thread does, predicting each removal.
+    /// The storage thread's sweep: the catalog's due retention notes name candidates, and the
+    /// broker removes exactly those whose retention (under their queue's current settings) passed.
     fn sweep(&mut self) -> Option<()> {
-        let due: Vec<(u64, MessageId)> = self
-            .store
-            .expiry
-            .iter()
-            .take_while(|(at_ms, _)| *at_ms <= self.now_ms)
-            .take(SWEEP_COUNT_MAX)
-            .copied()
-            .collect();
-        for (at_ms, id) in due {
-            let stored = self.stored(id);
-            let expected = stored.as_ref().is_some_and(|meta| self.retention_passed(meta));
-            let mut changes = Vec::new();
-            self.broker.sweep(self.now_ms, at_ms, id, stored, &mut changes);
-            let removed =
-                changes.iter().any(|change| matches!(change, Change::DeleteMessage { .. }));
-            assert_eq!(removed, expected, "sweep of {id} at {at_ms}");
-            self.persist(&changes);
+        let read = (self.disk.sweep(&self.broker, self.now_ms, SWEEP_PAGE_LIMIT))
+            .expect("reading the in-memory catalog");
+        let mut due = HashSet::new();
+        for (id, _) in &read.candidates {
+            let current = self.disk.observe(&self.broker, *id);
+            if current.as_ref().is_some_and(|meta| self.retention_passed(meta)) {
+                due.insert(*id);
+            }
         }
-        self.check_memory_matches_store(false);
+        let count = self.broker.expire_retained(self.now_ms, read.candidates, &mut self.ops);
+        let removed: HashSet<MessageId> = (self.ops.iter())
+            .flat_map(|op| match op {
+                Op::Remove { ids, .. } => ids.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(removed, due, "the sweep removed other messages than were due");
+        assert_eq!(count, removed.len() as u64);
+        self.log();
         Some(())
     }
 
-    /// Whether a stored terminal message's retention, under its queue's current settings, passed.
+    /// Whether a terminal message's retention, under its queue's current settings, passed.
     fn retention_passed(&self, meta: &MessageMeta) -> bool {
-        let settings = &self.settings[self.queue_index(meta.queue_id)];
-        let retention_ms = match meta.state {
-            MessageState::Delivered => Some(settings.retention_ms.unwrap_or(RETENTION_MS)),
-            MessageState::Dead => settings.dead_retention_ms,
-            _ => None,
-        };
+        let retention_ms = self.retention_ms(self.queue_index(meta.queue_id), meta.state);
         retention_ms.is_some_and(|retention_ms| meta.updated_at_ms + retention_ms <= self.now_ms)
     }
 
-    /// What the storage thread passes as `stored`: the store's record unless the broker holds it.
+    /// Reads back the cold pages a lease of `count_max` reaches, as the storage thread's loader
+    /// does; every message counted cold must be in its page.
+    fn load_cold(&mut self, queue: &str, count_max: u32) {
+        let Some(queue_id) = self.broker.queue_id(queue) else { return };
+        for page in self.broker.cold_ahead(queue_id, count_max as usize).pages {
+            let records = self.disk.catalog().page(page).expect("an in-memory catalog page");
+            let missing = self.broker.load_cold(queue_id, page, records);
+            assert_eq!(missing, 0, "cold page {page} lacks counted messages");
+        }
+    }
+
+    /// What the storage thread passes as `stored`: nothing when the broker holds the message,
+    /// else the catalog's record.
     fn stored(&self, id: MessageId) -> Option<MessageMeta> {
-        if self.broker.active_meta(id).is_some() {
+        if self.broker.is_resident(id) {
             return None;
         }
-        self.store.metas.get(&id).cloned()
+        self.disk.observe(&self.broker, id)
     }
 
     /// A person's action on one message: delete, retry, reschedule or edit (`delete_or_retry`
@@ -1179,30 +1366,37 @@ impl Simulation {
         let choice = input.byte()?;
         let detail = input.byte()?;
         let id = MessageId(1 + u64::from(choice) % self.next_id);
-        let before = self.store.metas.get(&id).cloned();
+        let before = self.disk.observe(&self.broker, id);
         assert_eq!(
             before.as_ref().is_some_and(|meta| meta.state == MessageState::Leased),
             self.held.contains_key(&id),
-            "{id}: the model's leases and the store disagree"
+            "{id}: the model's leases and the broker disagree"
         );
         let (stored, now_ms) = (self.stored(id), self.now_ms);
-        let mut changes = Vec::new();
+        let edits_content = !delete_or_retry && choice & 3 == 3;
+        let content = edits_content.then(|| fuzz_content(choice, detail));
+        let placed = self.disk.place(content.as_slice()).first().copied();
         let outcome = match (delete_or_retry, choice & 1 == 0) {
-            (true, true) => self.broker.delete(now_ms, id, stored, &mut changes).map(|()| None),
+            (true, true) => self.broker.delete(now_ms, id, stored, &mut self.ops).map(|()| None),
             (true, false) => {
-                self.broker.retry(now_ms, id, stored, detail & 1 == 0, &mut changes).map(Some)
+                self.broker.retry(now_ms, id, stored, detail & 1 == 0, &mut self.ops).map(Some)
             }
             (false, true) => {
                 let deliver_at_ms = (now_ms - 500).saturating_add(u64::from(detail) * 10);
-                self.broker.reschedule(now_ms, id, stored, deliver_at_ms, &mut changes).map(Some)
+                self.broker.reschedule(now_ms, id, stored, deliver_at_ms, &mut self.ops).map(Some)
             }
             (false, false) => {
+                let mut fields = EditFields::default().with(EditFields::PRIORITY);
+                if placed.is_some() {
+                    fields = fields.with(EditFields::BODY);
+                }
                 let edit = Edit {
+                    content: placed,
                     priority: Some(i32::from(detail % 5) - 2),
-                    fields: vec!["priority"],
-                    ..Edit::default()
+                    deliver_at_ms: None,
+                    fields,
                 };
-                self.broker.edit(now_ms, id, stored, edit, &mut changes).map(Some)
+                self.broker.edit(now_ms, id, stored, edit, &mut self.ops).map(Some)
             }
         };
         let action = match (delete_or_retry, choice & 1 == 0) {
@@ -1211,6 +1405,9 @@ impl Simulation {
             _ => Action::Move,
         };
         check_action(id, action, before.as_ref(), &outcome);
+        if outcome.is_err() {
+            assert!(self.ops.is_empty(), "a refused action changed something");
+        }
         // A dead message that a person retries without a reset, or reschedules, keeps its
         // attempt count, so its next delivery is one past its limit.
         let was_dead = before.as_ref().is_some_and(|meta| meta.state == MessageState::Dead);
@@ -1218,20 +1415,40 @@ impl Simulation {
         if was_dead && outcome.is_ok() && !reset {
             self.attempts_kept.insert(id);
         }
+        self.log();
         if outcome.is_ok() && matches!(action, Action::Delete) {
-            let deleted = changes.iter().any(
-                |change| matches!(change, Change::DeleteMessage { id: gone, .. } if *gone == id),
-            );
-            assert!(deleted, "a delete of {id} that succeeded deleted nothing");
+            assert!(self.removed.contains(&id), "a delete of {id} that succeeded removed nothing");
         }
-        self.persist(&changes);
-        self.check_memory_matches_store(false);
         Some(())
     }
 
-    /// Every queue's counts equal its stored messages' states, add up to what was accepted and
-    /// not deleted, and its delivered count is the acks not yet removed.
+    /// Every queue's counts equal its messages' states as a reader sees them, and add up to what
+    /// was accepted and not removed; acked messages stay delivered until they are removed, and
+    /// removed ones never come back.
     fn check_counts(&self) {
+        let observed = self.disk.observe_all(&self.broker).expect("reading the in-memory catalog");
+        let mut census: HashMap<(QueueId, MessageState), u64> = HashMap::new();
+        let mut gone = [0u64; 2];
+        for (index, record) in observed.iter().enumerate() {
+            let id = MessageId(index as u64 + 1);
+            match record {
+                Some(meta) => {
+                    assert!(!self.removed.contains(&id), "removed {id} is back: {meta:?}");
+                    if self.acked.contains(&id) {
+                        assert_eq!(meta.state, MessageState::Delivered, "{id} was acked");
+                    }
+                    if self.held.contains_key(&id) {
+                        assert_eq!(meta.state, MessageState::Leased, "{id} is held");
+                    }
+                    *census.entry((meta.queue_id, meta.state)).or_default() += 1;
+                }
+                None => {
+                    assert!(self.removed.contains(&id), "{id} vanished");
+                    assert!(!self.held.contains_key(&id), "held {id} vanished");
+                    gone[self.queue_of[index]] += 1;
+                }
+            }
+        }
         let mut active_count = 0;
         for (queue, name) in QUEUE_NAMES.iter().enumerate() {
             let Some(stats) = self.broker.queue_stats(name) else {
@@ -1240,48 +1457,31 @@ impl Simulation {
             };
             let queue_id = self.broker.queue_id(name).expect("the queue exists");
             for state in ALL_STATES {
-                let stored = self.store.census.get(&(queue_id, state)).copied().unwrap_or(0);
-                assert_eq!(stats.counts[state.index()], stored, "queue {name}, {}", state.name());
+                let seen = census.get(&(queue_id, state)).copied().unwrap_or(0);
+                assert_eq!(stats.counts[state.index()], seen, "queue {name}, {}", state.name());
             }
             let total: u64 = stats.counts.iter().sum();
-            let expected = self.accepted_counts[queue] - self.deleted_counts[queue];
-            assert_eq!(total, expected, "queue {name}: {stats:?}");
-            let delivered = stats.counts[MessageState::Delivered.index()];
-            let expected = self.acked_counts[queue] - self.delivered_deleted_counts[queue];
-            assert_eq!(delivered, expected, "queue {name}: {stats:?}");
+            assert_eq!(total, self.accepted_counts[queue] - gone[queue], "queue {name}: {stats:?}");
             active_count += ALL_STATES
                 .iter()
                 .filter(|state| state.is_active())
                 .map(|state| stats.counts[state.index()])
                 .sum::<u64>();
         }
-        assert_eq!(self.broker.active_count() as u64, active_count);
+        // Active messages are held in memory, or ready and left in the catalog.
+        assert_eq!(self.broker.active_count() as u64 + self.broker.cold_count(), active_count);
     }
+}
 
-    /// Every active message in memory is exactly what the store holds, and every message the
-    /// store holds as active is in memory: memory never runs ahead of what was persisted. Right
-    /// after `expire_due` (`expired`), no active message may be overdue either.
-    fn check_memory_matches_store(&self, expired: bool) {
-        for id in (1..self.next_id).map(MessageId) {
-            let Some(stored) = self.store.metas.get(&id) else {
-                assert!(self.deleted.contains(&id), "{id} vanished from the store");
-                assert!(self.broker.active_meta(id).is_none(), "deleted {id} is active");
-                continue;
-            };
-            match self.broker.active_meta(id) {
-                Some(meta) => {
-                    assert_eq!(meta, stored, "{id}: memory and store differ");
-                    if expired && meta.state.is_timed() {
-                        assert!(meta.due_at_ms > self.now_ms, "{id} is overdue: {meta:?}");
-                    }
-                }
-                None => assert!(!stored.state.is_active(), "{id} is missing: {stored:?}"),
-            }
-            if self.acked.contains(&id) {
-                assert_eq!(stored.state, MessageState::Delivered, "{id} was acked");
-            }
-        }
-    }
+/// Content bytes for a fuzzed message, as the HTTP layer would have encoded them.
+fn fuzz_content(timing: u8, settings: u8) -> Vec<u8> {
+    let headers = vec![("kind".to_string(), "fuzz".to_string())];
+    let body = [timing, settings];
+    codec::encode_content(&ContentRef {
+        headers: &headers,
+        body_kind: BodyKind::Bytes,
+        body: &body,
+    })
 }
 
 /// The kinds of a person's action, for predicting their outcome.
@@ -1293,7 +1493,7 @@ enum Action {
     Move,
 }
 
-/// Predicts a person's action from the message's stored state before it, and checks the result.
+/// Predicts a person's action from the message's state before it, and checks the result.
 fn check_action(
     id: MessageId,
     action: Action,

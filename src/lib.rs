@@ -40,7 +40,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
-#[cfg(all(feature = "testing", any()))] // PORT-V2
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod hash;
 pub mod http;

@@ -392,6 +392,7 @@ fn slot_start_ms(now_ms: u64, level: usize, slot: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::random::SplitMix64;
     use std::collections::BTreeMap;
 
     const SECOND_MS: u64 = 1000;
@@ -628,24 +629,6 @@ mod tests {
         }
         assert_eq!(fired_count, TIMER_COUNT);
         assert!(now_ms <= EPOCH_NOW_MS + 30 * DAY_MS + 60 * SECOND_MS);
-    }
-
-    /// `SplitMix64`: a tiny seeded generator so the model test is reproducible without crates.
-    struct SplitMix64(u64);
-
-    impl SplitMix64 {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        /// A value in `0..bound` (`bound` > 0); the modulo bias is irrelevant for tests.
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
-        }
     }
 
     /// A delay spanning ms to months, skewed towards short ones like real retries and leases.

@@ -1,4 +1,3 @@
-#![cfg(any())] // PORT-V2
 //! Replays the fuzz corpus on stable Rust, so that `cargo test` keeps what fuzzing once proved.
 //!
 //! Property: every fuzz target body in `outboxd::fuzzing` returns normally (no panic, no failed
@@ -18,12 +17,16 @@
 
 use outboxd::fuzzing;
 use outboxd::queue::{
-    BodyKind, Change, History, HistoryEvent, HistoryKind, IdempotencyRecord, MessageContent,
-    MessageId, MessageMeta, MessageState, QueueId, QueueRecord, QueueSettings,
+    BodyKind, Broker, BrokerConfig, ContentLocation, Delivery, Edit, EditFields, ExtendItem,
+    History, HistoryEvent, HistoryKind, IdempotencyKey, IdempotencyRecord, MessageId, MessageState,
+    NackItem, NewMessage, Op, QueueId, QueueRecord, QueueSettings, SegmentUsage, TerminalCounts,
+    ALL_STATES,
 };
-use outboxd::store::codec;
+use outboxd::random::SplitMix64;
+use outboxd::store::codec::{self, ContentRef, FrameWriter, Manifest};
 use outboxd::store::keys;
-use outboxd::store::wal::{Wal, WalPosition};
+use outboxd::store::model::DiskModel;
+use outboxd::store::wal::{self, Wal, WalPosition};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -81,17 +84,36 @@ fn checked_in_corpus_is_present_and_small() {
 /// The generated seeds get past the first check of what they target: they are worth mutating.
 #[test]
 fn generated_seeds_reach_past_the_first_check() {
+    let (segment, payload_offset) = (0, fuzzing::FIRST_PAYLOAD_OFFSET);
     for (name, bytes) in record_seeds() {
-        let sealed = [bytes.as_slice(), &crc32fast::hash(&bytes).to_le_bytes()].concat();
+        let crc = crc32fast::hash(&bytes).to_le_bytes();
         let decodes = |bytes: &[u8]| {
-            codec::decode_meta(bytes).is_ok()
-                || codec::decode_content(bytes).is_ok()
-                || codec::decode_history(bytes).is_ok()
+            codec::decode_content(bytes).is_ok()
+                || codec::decode_frame(bytes, segment, payload_offset).is_ok()
+                || codec::decode_page(0, bytes).is_ok()
+                || codec::decode_manifest(bytes).is_ok()
                 || codec::decode_queue(bytes).is_ok()
+                || codec::decode_history(bytes).is_ok()
                 || codec::decode_idempotency(bytes).is_ok()
-                || codec::decode_changes(bytes).is_ok()
         };
-        assert!(decodes(&bytes) || decodes(&sealed), "record seed {name} decodes nowhere");
+        let sealed = [&bytes[..], &crc].concat();
+        let prefixed = [&crc[..], &bytes].concat();
+        let decoded = decodes(&bytes) || decodes(&sealed) || decodes(&prefixed);
+        assert!(decoded, "record seed {name} decodes nowhere");
+    }
+    for (name, bytes) in key_seeds().into_iter().filter(|(name, _)| !name.starts_with("pair")) {
+        let decodes = keys::decode_queue_key(&bytes).is_some()
+            || keys::decode_page_key(&bytes).is_some()
+            || keys::decode_active_key(&bytes).is_some()
+            || keys::decode_expiry_key(&bytes).is_some()
+            || keys::decode_idempotency_key(&bytes).is_some()
+            || (0..3).any(|queue| {
+                ALL_STATES.iter().any(|state| {
+                    keys::decode_terminal_key(&bytes, QueueId(queue), *state).is_some()
+                })
+            })
+            || [keys::MANIFEST, keys::HISTORY, keys::CONTENT].contains(&bytes[0]);
+        assert!(decodes, "key seed {name} is no key");
     }
     for (name, bytes) in http_seeds().into_iter().filter(|(name, _)| name.starts_with("ok-")) {
         let accepted =
@@ -106,16 +128,17 @@ fn generated_seeds_reach_past_the_first_check() {
     let real_segment = wal_seeds().into_iter().find(|(name, _)| name == "real-segment");
     let (_, bytes) = real_segment.expect("the real segment seed exists");
     let directory = tempfile::tempdir().expect("a temporary directory");
-    std::fs::write(directory.path().join(format!("{:020}.wal", 0)), &bytes[1..])
+    std::fs::write(wal::segment_path(directory.path(), 0), &bytes[1..])
         .expect("writing the segment");
-    let mut frame_count = 0;
-    outboxd::store::wal::replay(directory.path(), WalPosition::START, |_, payload: &[u8]| {
-        codec::decode_changes(payload).expect("the real segment holds change frames");
-        frame_count += 1;
-        Ok::<(), outboxd::store::wal::WalError>(())
+    let mut op_count = 0;
+    wal::replay(directory.path(), WalPosition::START, |position, payload: &[u8]| {
+        let payload_offset = position.offset - payload.len() as u64;
+        let ops = codec::decode_frame(payload, 0, payload_offset).expect("the frames hold ops");
+        op_count += ops.len();
+        Ok::<(), wal::WalError>(())
     })
     .expect("the real segment replays");
-    assert!(frame_count >= 3, "the real segment holds {frame_count} frames");
+    assert!(op_count >= 10, "the real segment holds {op_count} ops");
 }
 
 /// Runs `target` over the checked-in corpus, the generated seeds and their mutations.
@@ -131,7 +154,7 @@ fn replay_corpus(name: &str, target: Target, generated: Vec<Seed>) {
     for (label, bytes) in &seeds {
         run_one(name, target, label, bytes);
     }
-    let mut rng = SplitMix64(0x5eed_0000 ^ name.len() as u64);
+    let mut rng = Mutator(SplitMix64(0x5eed_0000 ^ name.len() as u64));
     for index in 0..MUTATION_COUNT {
         let (label, bytes) = &seeds[rng.below(seeds.len())];
         let (_, other) = &seeds[rng.below(seeds.len())];
@@ -184,21 +207,13 @@ fn write_seeds(dir: &Path, seeds: &[Seed]) {
     }
 }
 
-/// SplitMix64: a tiny deterministic generator, so every run mutates the same way.
-struct SplitMix64(u64);
+/// The mutations' generator (SplitMix64, fixed seed), so every run mutates the same way.
+struct Mutator(SplitMix64);
 
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
+impl Mutator {
     /// A number in `0..bound` (`bound` > 0).
     fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
+        self.0.below(bound as u64) as usize
     }
 
     fn byte(&mut self) -> u8 {
@@ -206,13 +221,13 @@ impl SplitMix64 {
         if self.below(4) == 0 {
             INTERESTING[self.below(INTERESTING.len())]
         } else {
-            self.next() as u8
+            self.0.next() as u8
         }
     }
 }
 
 /// One to four random edits of `bytes`, the way libFuzzer's simplest mutators work.
-fn mutate(rng: &mut SplitMix64, bytes: &[u8], other: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut Mutator, bytes: &[u8], other: &[u8]) -> Vec<u8> {
     let mut out = bytes.to_vec();
     for _ in 0..1 + rng.below(4) {
         let position = rng.below(out.len() + 1);
@@ -252,82 +267,236 @@ fn mutate(rng: &mut SplitMix64, bytes: &[u8], other: &[u8]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Seed generation: real records, requests, WAL segments and operation sequences.
+// Seed generation: real records, keys, requests, log segments and operation sequences.
 // ---------------------------------------------------------------------------------------------
 
-fn meta(state: MessageState) -> MessageMeta {
-    let leased = state == MessageState::Leased;
-    MessageMeta {
-        queue_id: QueueId(1),
-        state,
-        priority: -3,
-        attempt_count: 2,
-        attempt_count_max: 10,
-        enqueued_at_ms: 1_800_000_000_000,
-        updated_at_ms: 1_800_000_000_500,
-        due_at_ms: if state.is_timed() { 1_800_000_030_500 } else { 0 },
-        lease_nonce: if leased { 0xdead_beef_0000_0001 } else { 0 },
-        leased_at_ms: 1_800_000_000_400,
-        event_seq: 1,
+const NOW_MS: u64 = 1_800_000_000_000;
+
+/// A content as the HTTP layer encodes it.
+fn content(headers: &[(&str, &str)], body_kind: BodyKind, body: &[u8]) -> Vec<u8> {
+    let headers: Vec<(String, String)> =
+        headers.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+    codec::encode_content(&ContentRef { headers: &headers, body_kind, body })
+}
+
+/// A short but complete life of two queues on a real broker, driven as the storage thread
+/// drives it; the disk it wrote (checkpointed at the end) and each request's contents and ops.
+struct Life {
+    disk: DiskModel,
+    requests: Vec<(Vec<Vec<u8>>, Vec<Op>)>,
+}
+
+impl Life {
+    fn new() -> Life {
+        let config = BrokerConfig::default();
+        let mut broker = Broker::new(config, NOW_MS, 7);
+        let mut life = Life { disk: DiskModel::new(), requests: Vec::new() };
+        let settings = QueueSettings {
+            max_attempts: Some(2),
+            backoff_multiplier: Some(1.5),
+            backoff_jitter: Some(0.0),
+            dead_retention_ms: Some(86_400_000),
+            ..QueueSettings::default()
+        };
+        life.request(&mut broker, &[], |broker, _, ops| {
+            broker.configure(NOW_MS, "emails", settings, ops);
+        });
+        let json = content(&[("kind", "welcome")], BodyKind::Json, br#"{"to":"a@example.com"}"#);
+        let bytes = content(&[], BodyKind::Bytes, &[0, 255]);
+        let key = IdempotencyKey { key: "order-42".into(), request_hash: 7 };
+        life.request(&mut broker, &[json.clone(), bytes, json.clone()], |broker, contents, ops| {
+            let deliveries = [
+                Delivery::Now,
+                Delivery::After { delay_ms: 5000 },
+                Delivery::At { deliver_at_ms: 1 },
+            ];
+            let messages = (contents.iter().zip(deliveries))
+                .map(|(content, delivery)| NewMessage {
+                    content: *content,
+                    priority: -3,
+                    attempt_count_max: None,
+                    delivery,
+                })
+                .collect();
+            broker.enqueue(NOW_MS, "emails", messages, Some(key), ops).expect("accepted");
+        });
+        let mut grants = Vec::new();
+        life.request(&mut broker, &[], |broker, _, ops| {
+            grants = broker.lease(NOW_MS + 1, "emails", 10, Some(30_000), ops);
+        });
+        let tokens: Vec<_> = grants.iter().map(|grant| Some(grant.token)).collect();
+        life.request(&mut broker, &[], |broker, _, ops| {
+            let items = [ExtendItem { token: tokens[0], lease_ms: Some(60_000) }];
+            broker.extend(NOW_MS + 2, "emails", &items, ops);
+        });
+        life.request(&mut broker, &[], |broker, _, ops| {
+            broker.ack(NOW_MS + 3, "emails", &tokens[..1], ops);
+        });
+        life.request(&mut broker, &[], |broker, _, ops| {
+            let nack =
+                |token, dead| NackItem { token, error: "SMTP 451".into(), delay_ms: None, dead };
+            broker.nack(NOW_MS + 4, "emails", vec![nack(tokens[1], false)], ops);
+        });
+        life.request(&mut broker, &[], |broker, _, ops| broker.expire_due(NOW_MS + 10_000, ops));
+        life.request(&mut broker, &[], |broker, _, ops| {
+            broker.set_paused(NOW_MS + 10_001, "emails", true, ops);
+        });
+        life.request(&mut broker, &[], |broker, _, ops| {
+            broker.set_paused(NOW_MS + 10_002, "emails", false, ops);
+        });
+        life.request(&mut broker, &[], |broker, _, ops| {
+            let grants = broker.lease(NOW_MS + 10_003, "emails", 10, None, ops);
+            let items = grants
+                .iter()
+                .map(|grant| NackItem {
+                    token: Some(grant.token),
+                    error: "gave up".into(),
+                    delay_ms: None,
+                    dead: true,
+                })
+                .collect();
+            broker.nack(NOW_MS + 10_003, "emails", items, ops);
+        });
+        let dead = grants[1].id;
+        life.request(&mut broker, &[], |broker, _, ops| {
+            broker.retry(NOW_MS + 10_004, dead, None, true, ops).expect("dead");
+        });
+        life.request(&mut broker, &[], |broker, _, ops| {
+            broker.reschedule(NOW_MS + 10_005, dead, None, NOW_MS + 20_000, ops).expect("ready");
+        });
+        let edited = content(&[("kind", "edited")], BodyKind::Json, b"[1,2.5,null]");
+        life.request(&mut broker, &[edited], |broker, contents, ops| {
+            let fields = EditFields::default().with(EditFields::BODY).with(EditFields::PRIORITY);
+            let edit =
+                Edit { content: Some(contents[0]), priority: Some(9), deliver_at_ms: None, fields };
+            broker.edit(NOW_MS + 10_006, dead, None, edit, ops).expect("scheduled");
+        });
+        life.request(&mut broker, &[json], |broker, contents, ops| {
+            let message = NewMessage {
+                content: contents[0],
+                priority: 0,
+                attempt_count_max: Some(1),
+                delivery: Delivery::Now,
+            };
+            broker.enqueue(NOW_MS + 10_007, "webhooks", vec![message], None, ops).expect("new");
+        });
+        life.request(&mut broker, &[], |broker, _, ops| {
+            broker.delete(NOW_MS + 10_008, grants[0].id, None, ops).expect("delivered");
+        });
+        life.disk.checkpoint(&mut broker, NOW_MS + 10_009).expect("an in-memory checkpoint");
+        life
     }
+
+    /// One request: its contents placed in a frame first, then what the broker decides.
+    fn request(
+        &mut self,
+        broker: &mut Broker,
+        contents: &[Vec<u8>],
+        run: impl FnOnce(&mut Broker, &[ContentLocation], &mut Vec<Op>),
+    ) {
+        let locations = self.disk.place(contents);
+        let mut ops = Vec::new();
+        run(broker, &locations, &mut ops);
+        self.disk.log(&ops);
+        self.requests.push((contents.to_vec(), ops));
+    }
+
+    /// Each request's frame payload, as the first frame of a segment holds it, and a frame that
+    /// moves contents (which only the storage thread writes).
+    fn frames(&self) -> Vec<Vec<u8>> {
+        let (segment, payload_offset) = (0, fuzzing::FIRST_PAYLOAD_OFFSET);
+        let mut frames: Vec<Vec<u8>> = (self.requests.iter())
+            .map(|(contents, ops)| {
+                let contents: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
+                fuzzing::encode_frame(segment, payload_offset, &contents, ops)
+            })
+            .collect();
+        let moved = Op::MoveContent {
+            items: vec![
+                (MessageId(2), ContentLocation::Catalog { len: 31 }),
+                (MessageId(3), ContentLocation::Log { segment: 4, offset: 1 << 20, len: 31 }),
+            ],
+        };
+        frames.push(fuzzing::encode_frame(segment, payload_offset, &[], &[moved]));
+        frames
+    }
+}
+
+/// Every record kind the catalog and the log hold, taken from a real broker's life: each both
+/// sealed (decodes as is) and without its crc (decodes once the target seals it, which lets the
+/// fuzzer mutate fields behind a valid crc).
+fn record_seeds() -> Vec<Seed> {
+    let life = Life::new();
+    let catalog = life.disk.catalog();
+    let mut trailed: Vec<(String, Vec<u8>)> = Vec::new();
+    let manifest = catalog.manifest().expect("readable").expect("checkpointed");
+    trailed.push(("manifest".into(), codec::encode_manifest(&manifest)));
+    let many_segments = Manifest {
+        terminal_counts: vec![TerminalCounts { dead: 3, delivered: u64::MAX }; 3],
+        segments: vec![(
+            9,
+            SegmentUsage { live_count: 2, live_bytes: 70, id_low: 5, id_high: 900 },
+        )],
+        ..manifest
+    };
+    trailed.push(("manifest-segments".into(), codec::encode_manifest(&many_segments)));
+    let page = catalog.page(0).expect("readable");
+    assert!(page.len() >= 3, "the life's page holds {} records", page.len());
+    trailed.push(("page".into(), codec::encode_page(0, &page)));
+    trailed.push(("page-one".into(), codec::encode_page(0, &page[..1])));
+    catalog
+        .for_each_queue(|queue_id, record| {
+            trailed.push((format!("queue-{}", queue_id.0), codec::encode_queue(&record)));
+        })
+        .expect("readable");
+    let paused = QueueRecord { name: "webhooks".into(), paused: true, settings: settings() };
+    trailed.push(("queue-configured".into(), codec::encode_queue(&paused)));
+    for (id, _) in &page {
+        if let Some(history) = catalog.history(*id).expect("readable") {
+            trailed.push((format!("history-{}", id.0), codec::encode_history(&history)));
+        }
+    }
+    let events = vec![
+        history_event(HistoryKind::Nacked, 0),
+        history_event(HistoryKind::LeaseExpired, 1),
+        history_event(HistoryKind::Retried, 2),
+    ];
+    trailed.push(("history-three".into(), codec::encode_history(&History { events })));
+    catalog
+        .for_each_idempotency(0, |_, key, record| {
+            trailed.push((format!("idempotency-{key}"), codec::encode_idempotency(&record)));
+        })
+        .expect("readable");
+    let key =
+        IdempotencyRecord { request_hash: u64::MAX, first_id: 1, count: 1000, created_at_ms: 5 };
+    trailed.push(("idempotency-max".into(), codec::encode_idempotency(&key)));
+    let mut seeds = Vec::new();
+    for (name, record) in trailed {
+        seeds.push((format!("{name}-unsealed"), record[..record.len() - 4].to_vec()));
+        seeds.push((name, record));
+    }
+    let json = content(&[("kind", "welcome"), ("trace", "a1")], BodyKind::Json, b"{\"n\":[1]}");
+    let bytes = content(&[], BodyKind::Bytes, &[0, 255]);
+    for (name, record) in [("content-json", json), ("content-bytes", bytes)] {
+        seeds.push((format!("{name}-unsealed"), record[4..].to_vec()));
+        seeds.push((name.to_string(), record));
+    }
+    for (index, frame) in life.frames().into_iter().enumerate() {
+        seeds.push((format!("frame-{index}"), frame));
+    }
+    seeds
 }
 
 fn history_event(kind: HistoryKind, seq: u32) -> HistoryEvent {
     HistoryEvent {
         seq,
         kind,
-        at_ms: 1_800_000_001_000,
+        at_ms: NOW_MS + 1000,
         attempt: 2,
-        leased_at_ms: 1_800_000_000_400,
+        leased_at_ms: NOW_MS + 400,
         detail: "SMTP 451 try later".into(),
         dead: kind == HistoryKind::Nacked && seq > 2,
     }
-}
-
-fn change_frames() -> Vec<Vec<Change>> {
-    let id = MessageId(42);
-    let queue_id = QueueId(1);
-    let record = QueueRecord { name: "emails".into(), paused: false, settings: settings() };
-    let content = codec::encode_content(&MessageContent {
-        headers: vec![("kind".into(), "welcome".into())],
-        body_kind: BodyKind::Json,
-        body: br#"{"to":"a@example.com"}"#.to_vec(),
-    });
-    let key_record = IdempotencyRecord {
-        request_hash: 7,
-        first_id: 42,
-        count: 1,
-        created_at_ms: 1_800_000_000_000,
-    };
-    vec![
-        vec![
-            Change::PutQueue { queue_id, record },
-            Change::PutContent { id, record: content },
-            Change::PutMeta { id, meta: meta(MessageState::Ready) },
-            Change::SetNextId { next_id: 43 },
-            Change::PutIdempotency { queue_id, key: "order-42".into(), record: key_record },
-        ],
-        vec![Change::PutMeta { id, meta: meta(MessageState::Leased) }],
-        vec![
-            Change::RecordHistory {
-                id,
-                event: history_event(HistoryKind::Nacked, 0),
-                keep_count: 20,
-            },
-            Change::PutMeta { id, meta: meta(MessageState::Retrying) },
-        ],
-        vec![
-            Change::PutMeta { id, meta: meta(MessageState::Delivered) },
-            Change::IndexTerminal { queue_id, state: MessageState::Delivered, id },
-            Change::ExpireAt { at_ms: 1_800_086_400_000, id },
-        ],
-        vec![
-            Change::RemoveExpiry { at_ms: 1_800_086_400_000, id },
-            Change::UnindexTerminal { queue_id, state: MessageState::Dead, id },
-            Change::DeleteMessage { id, queue_id, state: MessageState::Delivered },
-            Change::DeleteIdempotency { queue_id, key: "order-42".into() },
-        ],
-    ]
 }
 
 fn settings() -> QueueSettings {
@@ -343,73 +512,41 @@ fn settings() -> QueueSettings {
     }
 }
 
-fn encode_changes(changes: &[Change]) -> Vec<u8> {
-    let mut payload = Vec::new();
-    codec::encode_changes_into(changes, &mut payload);
-    payload
-}
-
-/// Every record kind, both sealed (decodes as is) and without its crc (decodes once the target
-/// seals it, which lets the fuzzer mutate fields behind a valid crc).
-fn record_seeds() -> Vec<Seed> {
-    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-    for state in [MessageState::Scheduled, MessageState::Leased, MessageState::Dead] {
-        records.push((format!("meta-{}", state.name()), codec::encode_meta(&meta(state))));
+/// Every key the life's catalog holds (each kind), and pairs of numbers and names that the
+/// target builds keys from to check their order.
+fn key_seeds() -> Vec<Seed> {
+    let life = Life::new();
+    let mut seeds: Vec<Seed> = Vec::new();
+    let mut kinds = std::collections::BTreeMap::<u8, usize>::new();
+    life.disk
+        .catalog()
+        .for_each_entry(|key, _| {
+            let count = kinds.entry(key[0]).or_default();
+            *count += 1;
+            if *count <= 2 {
+                seeds.push((format!("{}-{count}", key[0] as char), key.to_vec()));
+            }
+            Ok(())
+        })
+        .expect("readable");
+    for kind in
+        [keys::MANIFEST, keys::QUEUE, keys::PAGE, keys::ACTIVE, keys::TERMINAL, keys::HISTORY]
+    {
+        assert!(kinds.contains_key(&kind), "the life's catalog holds no {} key", kind as char);
     }
-    let json = MessageContent {
-        headers: vec![("kind".into(), "welcome".into()), ("trace".into(), "a1".into())],
-        body_kind: BodyKind::Json,
-        body: br#"{"to":"a@example.com","n":[1,2.5,null]}"#.to_vec(),
-    };
-    let bytes =
-        MessageContent { headers: Vec::new(), body_kind: BodyKind::Bytes, body: vec![0, 255] };
-    records.push(("content-json".into(), codec::encode_content(&json)));
-    records.push(("content-bytes".into(), codec::encode_content(&bytes)));
-    let events = vec![
-        history_event(HistoryKind::Nacked, 0),
-        history_event(HistoryKind::LeaseExpired, 1),
-        history_event(HistoryKind::Retried, 2),
-    ];
-    records.push(("history".into(), codec::encode_history(&History { events })));
-    let paused = QueueRecord { name: "webhooks".into(), paused: true, settings: settings() };
-    let plain = QueueRecord { name: "emails".into(), paused: false, settings: Default::default() };
-    records.push(("queue-configured".into(), codec::encode_queue(&paused)));
-    records.push(("queue-plain".into(), codec::encode_queue(&plain)));
-    let key =
-        IdempotencyRecord { request_hash: u64::MAX, first_id: 1, count: 1000, created_at_ms: 5 };
-    records.push(("idempotency".into(), codec::encode_idempotency(&key)));
-    let mut seeds = Vec::new();
-    for (name, record) in records {
-        seeds.push((format!("{name}-unsealed"), record[..record.len() - 4].to_vec()));
-        seeds.push((name, record));
-    }
-    for (index, changes) in change_frames().iter().enumerate() {
-        seeds.push((format!("changes-{index}"), encode_changes(changes)));
-    }
+    let numbers = |a: u64, b: u64| [a.to_be_bytes(), b.to_be_bytes()].concat();
+    seeds.push(("pair-pages".into(), numbers(255, 256)));
+    seeds.push(("pair-max".into(), numbers(u64::MAX, 0)));
+    seeds.push(("pair-names".into(), [numbers(7, 7), b"order-1order-2".to_vec()].concat()));
+    seeds.push(("pair-utf8".into(), [numbers(1 << 40, 3), "clé-é".as_bytes().to_vec()].concat()));
+    seeds.push(("expiry".into(), keys::expiry_key(NOW_MS, 3).to_vec()));
+    seeds.push((
+        "terminal-delivered".into(),
+        keys::terminal_key(QueueId(2), MessageState::Delivered, 9).to_vec(),
+    ));
     seeds
 }
 
-fn key_seeds() -> Vec<Seed> {
-    let id = MessageId(0x0102_0304_0506_0708);
-    let pair = [keys::message_key(MessageId(255)), keys::message_key(MessageId(256))].concat();
-    let queues = [keys::queue_key(QueueId(1)), keys::queue_key(QueueId(u32::MAX))].concat();
-    vec![
-        ("message-zero".into(), keys::message_key(MessageId(0)).to_vec()),
-        ("message".into(), keys::message_key(id).to_vec()),
-        ("message-max".into(), keys::message_key(MessageId(u64::MAX)).to_vec()),
-        ("message-pair".into(), pair),
-        ("queue".into(), keys::queue_key(QueueId(7)).to_vec()),
-        ("queue-pair".into(), queues),
-        ("idempotency".into(), keys::idempotency_key(QueueId(3), "order-42")),
-        ("idempotency-utf8".into(), keys::idempotency_key(QueueId(3), "clé-é")),
-        ("terminal".into(), keys::terminal_key(QueueId(2), MessageState::Dead, id).to_vec()),
-        ("expiry".into(), keys::expiry_key(1_800_000_000_000, id).to_vec()),
-        ("checkpoint".into(), keys::CHECKPOINT_KEY.to_vec()),
-        ("next-id".into(), keys::NEXT_ID_KEY.to_vec()),
-    ]
-}
-
-/// Requests of every kind: `ok-` seeds are valid, the others each break one rule.
 fn http_seeds() -> Vec<Seed> {
     let token = "00000000000000010123456789abcdef";
     let texts = [
@@ -446,17 +583,24 @@ fn http_seeds() -> Vec<Seed> {
     seeds
 }
 
-/// A segment written by the real `Wal`, and segments in the target's built-frame layouts.
+/// A segment written by the real `Wal` with the life's frames, and segments in the target's
+/// built-frame layouts.
 fn wal_seeds() -> Vec<Seed> {
     let directory = tempfile::tempdir().expect("a temporary directory");
-    let mut wal = Wal::open(directory.path(), 1 << 20).expect("opening a WAL");
-    for changes in change_frames() {
-        wal.append(&encode_changes(&changes));
+    let mut wal = Wal::open(directory.path(), 1 << 20).expect("opening a log");
+    for (contents, ops) in Life::new().requests {
+        let position = wal.begin_frame();
+        let mut writer = FrameWriter::begin(wal.frame_buffer(), 0, position.offset, contents.len());
+        for content in &contents {
+            writer.content(wal.frame_buffer(), content);
+        }
+        writer.finish(wal.frame_buffer(), &ops);
+        wal.end_frame();
         wal.commit().expect("committing a frame");
     }
     drop(wal);
-    let segment = std::fs::read(directory.path().join(format!("{:020}.wal", 0)))
-        .expect("reading the segment");
+    let segment =
+        std::fs::read(wal::segment_path(directory.path(), 0)).expect("reading the segment");
     let frames = segment[16..].to_vec();
     let mut torn = frames.clone();
     torn.truncate(frames.len() - 3);
@@ -478,7 +622,7 @@ fn wal_seeds() -> Vec<Seed> {
     ]
 }
 
-/// Operation bytes for `fuzzing::queue_ops` (see its match on `code % 21`).
+/// Operation bytes for `fuzzing::queue_ops` (see its match on `code % 22`).
 mod op {
     pub const ENQUEUE: u8 = 0;
     pub const LEASE: u8 = 4;
@@ -488,14 +632,17 @@ mod op {
     pub const ADVANCE: u8 = 12;
     /// Moves the clock without firing timers.
     pub const TICK: u8 = 14;
+    /// Its byte: bit 0 checkpoints before the restart, bit 1 after it.
     pub const RESTART: u8 = 15;
     pub const PAUSE: u8 = 16;
     pub const CONFIGURE: u8 = 17;
     pub const SWEEP: u8 = 18;
+    /// Its byte: 0 writes at once (or the one in flight), 1 leaves one in flight, 2 fails one.
+    pub const CHECKPOINT: u8 = 19;
     /// Delete (even id choice) or retry (odd).
-    pub const DELETE_OR_RETRY: u8 = 19;
-    /// Reschedule (even id choice) or edit the priority (odd).
-    pub const MOVE: u8 = 20;
+    pub const DELETE_OR_RETRY: u8 = 20;
+    /// Reschedule (even id choice) or edit the priority (odd; bit 1 also replaces the content).
+    pub const MOVE: u8 = 21;
 }
 
 /// Scenarios that walk every operation and the interesting paths, plus two long random runs.
@@ -515,7 +662,7 @@ fn queue_seeds() -> Vec<Seed> {
 /// A named operation sequence, one operation (code and parameter bytes) per slice.
 type Scenario = (&'static str, Vec<&'static [u8]>);
 
-/// Producers and consumers: enqueue, lease, ack, nack, extend, the clock and restarts.
+/// Producers and consumers: enqueue, lease, ack, nack, extend, the clock, checkpoints, restarts.
 #[rustfmt::skip]
 fn consumer_scenarios() -> Vec<Scenario> {
     use op::*;
@@ -549,9 +696,15 @@ fn consumer_scenarios() -> Vec<Scenario> {
             &[ADVANCE, 0], &[LEASE, 0, 0],
         ]),
         ("restart", vec![
-            &[ENQUEUE, 4, 0, 0, 2, 1, 3, 2], &[LEASE, 2, 100], &[RESTART], &[ACK, 0, 0],
-            &[LEASE, 0, 1], &[ADVANCE, 0x45], &[RESTART], &[LEASE, 6, 100], &[ADVANCE, 0xff],
-            &[RESTART],
+            &[ENQUEUE, 4, 0, 0, 2, 1, 3, 2], &[LEASE, 2, 100], &[RESTART, 0], &[ACK, 0, 0],
+            &[LEASE, 0, 1], &[ADVANCE, 0x45], &[RESTART, 1], &[LEASE, 6, 100], &[ADVANCE, 0xff],
+            &[RESTART, 2],
+        ]),
+        ("checkpoints", vec![
+            &[ENQUEUE, 12, 0, 0, 2, 1, 3, 2], &[CHECKPOINT, 0], &[LEASE, 6, 100],
+            &[NACK, 0, 0, 2], &[CHECKPOINT, 0], &[ACK, 0, 1], &[RESTART, 0],
+            &[DELETE_OR_RETRY, 1, 0], &[CHECKPOINT, 0],
+            &[RESTART, 2], &[LEASE, 6, 100],
         ]),
         ("two-queues", vec![
             &[ENQUEUE, 0, 0, 0], &[ENQUEUE, 1, 0, 0], &[LEASE, 1, 100], &[ACK, 0, 0], &[ACK, 1, 0],
@@ -578,7 +731,21 @@ fn person_scenarios() -> Vec<Scenario> {
         ("retention", vec![
             &[CONFIGURE, 2], &[ENQUEUE, 2, 0, 0, 0, 0], &[LEASE, 2, 10], &[ACK, 0, 0],
             &[NACK, 0, 1, 2], &[CONFIGURE, 4], &[ENQUEUE, 0, 0, 0], &[LEASE, 0, 0], &[TICK, 0x41],
-            &[ADVANCE, 0x45], &[SWEEP], &[ADVANCE, 0xcc], &[SWEEP], &[RESTART], &[SWEEP],
+            &[ADVANCE, 0x45], &[CHECKPOINT, 0], &[SWEEP], &[ADVANCE, 0xcc], &[SWEEP],
+            &[CHECKPOINT, 0],
+            &[SWEEP], &[RESTART, 3], &[SWEEP],
+        ]),
+        ("checkpoints-in-flight", vec![
+            &[ENQUEUE, 4, 0, 0, 0, 0], &[LEASE, 2, 100], &[NACK, 0, 0, 1], &[CHECKPOINT, 1],
+            &[ACK, 0, 1], &[DELETE_OR_RETRY, 0, 0], &[CHECKPOINT, 2], &[CHECKPOINT, 0],
+            &[CHECKPOINT, 1], &[ENQUEUE, 0, 0, 0], &[RESTART, 0], &[CHECKPOINT, 1],
+            &[LEASE, 0, 100], &[CHECKPOINT, 0], &[RESTART, 2],
+        ]),
+        ("dead-from-the-catalog", vec![
+            &[ENQUEUE, 0, 0, 4], &[LEASE, 0, 10], &[NACK, 0, 0, 2], &[CHECKPOINT, 0],
+            &[MOVE, 3, 7], &[CHECKPOINT, 0], &[DELETE_OR_RETRY, 1, 1], &[RESTART, 0],
+            &[LEASE, 0, 10], &[ACK, 0, 1], &[CHECKPOINT, 0], &[DELETE_OR_RETRY, 0, 0],
+            &[RESTART, 1],
         ]),
     ]
 }

@@ -154,7 +154,7 @@ impl Engine {
     }
 
     /// Asks the loader for the pages not asked for already.
-    fn ask_for_pages(&mut self, queue_id: QueueId, pages: Vec<u64>) {
+    pub(super) fn ask_for_pages(&mut self, queue_id: QueueId, pages: Vec<u64>) {
         let loading = &mut self.cold.loading;
         let pages: Vec<u64> =
             pages.into_iter().filter(|page| loading.insert((queue_id, *page))).collect();

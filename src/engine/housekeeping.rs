@@ -139,6 +139,11 @@ impl Engine {
         if !stopping && self.cold.may_evict() && self.house.last_evict.elapsed() >= EVICT_INTERVAL {
             self.house.last_evict = Instant::now();
             self.broker.evict_cold(crate::limits::EVICT_COUNT_MAX);
+            // A queue whose oldest cold message came back alone: read its first cold page back
+            // so that its oldest ready age is exact again.
+            for (queue_id, page) in self.broker.stale_cold_pages() {
+                self.ask_for_pages(queue_id, vec![page]);
+            }
         }
         let gauges = &self.shared.gauges;
         gauges.cold_count.store(self.broker.cold_count(), Ordering::Relaxed);

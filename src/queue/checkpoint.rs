@@ -193,9 +193,15 @@ impl Book {
         self.history_new.entry(id).or_default().push(event);
     }
 
-    /// Forgets this epoch's events of a removed message (the catalog drops its history).
+    /// Forgets the events of a removed message that the catalog does not hold yet (the catalog
+    /// drops its history): this epoch's, and those of snapshots in flight, which a failed
+    /// checkpoint would otherwise hand back to the next one. A snapshot already taken keeps its
+    /// own copy, and the checkpoint after it removes the history with the message.
     pub fn drop_history(&mut self, id: MessageId) {
         self.history_new.remove(&id);
+        for (_, events) in &mut self.history_inflight {
+            events.remove(&id);
+        }
     }
 
     /// Notes that `id`'s page holds a terminal message to remove at `at_ms`.

@@ -31,7 +31,7 @@ use super::message::{MessageId, MessageMeta, MessageState, QueueId};
 use super::{Broker, Resident};
 use crate::limits::EVICT_HEAD_SLACK_COUNT;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// One catalog page's cold ready messages of one queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,8 +39,11 @@ pub(super) struct ColdPage {
     pub count: u32,
     /// The priorities among them, each once.
     pub priorities: Vec<i32>,
-    /// The enqueue time of the oldest of them (a lower bound once some came back).
-    pub oldest_enqueued_at_ms: u64,
+    /// The oldest of them (ids grow with enqueue time) and when it was enqueued.
+    pub oldest: (MessageId, u64),
+    /// Whether `oldest` is still cold. Once it came back alone (a person's action, replay) the
+    /// page's oldest is unknown until the page is read back ([`Broker::stale_cold_pages`]).
+    pub oldest_known: bool,
 }
 
 /// A queue's cold ready messages.
@@ -48,8 +51,8 @@ pub(super) struct ColdPage {
 pub(super) struct ColdReady {
     /// By catalog page.
     pub pages: BTreeMap<u64, ColdPage>,
-    /// (priority, page) for each priority a cold page holds: where the lease order meets them.
-    pub order: BTreeSet<(Reverse<i32>, u64)>,
+    /// How many of them each (priority, page) holds: where the lease order meets them.
+    pub order: BTreeMap<(Reverse<i32>, u64), u32>,
     /// Their number.
     pub count: u64,
 }
@@ -57,33 +60,44 @@ pub(super) struct ColdReady {
 impl ColdReady {
     /// Counts a message that leaves memory.
     fn add(&mut self, id: MessageId, meta: &MessageMeta) {
-        self.add_run(page_of(id), meta.priority, 1, meta.enqueued_at_ms);
+        self.add_run(page_of(id), meta.priority, 1, (id, meta.enqueued_at_ms));
     }
 
-    /// Counts `count` messages of one priority on one page that leave memory.
-    fn add_run(&mut self, page: u64, priority: i32, count: u32, oldest_enqueued_at_ms: u64) {
+    /// Counts `count` messages of one priority on one page that leave memory; `oldest` is the
+    /// first of them.
+    fn add_run(&mut self, page: u64, priority: i32, count: u32, oldest: (MessageId, u64)) {
         if count == 0 {
             return;
         }
         let entry = self.pages.entry(page).or_insert(ColdPage {
             count: 0,
             priorities: Vec::new(),
-            oldest_enqueued_at_ms,
+            oldest,
+            oldest_known: true,
         });
         entry.count += count;
-        entry.oldest_enqueued_at_ms = entry.oldest_enqueued_at_ms.min(oldest_enqueued_at_ms);
+        if oldest.0 < entry.oldest.0 {
+            entry.oldest = oldest;
+        }
         if !entry.priorities.contains(&priority) {
             entry.priorities.push(priority);
-            self.order.insert((Reverse(priority), page));
         }
+        *self.order.entry((Reverse(priority), page)).or_default() += count;
         self.count += u64::from(count);
     }
 
-    /// Uncounts a message that comes back; `false` if its page has none counted.
-    fn take_one(&mut self, id: MessageId) -> bool {
+    /// Uncounts a message that comes back; `false` if its page has none of its priority counted.
+    fn take_one(&mut self, id: MessageId, priority: i32) -> bool {
         let page = page_of(id);
-        let Some(entry) = self.pages.get_mut(&page) else { return false };
+        let key = (Reverse(priority), page);
+        let Some(run) = self.order.get_mut(&key) else { return false };
+        *run -= 1;
+        if *run == 0 {
+            self.order.remove(&key);
+        }
+        let entry = self.pages.get_mut(&page).expect("a counted run's page is counted");
         entry.count -= 1;
+        entry.oldest_known &= entry.oldest.0 != id;
         self.count -= 1;
         if entry.count == 0 {
             self.remove_page(page);
@@ -103,7 +117,7 @@ impl ColdReady {
 
     /// Where the first cold message stands in the lease order.
     pub fn first(&self) -> Option<(Reverse<i32>, u64)> {
-        self.order.first().copied()
+        self.order.first_key_value().map(|(key, _)| *key)
     }
 }
 
@@ -127,6 +141,11 @@ impl Broker {
         self.queues.iter().map(|queue| queue.cold.count).sum()
     }
 
+    /// Every catalog page holding cold ready messages of a queue, in page order.
+    pub fn cold_pages(&self, queue_id: QueueId) -> Vec<u64> {
+        self.queues[queue_id.0 as usize].cold.pages.keys().copied().collect()
+    }
+
     /// The cold pages among the first `window` messages of a queue's lease order (a cold page
     /// counts as many positions as it has messages). Empty for a queue without cold messages.
     pub fn cold_ahead(&self, queue_id: QueueId, window: usize) -> ColdAhead {
@@ -142,17 +161,17 @@ impl Broker {
             let cold_next = match (hot.peek(), cold.peek()) {
                 (_, None) => break,
                 (None, Some(_)) => true,
-                (Some(&&(priority, id)), Some(&&first_cold)) => {
+                (Some(&&(priority, id)), Some(&(&first_cold, _))) => {
                     first_cold <= (priority, page_of(id))
                 }
             };
             if cold_next {
-                let (_, page) = *cold.next().expect("peeked");
+                let (&(_, page), &count) = cold.next().expect("peeked");
                 ahead.blocked |= seen == 0;
                 if !ahead.pages.contains(&page) {
                     ahead.pages.push(page);
-                    seen += queue.cold.pages.get(&page).map_or(1, |entry| entry.count as usize);
                 }
+                seen += count as usize;
             } else {
                 hot.next();
                 seen += 1;
@@ -304,16 +323,17 @@ impl Broker {
         let end = (priority, MessageId((page + 1) << PAGE_ID_BITS));
         let queue = &mut self.queues[queue_id.0 as usize];
         let ids: Vec<MessageId> = queue.ready.range(first..end).map(|(_, id)| *id).collect();
-        let mut oldest_enqueued_at_ms = u64::MAX;
+        let mut oldest = None;
         for id in &ids {
             let Resident { meta, timer } = self.active.remove(id).expect("ready member is active");
             debug_assert!(timer.is_none(), "ready messages have no timer");
             queue.ready.remove(&(priority, *id));
             queue.members[MessageState::Ready.index()].remove(id);
-            oldest_enqueued_at_ms = oldest_enqueued_at_ms.min(meta.enqueued_at_ms);
+            oldest = oldest.or(Some((*id, meta.enqueued_at_ms)));
         }
-        let count = ids.len() as u32;
-        queue.cold.add_run(page, priority.0, count, oldest_enqueued_at_ms);
+        if let Some(oldest) = oldest {
+            queue.cold.add_run(page, priority.0, ids.len() as u32, oldest);
+        }
         ids.len()
     }
 
@@ -354,13 +374,14 @@ impl Broker {
         debug_assert_eq!(meta.state, MessageState::Ready);
         let queue_id = meta.queue_id;
         let Some(queue) = self.queues.get_mut(queue_id.0 as usize) else { return false };
-        if !queue.cold.take_one(id) {
+        if !queue.cold.take_one(id, meta.priority) {
             return false;
         }
         queue.ready.insert((Reverse(meta.priority), id));
         queue.members[MessageState::Ready.index()].insert(id);
+        // Not woken: the message was counted ready all along, and a lease that reached it waited
+        // for it rather than coming back empty.
         self.active.insert(id, Resident { meta, timer: None });
-        self.woken.push(queue_id);
         true
     }
 
@@ -371,9 +392,21 @@ impl Broker {
         queue.cold.add(id, meta);
     }
 
-    /// The enqueue time of a queue's oldest cold message.
+    /// The enqueue time of a queue's oldest cold message: that of the first cold page's oldest
+    /// (until that page is read back, a lower bound if its oldest came back alone).
     pub(super) fn oldest_cold_enqueued_at_ms(&self, queue_id: QueueId) -> Option<u64> {
         let cold = &self.queues[queue_id.0 as usize].cold;
-        cold.pages.values().next().map(|entry| entry.oldest_enqueued_at_ms)
+        cold.pages.values().next().map(|entry| entry.oldest.1)
+    }
+
+    /// For each queue whose first cold page's oldest message came back alone (so its oldest ready
+    /// age is only a lower bound), that page: reading it back makes the age exact again. The
+    /// storage thread has them read in the background; recovery reads them before it finishes.
+    pub fn stale_cold_pages(&self) -> Vec<(QueueId, u64)> {
+        let first_stale = |(index, queue): (usize, &super::QueueState)| {
+            let (page, entry) = queue.cold.pages.iter().next()?;
+            (!entry.oldest_known).then_some((QueueId(index as u32), *page))
+        };
+        self.queues.iter().enumerate().filter_map(first_stale).collect()
     }
 }

@@ -380,6 +380,19 @@ impl Broker {
         }
     }
 
+    /// Every idempotency key the broker remembers, by queue and key (tests compare brokers with
+    /// it).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn idempotency_keys(&self) -> Vec<(QueueId, String, IdempotencyRecord)> {
+        let mut keys: Vec<(QueueId, String, IdempotencyRecord)> = self
+            .idempotency
+            .iter()
+            .map(|((queue_id, key), record)| (*queue_id, key.clone(), *record))
+            .collect();
+        keys.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        keys
+    }
+
     /// The id of the queue named `name`, creating it (with an op) on first use.
     fn intern_queue(&mut self, name: &str, ops: &mut Vec<Op>) -> QueueId {
         if let Some(queue_id) = self.queue_ids.get(name) {

@@ -432,6 +432,11 @@ impl Catalog {
             batch.insert(&catalog_key, codec::encode_idempotency(record));
         }
         self.forget_idempotency(&mut batch, job.now_ms)?;
+        // The notes the sweep handled go first: a note this checkpoint writes may have the same
+        // key (the same second and page), and it must stay.
+        for (at_ms, page) in &job.expiry_done {
+            batch.remove(&keys::expiry_key(*at_ms, *page));
+        }
         let now_bucket_ms = job.now_ms.div_ceil(1000).saturating_mul(1000);
         for queue_id in &snapshot.rearm_queues {
             // The pages the catalog lists for the queue, and those this checkpoint writes (a
@@ -453,9 +458,6 @@ impl Catalog {
             for page in pages {
                 batch.insert(&keys::expiry_key(now_bucket_ms, page), Vec::new());
             }
-        }
-        for (at_ms, page) in &job.expiry_done {
-            batch.remove(&keys::expiry_key(*at_ms, *page));
         }
         for (at_ms, page) in snapshot.expiry_hints.iter().chain(&job.expiry_added) {
             batch.insert(&keys::expiry_key(*at_ms, *page), Vec::new());

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// One write of a batch: a value, or a removal (`None`).
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
-/// Visits one entry of a scan; returns whether to go on.
+/// What a scan calls with each key and value; it returns whether to go on.
 pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
 
 /// An ordered map of byte keys to byte values, with atomic batches.

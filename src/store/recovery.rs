@@ -100,6 +100,7 @@ pub fn recover(
         .map(|tail| (tail.segment_path.display().to_string(), tail.offset, tail.dropped_bytes));
     broker.take_notices();
     broker.take_woken();
+    refresh_stale_cold_pages(&mut broker, &catalog)?;
     let mut wal = Wal::open(&log_dir, options.segment_bytes)?;
     let position = wal.committed_position();
     let job = CheckpointJob { snapshot: broker.snapshot(), position, now_ms, ..Default::default() };
@@ -198,6 +199,17 @@ pub fn replay_frame(
         replayed.op_count += 1;
     }
     Ok(replayed)
+}
+
+/// Reads back the cold pages whose oldest message came back alone during replay, so that every
+/// queue's oldest ready age is exact again (`queue/cold.rs`); recovery does it before its
+/// checkpoint, as the storage thread does later in the background.
+pub fn refresh_stale_cold_pages(broker: &mut Broker, catalog: &Catalog) -> Result<(), StoreError> {
+    for (queue_id, page) in broker.stale_cold_pages() {
+        let records = catalog.page(page)?;
+        broker.load_cold(queue_id, page, records);
+    }
+    Ok(())
 }
 
 /// Fails when a segment that stored messages point into is missing (it was deleted or lost:

@@ -146,7 +146,7 @@ fn restarts_rebuild_cold_backlogs_and_keep_the_order() {
     assert_eq!(harness.count(MessageState::Ready), 2000 - grants.len() as u64 - 1);
 
     let recovered = harness.recovered(NOW + 3);
-    harness.assert_same_state(&recovered);
+    harness.assert_same_state(&recovered, NOW + 3);
     assert!(recovered.cold_count() > 0, "the restart kept the backlog in the catalog");
     assert!(recovered.ready_resident_count() <= 200 + 256, "restore stays within the budget");
 
