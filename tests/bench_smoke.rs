@@ -125,3 +125,36 @@ fn a_server_with_tokens_is_measured_with_one_and_refuses_a_run_without() {
     assert!(!output.status.success());
     assert!(stderr.contains("401"), "{stderr}");
 }
+
+/// `--rate` paces the producers: 1,000 messages at 2,000 a second cannot take less than half a
+/// second (the pacing is a lower bound; a slow machine only makes it longer), and a rate that is
+/// not a positive number is a usage error.
+#[test]
+fn rate_paces_the_producers() {
+    let (success, report, stderr) = bench(&[
+        "--spawn",
+        "--messages",
+        "1000",
+        "--batch",
+        "50",
+        "--producers",
+        "2",
+        "--rate",
+        "2000",
+        "--phase",
+        "enqueue",
+        "--json",
+    ]);
+    assert!(success, "report: {report:#}\nstderr:\n{stderr}");
+    assert_eq!(report["verification"]["enqueued"], 1000, "{report:#}");
+    assert_eq!(report["plan"]["rate"], 2000.0, "{report:#}");
+    let elapsed_s = report["phases"][0]["elapsed_s"].as_f64().expect("elapsed_s");
+    assert!(elapsed_s >= 0.45, "1000 messages at 2000/s took only {elapsed_s} s");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_outboxd"))
+        .args(["bench", "--spawn", "--rate", "0"])
+        .output()
+        .expect("run outboxd bench");
+    assert!(!output.status.success(), "a usage error");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--rate must be a positive number"));
+}

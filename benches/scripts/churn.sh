@@ -11,7 +11,8 @@
 # through.
 #
 # Usage: benches/scripts/churn.sh     (from the repository root)
-# Environment: OUTBOXD, TEMP_DIR (default /tmp), RETENTION_MS (default 0), RUNS (default 5), RUN_S (default 120), SAMPLE_S
+# Environment: OUTBOXD, TEMP_DIR (default /tmp), RETENTION_MS (default 0), RATE (messages per
+# second the producers keep to; default as fast as answered), RUNS (default 5), RUN_S (default 120), SAMPLE_S
 # (default 10), PRODUCERS (default 2), CONSUMERS (default 16), BATCH (default 100), OUT (sample
 # log, default target/perf/churn-<date>.tsv). With 2 producers and 16 consumers the consumers
 # keep up (a few hundred messages stored); PRODUCERS=16 RUNS=50 RUN_S=5 instead builds a backlog
@@ -53,7 +54,7 @@ echo "load before: $(cat /proc/loadavg)"
   for run in $(seq 1 "$runs"); do
     "$bin" bench --url "http://$address" --phase mixed --queue "$queue" --duration-s "$run_s" \
       --producers "${PRODUCERS:-2}" --consumers "${CONSUMERS:-16}" --batch "${BATCH:-100}" \
-      --lease-batch 100 --body-bytes 256 --json >"$out.bench-$run.json" || exit 1
+      --lease-batch 100 --body-bytes 256 ${RATE:+--rate "$RATE"} --json >"$out.bench-$run.json" || exit 1
   done
 ) &
 bench_pid=$!

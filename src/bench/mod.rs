@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// --fsync-baseline, how long to measure (default 3).
     #[arg(long)]
     pub duration_s: Option<f64>,
+    /// Enqueue at most this many messages per second in all (each producer paces itself to its
+    /// share), e.g. to measure latency at a fraction of peak load; default: as fast as answered.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Queue name (default: a new unique name); the mixed phase of `all` uses NAME-mixed.
     #[arg(long)]
     pub queue: Option<String>,
@@ -159,6 +163,8 @@ pub struct Plan {
     pub batch: u32,
     pub lease_batch: u32,
     pub duration_s: Option<f64>,
+    /// Messages per second the producers keep to, in all; `None`: as fast as answered.
+    pub rate: Option<f64>,
     pub wait_ms: u64,
     pub lease_ms: u64,
     pub stall_timeout_s: u64,
@@ -197,6 +203,9 @@ impl Plan {
         if args.duration_s.is_some_and(|seconds| !(seconds > 0.0 && seconds.is_finite())) {
             return usage("--duration-s must be a positive number of seconds".into());
         }
+        if args.rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
+            return usage("--rate must be a positive number of messages per second".into());
+        }
         if args.wait_ms > crate::limits::WAIT_MS_MAX {
             return usage(format!("--wait-ms must be at most {}", crate::limits::WAIT_MS_MAX));
         }
@@ -230,6 +239,7 @@ impl Plan {
             batch: args.batch,
             lease_batch: args.lease_batch,
             duration_s: args.duration_s,
+            rate: args.rate,
             wait_ms: args.wait_ms,
             lease_ms: args.lease_ms,
             stall_timeout_s: args.stall_timeout_s,

@@ -59,6 +59,8 @@ pub struct Shared {
     pub enqueue_path: String,
     pub lease_path: String,
     pub ack_path: String,
+    /// Producers of the phase (they share `plan.rate`).
+    producer_count: u32,
     /// Messages producers may still claim.
     unclaimed: AtomicU64,
     produce_deadline: Option<Instant>,
@@ -80,6 +82,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The producers of the phase (at least 1).
+    pub fn producer_count(&self) -> u32 {
+        self.producer_count
+    }
+
     /// The number of messages to put in the next enqueue (0: stop producing).
     pub fn claim(&self, batch: u32) -> u32 {
         if *self.stop.borrow() || self.produce_deadline.is_some_and(|end| Instant::now() >= end) {
@@ -230,6 +237,7 @@ fn new_shared(plan: &Plan, spec: &PhaseSpec) -> Shared {
         enqueue_path: format!("/v1/queues/{queue}/messages"),
         lease_path: format!("/v1/queues/{queue}/lease"),
         ack_path: format!("/v1/queues/{queue}/ack"),
+        producer_count: spec.producer_count.max(1),
         unclaimed: AtomicU64::new(spec.produce_count),
         produce_deadline: spec.produce_duration.map(|duration| Instant::now() + duration),
         produced: AtomicU64::new(spec.produced_before),

@@ -299,6 +299,7 @@ mod tests {
             batch: 100,
             lease_batch: 100,
             duration_s: None,
+            rate: None,
             wait_ms: 1000,
             lease_ms: 300_000,
             stall_timeout_s: 10,

@@ -82,11 +82,20 @@ pub async fn produce(
     let batch = shared.plan.batch;
     let full_batch = enqueue_body(batch, shared.plan.body_bytes);
     let mut outcome = WorkerOutcome::default();
+    // With --rate, this producer's share: its n-th message is due n / share seconds in.
+    let share = shared.plan.rate.map(|rate| rate / f64::from(shared.producer_count()));
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
     loop {
+        if let Some(share) = share {
+            let due = started + Duration::from_secs_f64(sent as f64 / share);
+            tokio::time::sleep_until(due).await;
+        }
         let count = shared.claim(batch);
         if count == 0 {
             break;
         }
+        sent += u64::from(count);
         let partial_batch;
         let body = if count == batch {
             &full_batch
