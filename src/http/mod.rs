@@ -6,6 +6,7 @@ pub mod control;
 pub mod error;
 pub mod handlers;
 pub mod json;
+pub mod listing;
 pub mod rates;
 pub mod reads;
 pub mod stream;
@@ -492,7 +493,7 @@ async fn dispatch(
         E::GetQueue(queue) => control::get_queue(state, queue).await,
         E::PutQueue(queue) => control::put_queue(state, queue, request).await,
         E::Enqueue(queue) => handlers::enqueue(state, queue, request).await,
-        E::ListMessages(queue) => control::list_messages(state, queue, &request).await,
+        E::ListMessages(queue) => listing::list_messages(state, queue, &request).await,
         E::Purge(queue) => control::purge(state, queue, &request).await,
         E::Lease(queue) => handlers::lease(state, queue, request).await,
         E::Ack(queue) => handlers::ack(state, queue, request).await,
