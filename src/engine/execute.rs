@@ -176,19 +176,14 @@ impl Engine {
         }
     }
 
-    /// The stored record a command carried, if the broker must use it: `Stale` when it was read
-    /// at a checkpoint that is no longer the durable one (the caller reads again).
+    /// The stored record a command carried, if the broker must use it: `Stale` when the request
+    /// read the message in a state the broker has left (the caller reads again).
     fn stored(
         &self,
         id: MessageId,
         stored: Option<Stored>,
     ) -> Result<Option<MessageMeta>, CommitError> {
-        match stored {
-            None => Ok(None),
-            Some(_) if self.broker.is_resident(id) => Ok(None),
-            Some(stored) if stored.epoch == self.broker.durable_epoch() => Ok(Some(stored.meta)),
-            Some(_) => Err(CommitError::Stale),
-        }
+        self.broker.stored_for_action(id, stored).map_err(|_| CommitError::Stale)
     }
 
     /// Runs a person's action; `None` when it was answered already (refused).

@@ -43,7 +43,34 @@ pub enum ControlError {
     WrongState(MessageState),
 }
 
+/// A record an action carried was read at a state the broker has left: read it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaleRead;
+
 impl Broker {
+    /// The record an action on `id` must use besides the broker's own, given what the request
+    /// read (`stored`: from the catalog, `None`: the broker held the message then).
+    ///
+    /// - The broker holds the message: its own record (`Ok(None)`).
+    /// - Read from the catalog at the durable epoch: that record.
+    /// - Read from the catalog at an older epoch, or read while held and no longer held (a ready
+    ///   message that left memory for the catalog, a removal whose checkpoint became durable):
+    ///   [`StaleRead`]. Without the second case, an action racing the eviction of a ready message
+    ///   would find nothing and answer "not found" for a message that exists.
+    pub fn stored_for_action(
+        &self,
+        id: MessageId,
+        stored: Option<Stored>,
+    ) -> Result<Option<MessageMeta>, StaleRead> {
+        if self.is_resident(id) {
+            return Ok(None);
+        }
+        match stored {
+            Some(stored) if stored.epoch == self.durable_epoch() => Ok(Some(stored.meta)),
+            _ => Err(StaleRead),
+        }
+    }
+
     /// The current record of a message: the broker's own, else the stored one (made resident).
     fn resolve(
         &mut self,

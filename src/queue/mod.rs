@@ -36,7 +36,7 @@ pub use checkpoint::{
     page_of, PageChanges, SegmentUsage, Snapshot, TerminalCounts, PAGE_ID_BITS, PAGE_ID_COUNT,
 };
 pub use cold::ColdAhead;
-pub use control::{ControlError, Edit, SettledView, Stored};
+pub use control::{ControlError, Edit, SettledView, StaleRead, Stored};
 pub use enqueue::{Delivery, EnqueueError, EnqueueOutcome, IdempotencyKey, NewMessage};
 pub use lease::{AckOutcome, ExtendItem, ExtendOutcome, Grant, NackItem, NackOutcome, Refusal};
 pub use message::{

@@ -190,6 +190,37 @@ fn a_persons_actions_reach_cold_messages() {
     assert_eq!(harness.broker.cold_count(), cold_before - 2);
 }
 
+/// A request reads a message while the broker holds it, the message then leaves memory, and the
+/// action arrives: the read is stale (the request reads again), not "no such message".
+#[test]
+fn an_action_read_before_its_message_left_memory_is_stale_not_lost() {
+    let mut harness = harness(10);
+    let ids = harness.enqueue(NOW, (0..600).map(|_| message(0)).collect());
+    harness.checkpoint(NOW);
+    harness.broker.evict_cold(usize::MAX);
+    let target = ids[590];
+    let queue_id = queue_id(&harness);
+    load(&mut harness, queue_id, page_of(target));
+    assert!(harness.broker.is_resident(target));
+    // Read while held: the action carries no stored record, and the broker's own is used.
+    assert_eq!(harness.broker.stored_for_action(target, None), Ok(None));
+
+    assert!(harness.broker.evict_cold(usize::MAX) > 0);
+    assert!(!harness.broker.is_resident(target), "the page left memory again");
+    assert_eq!(harness.broker.stored_for_action(target, None), Err(StaleRead));
+
+    // Read again, from the catalog, the action goes through.
+    let epoch = harness.broker.durable_epoch();
+    let meta = harness.disk.catalog().meta(target).unwrap().unwrap();
+    let stored = Stored { meta: meta.clone(), epoch };
+    assert_eq!(harness.broker.stored_for_action(target, Some(stored)), Ok(Some(meta.clone())));
+    let old = Stored { meta, epoch: epoch - 1 };
+    assert_eq!(harness.broker.stored_for_action(target, Some(old)), Err(StaleRead));
+    harness.act(target, |broker, stored, ops| broker.delete(NOW, target, stored, ops)).unwrap();
+    assert_eq!(harness.observe(target), None);
+    assert_eq!(harness.count(MessageState::Ready), 599);
+}
+
 #[test]
 fn listings_of_ready_messages_name_the_cold_pages_they_reach() {
     let mut harness = harness(10);
