@@ -18,8 +18,8 @@
 //! - a flags byte: bits 0-2 say the queue id, priority and attempt limit equal the previous
 //!   record's (and are then left out); bits 3-4 say where the content is (0: in the log, segment
 //!   and offset given; 1: in the log, same segment as the previous record's content, offset given
-//!   as a zigzag delta from where that content ends; 2: in the catalog); bits 5-7 the state (its
-//!   `repr`);
+//!   as a zigzag delta from where that content ends, used whenever that is no longer than segment
+//!   and offset; 2: in the catalog); bits 5-7 the state (its `repr`);
 //! - the queue id (varint), the priority (zigzag) and the attempt limit (varint), those not equal
 //!   to the previous record's; the attempts (varint);
 //! - the enqueue time as a zigzag delta from the previous record's; the last change as a zigzag
@@ -36,7 +36,7 @@
 //! that still holds content of stored messages (so that the others can be deleted).
 
 use super::op::{get_settings, put_settings};
-use super::varint::{put_i64, put_u64, Reader};
+use super::varint::{i64_len, put_i64, put_u64, u64_len, Reader};
 use super::{check_crc_trailer, CodecError};
 use crate::queue::{
     ContentLocation, MessageId, MessageMeta, MessageState, QueueId, QueueRecord, SegmentUsage,
@@ -117,10 +117,15 @@ fn put_record(out: &mut Vec<u8>, id: MessageId, meta: &MessageMeta, previous: &M
     if meta.attempt_count_max == previous.attempt_count_max {
         flags |= SAME_ATTEMPT_LIMIT;
     }
+    // The offset as a delta from where the previous content ends, unless that is longer than
+    // segment and offset (a content that moved or was edited lies far from its neighbour's): the
+    // shorter form is the one and only encoding of a record.
     let content = match (meta.content, log_end(previous)) {
         (ContentLocation::Catalog { .. }, _) => CONTENT_CATALOG,
-        (ContentLocation::Log { segment, .. }, Some((previous_segment, _)))
-            if segment == previous_segment =>
+        (ContentLocation::Log { segment, offset, .. }, Some((previous_segment, end)))
+            if segment == previous_segment
+                && i64_len(delta(u64::from(offset), end))
+                    <= u64_len(u64::from(segment)) + u64_len(u64::from(offset)) =>
         {
             CONTENT_LOG_NEXT
         }
@@ -476,6 +481,35 @@ mod tests {
             .map(|(index, meta)| (MessageId((page << PAGE_ID_BITS) + index as u64), meta))
             .collect();
         assert_eq!(decode_page(page, &encode_page(page, &records)).unwrap(), records);
+    }
+
+    /// A content far behind its neighbour's in the same segment (moved or edited) is written as
+    /// segment and offset when the delta would be longer, so that no accepted encoding of a page
+    /// is shorter than the one the encoder writes.
+    #[test]
+    fn a_content_far_behind_its_neighbour_takes_the_shorter_form() {
+        let page = 0;
+        let log = |offset, len| ContentLocation::Log { segment: 1, offset, len };
+        let records = vec![
+            (MessageId(2), MessageMeta { content: log(2, 20_007), ..meta(MessageState::Dead) }),
+            (MessageId(5), MessageMeta { content: log(2, 40), ..meta(MessageState::Dead) }),
+        ];
+        let bytes = encode_page(page, &records);
+        assert_eq!(decode_page(page, &bytes).unwrap(), records);
+        let mut next_form = records.clone();
+        next_form[1].1.content = log(20_009 + 5, 40);
+        let next_bytes = encode_page(page, &next_form);
+        assert_eq!(decode_page(page, &next_bytes).unwrap(), next_form);
+        // A delta of +5 takes one byte; segment and offset two; a delta of -20,007 would take three.
+        assert_eq!(bytes.len(), next_bytes.len() + 1);
+        for (value, signed) in [(0u64, 0i64), (127, -64), (128, 64), (u64::MAX, i64::MIN)] {
+            let mut out = Vec::new();
+            crate::store::codec::varint::put_u64(&mut out, value);
+            assert_eq!(crate::store::codec::varint::u64_len(value), out.len(), "{value}");
+            out.clear();
+            crate::store::codec::varint::put_i64(&mut out, signed);
+            assert_eq!(crate::store::codec::varint::i64_len(signed), out.len(), "{signed}");
+        }
     }
 
     /// A page of messages delivered together, as a batch leaves them, costs about 15 bytes a

@@ -23,7 +23,21 @@ pub fn put_u64(out: &mut Vec<u8>, mut value: u64) {
 
 /// Appends a signed value zigzag-encoded, so small negative numbers stay short.
 pub fn put_i64(out: &mut Vec<u8>, value: i64) {
-    put_u64(out, ((value << 1) ^ (value >> 63)) as u64);
+    put_u64(out, zigzag(value));
+}
+
+fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+/// How many bytes [`put_u64`] writes for `value`.
+pub fn u64_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// How many bytes [`put_i64`] writes for `value`.
+pub fn i64_len(value: i64) -> usize {
+    u64_len(zigzag(value))
 }
 
 /// Appends a length-prefixed byte string.
