@@ -162,6 +162,9 @@ fn content_locations(ops: &[Op]) -> Vec<ContentLocation> {
                 locations.extend(messages.iter().map(|message| message.content));
             }
             Op::Edit { content: Some(content), .. } => locations.push(*content),
+            Op::MoveContent { items } => {
+                locations.extend(items.iter().map(|(_, content)| *content))
+            }
             _ => {}
         }
     }
