@@ -1,6 +1,6 @@
 //! Administrative endpoints: the online backup stream.
 //!
-//! `GET /v1/admin/backup` streams a backup file (format in `store/backup.rs`) as the response body.
+//! `GET /v1/admin/backup` streams a backup file (format in `store/backup/mod.rs`) as the response body.
 //! The storage thread pins the log (no segment is deleted until the backup ends) and holds its
 //! checkpoints while the catalog's entries are copied into an unnamed spool file in the data
 //! directory: the catalog only changes when a checkpoint is written, so the copy is of one epoch,
