@@ -40,6 +40,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+mod failpoint;
 #[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod hash;

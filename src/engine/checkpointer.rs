@@ -131,9 +131,9 @@ fn run(catalog: &Catalog, segments: &SegmentFiles, job: Job) -> Outcome {
     match job {
         Job::Checkpoint(job) => {
             let started = Instant::now();
-            inject_crash("checkpoint.before_write");
+            crate::failpoint::crash("checkpoint.before_write");
             let result = catalog.write_checkpoint(&job).map_err(|error| error.to_string());
-            inject_crash("checkpoint.after_write");
+            crate::failpoint::crash("checkpoint.after_write");
             Outcome::Checkpointed { job, result, elapsed: started.elapsed() }
         }
         Job::Sweep { now_ms, retention, epoch } => Outcome::Swept(
@@ -184,17 +184,3 @@ fn read_contents(
     let next_pages = next_page.map(|page| (page, last_page));
     Ok(CompactBatch { segment, epoch, items, next_pages })
 }
-
-/// Kills the process at a failpoint (test builds): crash tests stop the server in the middle of a
-/// checkpoint this way.
-#[cfg(feature = "testing")]
-fn inject_crash(name: &str) {
-    fail::fail_point!(name, |_| {
-        eprintln!("crash injected at {name}");
-        std::process::abort()
-    });
-}
-
-#[cfg(not(feature = "testing"))]
-#[inline(always)]
-fn inject_crash(_name: &str) {}

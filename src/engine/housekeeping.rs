@@ -269,9 +269,9 @@ impl Engine {
                 writer.finish(self.wal.frame_buffer(), &self.ops);
                 self.wal.end_frame();
                 self.ops.clear();
-                inject_crash("compaction.before_commit");
+                crate::failpoint::crash("compaction.before_commit");
                 self.finish();
-                inject_crash("compaction.after_commit");
+                crate::failpoint::crash("compaction.after_commit");
             }
         }
         self.house.compacting = batch.next_pages.map(|(first, last)| (batch.segment, first, last));
@@ -368,7 +368,7 @@ impl Engine {
                 job.position,
             );
             if !removable.is_empty() {
-                inject_crash("segments.before_remove");
+                crate::failpoint::crash("segments.before_remove");
             }
             match self.wal.remove_segments(&removable) {
                 Ok(_) => {
@@ -406,20 +406,6 @@ impl Engine {
         (free_bytes < self.config.disk_free_min_bytes).then_some(free_bytes)
     }
 }
-
-/// Kills the process at a failpoint (test builds): crash tests stop the server in the middle of
-/// segment deletion or compaction this way.
-#[cfg(feature = "testing")]
-fn inject_crash(name: &str) {
-    fail::fail_point!(name, |_| {
-        eprintln!("crash injected at {name}");
-        std::process::abort()
-    });
-}
-
-#[cfg(not(feature = "testing"))]
-#[inline(always)]
-fn inject_crash(_name: &str) {}
 
 #[cfg(test)]
 mod tests {

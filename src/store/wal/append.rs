@@ -248,7 +248,7 @@ impl Wal {
             file::forget(&path);
             self.closed_segment_bytes.remove(seq);
             removed_count += 1;
-            inject_crash("segments.after_first_remove");
+            crate::failpoint::crash("segments.after_first_remove");
         }
         if removed_count > 0 {
             sync_dir(&self.dir)?;
@@ -349,17 +349,3 @@ fn inject(name: &str) -> io::Result<()> {
 fn inject(_name: &str) -> io::Result<()> {
     Ok(())
 }
-
-/// Kills the process at a failpoint (test builds): crash tests stop the server between the
-/// deletions of two segments this way.
-#[cfg(feature = "testing")]
-fn inject_crash(name: &str) {
-    fail::fail_point!(name, |_| {
-        eprintln!("crash injected at {name}");
-        std::process::abort()
-    });
-}
-
-#[cfg(not(feature = "testing"))]
-#[inline(always)]
-fn inject_crash(_name: &str) {}
