@@ -227,11 +227,11 @@ fn lease_reply(state: &AppState, grants: &[crate::queue::Grant]) -> (Vec<u8>, us
     while index < grants.len() {
         let run_end = run_of_neighbours(grants, index);
         let contents = read_run(state, &grants[index..run_end]);
-        for (grant, bytes) in grants[index..run_end].iter().zip(contents) {
+        for (position, grant) in grants[index..run_end].iter().enumerate() {
             // A message whose content cannot be read is left out of the reply (and logged); its
             // lease then expires and it retries until it goes dead, where a person sees it. One
             // damaged record must not stop the whole queue.
-            let content = match bytes.as_deref().map(decode_content) {
+            let content = match contents.get(position).map(decode_content) {
                 Some(Ok(content)) => content,
                 Some(Err(error)) => {
                     tracing::error!(%error, id = %grant.id, "a leased message's content is damaged");
@@ -243,7 +243,7 @@ fn lease_reply(state: &AppState, grants: &[crate::queue::Grant]) -> (Vec<u8>, us
                 out.push(b',');
             }
             granted_count += 1;
-            json::write_grant(&mut out, grant.id, &grant.token.to_string(), &grant.meta, &content);
+            json::write_grant(&mut out, grant.id, grant.token, &grant.meta, &content);
         }
         index = run_end;
     }
@@ -272,21 +272,42 @@ fn run_of_neighbours(grants: &[crate::queue::Grant], start: usize) -> usize {
     end
 }
 
-/// The contents of a run of grants (`None` for one that could not be read).
-fn read_run(state: &AppState, run: &[crate::queue::Grant]) -> Vec<Option<Vec<u8>>> {
+/// The contents of a run of grants: one buffer read at once and where each content lies in it, or
+/// each content read alone (`None` for one that could not be read).
+enum RunContents {
+    Span { bytes: Vec<u8>, ranges: Vec<Option<std::ops::Range<usize>>> },
+    Each(Vec<Option<Vec<u8>>>),
+}
+
+impl RunContents {
+    /// The content of the run's `index`th grant, borrowed from what was read.
+    fn get(&self, index: usize) -> Option<&[u8]> {
+        match self {
+            RunContents::Span { bytes, ranges } => ranges[index].clone().map(|range| &bytes[range]),
+            RunContents::Each(contents) => contents[index].as_deref(),
+        }
+    }
+}
+
+/// Reads the contents of a run of grants: one read for a run in one segment, else one each.
+fn read_run(state: &AppState, run: &[crate::queue::Grant]) -> RunContents {
     use crate::queue::ContentLocation::Log;
     let one_by_one = |run: &[crate::queue::Grant]| {
-        run.iter()
-            .map(|grant| match reads::content(state, grant.id, grant.meta.content) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::error!(%error, id = %grant.id, "a leased message's content is unreadable");
-                    None
-                }
-            })
-            .collect()
+        RunContents::Each(
+            run.iter()
+                .map(|grant| match reads::content(state, grant.id, grant.meta.content) {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        tracing::error!(%error, id = %grant.id, "a leased message's content is unreadable");
+                        None
+                    }
+                })
+                .collect(),
+        )
     };
-    let (Some(first), Some(last)) = (run.first(), run.last()) else { return Vec::new() };
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return RunContents::Each(Vec::new());
+    };
     let (Log { segment, offset: start, .. }, Log { offset: last_offset, len: last_len, .. }) =
         (first.meta.content, last.meta.content)
     else {
@@ -296,16 +317,19 @@ fn read_run(state: &AppState, run: &[crate::queue::Grant]) -> Vec<Option<Vec<u8>
         return one_by_one(run);
     }
     match state.segments.read(segment, start, last_offset + last_len - start) {
-        Ok(span) => run
-            .iter()
-            .map(|grant| match grant.meta.content {
-                Log { offset, len, .. } => {
-                    let from = (offset - start) as usize;
-                    Some(span[from..from + len as usize].to_vec())
-                }
-                _ => None,
-            })
-            .collect(),
+        Ok(bytes) => {
+            let ranges = run
+                .iter()
+                .map(|grant| match grant.meta.content {
+                    Log { offset, len, .. } => {
+                        let from = (offset - start) as usize;
+                        Some(from..from + len as usize)
+                    }
+                    _ => None,
+                })
+                .collect();
+            RunContents::Span { bytes, ranges }
+        }
         Err(_) => one_by_one(run),
     }
 }

@@ -1,7 +1,7 @@
 //! Response bodies that embed stored bytes: written by hand so that a message body goes from its
 //! store record into the response without being parsed or re-encoded.
 
-use crate::queue::{BodyKind, History, MessageId, MessageMeta, MessageState};
+use crate::queue::{BodyKind, History, LeaseToken, MessageId, MessageMeta, MessageState};
 use crate::store::codec::ContentView;
 use base64::Engine;
 use std::io::Write;
@@ -56,17 +56,16 @@ pub fn write_content(out: &mut Vec<u8>, content: &ContentView<'_>) {
 pub fn write_grant(
     out: &mut Vec<u8>,
     id: MessageId,
-    lease: &str,
+    lease: LeaseToken,
     meta: &MessageMeta,
     content: &ContentView<'_>,
 ) {
     out.push(b'{');
+    // Ids and tokens are hex digits: written in place, nothing to escape.
     write_key(out, "id");
-    write_str(out, &id.to_string());
-    out.push(b',');
+    let _ = write!(out, "\"{id}\",");
     write_key(out, "lease");
-    write_str(out, lease);
-    out.push(b',');
+    let _ = write!(out, "\"{lease}\",");
     write_u64(out, "attempt", u64::from(meta.attempt_count));
     write_u64(out, "lease_expires_at", meta.due_at_ms);
     write_u64(out, "enqueued_at", meta.enqueued_at_ms);
@@ -252,8 +251,11 @@ mod tests {
 
         let bytes = ContentView { body_kind: BodyKind::Bytes, body: &[0, 255], ..content };
         let mut out = Vec::new();
-        write_grant(&mut out, MessageId(1), "tok", &meta, &bytes);
+        let lease = LeaseToken { id: MessageId(1), nonce: 0xabc };
+        write_grant(&mut out, MessageId(1), lease, &meta, &bytes);
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["id"], "0000000000000001");
+        assert_eq!(value["lease"], "00000000000000010000000000000abc");
         assert_eq!(value["body_base64"], "AP8=");
         assert_eq!(value["attempt"], 1);
         assert_eq!(value["priority"], -2);
